@@ -1,0 +1,36 @@
+"""Project commands: `python -m serving build-model | check CONFIG`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build-model", help="build the embedded tiny model into the cache if missing")
+    check = sub.add_parser("check", help="validate a Serve config file against the config models")
+    check.add_argument("config")
+    args = parser.parse_args(argv)
+
+    if args.command == "build-model":
+        from serving.models.tiny_llama import ensure_tiny_llama
+
+        print(f"model: {ensure_tiny_llama()}")
+        return 0
+    if args.command == "check":
+        from serving.config import ConfigError, load_serve_config
+
+        try:
+            load_serve_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok")
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""OpenAI error bodies and the one mapping from our exceptions to HTTP statuses.
+
+Every route, every backend and the engine raise `APIError` (or a subclass); the
+app factory installs one handler that turns it into
+`{"error": {"message", "type", "param", "code"}}` with the matching status.
+Anything else becomes a 500 with a generic message: no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+    # Ray pickles exceptions raised in a replica; subclasses have other __init__
+    # signatures, so rebuild from the fields rather than by calling __init__.
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls, message, state):
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(state)
+    return exc
+
+
+class InvalidRequestError(APIError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PromptTooLongError(InvalidRequestError):
+    def __init__(self, prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+        super().__init__(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
+            f"{max_tokens} for the completion). Please reduce the prompt or max_tokens.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+class ModelNotFoundError(APIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class EngineUnavailableError(APIError):
+    """The engine is dead, starting or draining: the client may retry elsewhere/later."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class EngineError(APIError):
+    status_code = 500
+    error_type = "server_error"
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Return the APIError behind a Ray-wrapped exception, if there is one."""
+    seen = 0
+    while not isinstance(exc, APIError) and seen < 5:
+        cause = getattr(exc, "cause", None) or exc.__cause__
+        if cause is None:
+            break
+        exc = cause
+        seen += 1
+    return exc

@@ -1,0 +1,275 @@
+"""OpenAI semantics on top of the engine contract: requests in, responses and SSE out.
+
+`OpenAIServing` runs where the engine runs. It turns a validated protocol request
+into an `EngineRequest`, and the engine's delta stream into either one response
+dict or SSE bytes. Streams are framed here, once, so whatever carries them
+further (the HTTP server in the same process, or a Ray handle) moves opaque bytes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import msgspec
+
+from serving.api.errors import APIError, EngineError, unwrap
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
+
+_encode = msgspec.json.Encoder().encode
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + _encode(payload) + b"\n\n"
+
+
+def generation_params(req: ChatCompletionRequest | CompletionRequest) -> GenerationParams:
+    if isinstance(req, ChatCompletionRequest):
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        fmt = req.response_format
+        json_schema = fmt.json_schema.schema_ if fmt and fmt.type == "json_schema" else None
+        json_object = bool(fmt and fmt.type == "json_object")
+    else:
+        logprobs, json_schema, json_object = req.logprobs, None, False
+    return GenerationParams(
+        max_tokens=req.requested_max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k,
+        n=req.n,
+        stop=req.stop,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logprobs=logprobs,
+        ignore_eos=req.ignore_eos,
+        min_tokens=req.min_tokens,
+        json_schema=json_schema,
+        json_object=json_object,
+    )
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.token.encode("utf-8", "replace")),
+                "top_logprobs": [
+                    {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8", "replace"))}
+                    for tok, lp in t.top
+                ],
+            }
+            for t in items
+        ]
+    }
+
+
+def _completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    offsets = []
+    for t in items:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in items],
+        "token_logprobs": [t.logprob for t in items],
+        "top_logprobs": [dict(t.top) for t in items],
+        "text_offset": offsets,
+    }
+
+
+async def first_then_rest(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Pull the first item now (so errors before it become an HTTP error), then stream.
+
+    Returns an iterator that yields that first item followed by the rest.
+    """
+    first = await stream.__anext__()
+
+    async def chained() -> AsyncIterator[bytes]:
+        yield first
+        async for item in stream:
+            yield item
+
+    return chained()
+
+
+class OpenAIServing:
+    def __init__(self, engine: Engine, model_id: str, max_model_len: int) -> None:
+        self.engine = engine
+        self.model_id = model_id
+        self.max_model_len = max_model_len
+
+    # -- chat -------------------------------------------------------------------
+
+    def _chat_engine_request(self, req: ChatCompletionRequest, request_id: str) -> EngineRequest:
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return EngineRequest(request_id=request_id, params=generation_params(req), messages=messages)
+
+    async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> dict[str, Any]:
+        request_id = request_id or f"chatcmpl-{uuid.uuid4().hex}"
+        texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
+            self._chat_engine_request(req, request_id), req.n
+        )
+        return {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_id,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": texts[i]},
+                    "logprobs": _chat_logprobs(logprobs[i]) if req.logprobs else None,
+                    "finish_reason": finish[i],
+                }
+                for i in range(req.n)
+            ],
+            "usage": _usage(prompt_tokens, completion_tokens),
+        }
+
+    async def chat_stream(self, req: ChatCompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
+        request_id = request_id or f"chatcmpl-{uuid.uuid4().hex}"
+        engine_stream = self.engine.generate(self._chat_engine_request(req, request_id))
+        # The fixed head of every chunk, encoded once: per-step work is only the choices.
+        head = _encode(
+            {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_id}
+        )[:-1]
+        tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"
+        want_logprobs = req.logprobs
+
+        def render(out: EngineOutput, started: set[int]) -> bytes:
+            choices = []
+            for c in out.choices:
+                delta: dict[str, Any] = {"content": c.text}
+                if c.index not in started:
+                    started.add(c.index)
+                    delta = {"role": "assistant", "content": c.text}
+                choices.append(
+                    {
+                        "index": c.index,
+                        "delta": delta,
+                        "logprobs": _chat_logprobs(c.logprobs) if want_logprobs and c.logprobs else None,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
+            return b"data: " + head + b',"choices":' + _encode(choices) + tail
+
+        return await first_then_rest(
+            self._stream(engine_stream, render, req.include_usage, head)
+        )
+
+    # -- completions ------------------------------------------------------------
+
+    def _completion_engine_request(self, req: CompletionRequest, request_id: str) -> EngineRequest:
+        params = generation_params(req)
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return EngineRequest(request_id=request_id, params=params, prompt_token_ids=list(prompt))
+        if isinstance(prompt, list):
+            prompt = prompt[0]
+        return EngineRequest(request_id=request_id, params=params, prompt=prompt)
+
+    async def completions(self, req: CompletionRequest, request_id: str | None = None) -> dict[str, Any]:
+        request_id = request_id or f"cmpl-{uuid.uuid4().hex}"
+        texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
+            self._completion_engine_request(req, request_id), req.n
+        )
+        return {
+            "id": request_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_id,
+            "choices": [
+                {
+                    "index": i,
+                    "text": texts[i],
+                    "logprobs": _completion_logprobs(logprobs[i], 0) if req.logprobs is not None else None,
+                    "finish_reason": finish[i],
+                }
+                for i in range(req.n)
+            ],
+            "usage": _usage(prompt_tokens, completion_tokens),
+        }
+
+    async def completions_stream(self, req: CompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
+        request_id = request_id or f"cmpl-{uuid.uuid4().hex}"
+        engine_stream = self.engine.generate(self._completion_engine_request(req, request_id))
+        head = _encode(
+            {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": self.model_id}
+        )[:-1]
+        tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"
+        want_logprobs = req.logprobs is not None
+        offsets: dict[int, int] = {}
+
+        def render(out: EngineOutput, started: set[int]) -> bytes:
+            choices = []
+            for c in out.choices:
+                lp = None
+                if want_logprobs and c.logprobs:
+                    lp = _completion_logprobs(c.logprobs, offsets.get(c.index, 0))
+                offsets[c.index] = offsets.get(c.index, 0) + len(c.text)
+                choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+            return b"data: " + head + b',"choices":' + _encode(choices) + tail
+
+        return await first_then_rest(
+            self._stream(engine_stream, render, req.include_usage, head)
+        )
+
+    # -- shared -----------------------------------------------------------------
+
+    async def _collect(self, request: EngineRequest, n: int):
+        texts = [""] * n
+        parts: list[list[str]] = [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        prompt_tokens = completion_tokens = 0
+        async for out in self.engine.generate(request):
+            prompt_tokens = out.prompt_tokens
+            for c in out.choices:
+                parts[c.index].append(c.text)
+                completion_tokens += c.num_tokens
+                if c.logprobs:
+                    logprobs[c.index].extend(c.logprobs)
+                if c.finish_reason is not None:
+                    finish[c.index] = c.finish_reason
+        texts = ["".join(p) for p in parts]
+        return texts, finish, logprobs, prompt_tokens, completion_tokens
+
+    async def _stream(self, engine_stream, render, include_usage: bool, head: bytes) -> AsyncIterator[bytes]:
+        started: set[int] = set()
+        prompt_tokens = completion_tokens = 0
+        try:
+            async for out in engine_stream:
+                prompt_tokens = out.prompt_tokens
+                for c in out.choices:
+                    completion_tokens += c.num_tokens
+                yield render(out, started)
+        except APIError as exc:
+            if not started:
+                raise  # nothing sent yet: the caller answers with an HTTP error
+            yield sse(exc.body())
+            yield DONE
+            return
+        except Exception as exc:
+            if not started:
+                raise
+            err = unwrap(exc)
+            err = err if isinstance(err, APIError) else EngineError("the stream failed")
+            yield sse(err.body())
+            yield DONE
+            return
+        if include_usage:
+            yield b"data: " + head + b',"choices":[],"usage":' + _encode(_usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+        yield DONE

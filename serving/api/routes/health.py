@@ -1,0 +1,18 @@
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health():
+    """Liveness: the process answers. Never touches an engine."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request):
+    """Readiness: 200 only when every model's engine is up."""
+    models = await request.app.state.registry.ready()
+    ok = all(models.values())
+    return JSONResponse({"ready": ok, "models": models}, status_code=200 if ok else 503)

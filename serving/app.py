@@ -1,0 +1,59 @@
+"""`serving.app:build_app` is the `import_path` of every config in configs/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serving.config import AppConfig, ModelConfig, check_engine_args, parse_app_args
+from serving.deployments.ingress import ingress_deployment
+from serving.deployments.llm_server import LLMServer
+
+
+def replica_env(model: ModelConfig) -> dict[str, str]:
+    env = dict(model.env)
+    if model.kv_cache_gib is not None:
+        # vLLM on CPU otherwise asks for 92% of RAM and a second engine fails to start.
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{model.kv_cache_gib:g}"
+    return env
+
+
+def llm_deployment_options(model: ModelConfig) -> dict[str, Any]:
+    d = model.deployment
+    actor: dict[str, Any] = {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus}
+    if d.memory_gib:
+        actor["memory"] = int(d.memory_gib * 2**30)
+    env = replica_env(model)
+    if env:
+        actor["runtime_env"] = {"env_vars": env}
+    return {
+        "name": model.deployment_name,
+        "ray_actor_options": actor,
+        "max_ongoing_requests": d.max_ongoing_requests,
+        "max_queued_requests": d.max_queued_requests,
+        "autoscaling_config": d.autoscaling.to_serve(),
+        "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
+        "health_check_period_s": d.health_check_period_s,
+        "health_check_timeout_s": d.health_check_timeout_s,
+    }
+
+
+def build_from_config(cfg: AppConfig) -> Application:
+    peers = {m.id: m.deployment_name for m in cfg.models}
+    ingress_args = cfg.ingress.model_dump()
+    llm_apps = [
+        serve.deployment(LLMServer)
+        .options(**llm_deployment_options(m))
+        .bind(m.model_dump(), ingress_args, peers)
+        for m in cfg.models
+    ]
+    Ingress = ingress_deployment(peers, cfg.ingress.num_cpus)
+    return Ingress.bind(*llm_apps)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    cfg = parse_app_args(args)
+    check_engine_args(cfg, "application args")
+    return build_from_config(cfg)

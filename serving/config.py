@@ -1,0 +1,210 @@
+"""The config: one strict pydantic tree for the `args` of a Serve application.
+
+The same models validate `serve run configs/*.yaml` (via `serving.app:build_app`),
+`python -m serving check FILE`, the Kubernetes renderer and the tests. Unknown
+keys are errors everywhere, so a misspelled option fails at start-up instead of
+being ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingConfig(Strict):
+    """Ray Serve replica autoscaling for one model (passed to Serve's autoscaling_config)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(16, gt=0)
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    metrics_interval_s: float = Field(2.0, gt=0)
+    look_back_period_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class DeploymentConfig(Strict):
+    """Resources and queueing of one model's LLM-server deployment."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory_gib: float | None = Field(None, gt=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+    max_queued_requests: int = Field(512, ge=-1)
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    graceful_shutdown_timeout_s: float = Field(30.0, ge=0)
+    health_check_period_s: float = Field(5.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _target_fits(self) -> "DeploymentConfig":
+        target = self.autoscaling.target_ongoing_requests
+        if target > self.max_ongoing_requests:
+            raise ValueError(
+                f"autoscaling.target_ongoing_requests ({target}) must be <= max_ongoing_requests "
+                f"({self.max_ongoing_requests}): a replica could never reach its target"
+            )
+        return self
+
+
+class ModelConfig(Strict):
+    id: str = Field(min_length=1, max_length=128, description="The public model id clients send as `model`.")
+    source: str = Field(
+        f"{BUILTIN_PREFIX}tiny-llama",
+        description="`builtin:tiny-llama` (built offline on first use), a local folder, or a hub id.",
+    )
+    engine: str = Field(
+        "vllm", description="`vllm`, `simulator`, or `package.module:Class` implementing serving.engine.base.Engine."
+    )
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM AsyncEngineArgs fields.")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="CPU only: KV cache size per replica (sets VLLM_CPU_KVCACHE_SPACE)."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replicas.")
+    deployment: DeploymentConfig = DeploymentConfig()
+
+    @field_validator("id")
+    @classmethod
+    def _id_chars(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]*", v):
+            raise ValueError("model id may use letters, digits and . _ / : -")
+        return v
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_kind(cls, v: str) -> str:
+        if v not in ("vllm", "simulator") and not re.fullmatch(r"[\w.]+:\w+", v):
+            raise ValueError("engine must be 'vllm', 'simulator' or 'package.module:Class'")
+        return v
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_model_in_engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in ("model", "served_model_name"):
+            if key in v:
+                raise ValueError(f"engine_args.{key} is set from the model's `source` and `id`; remove it")
+        return v
+
+    @property
+    def deployment_name(self) -> str:
+        return "llm-" + re.sub(r"[^A-Za-z0-9-]", "-", self.id).lower()
+
+
+class IngressConfig(Strict):
+    """How HTTP reaches the models.
+
+    `direct`: every LLM-server replica serves the OpenAI API itself on `port`
+    (SO_REUSEPORT, so replicas on a node share it); no Ray hop per token.
+    `proxy`: Ray Serve's proxy -> ingress deployment -> LLM-server deployment.
+    Both run the same FastAPI app; see loadtests/PERFORMANCE.md for the cost.
+    """
+
+    mode: Literal["direct", "proxy"] = "direct"
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    num_cpus: float = Field(0.1, ge=0, description="CPU reservation of the ingress deployment (proxy mode).")
+
+
+class AppConfig(Strict):
+    models: list[ModelConfig] = Field(min_length=1)
+    ingress: IngressConfig = IngressConfig()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "AppConfig":
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"model ids must be unique; repeated: {dupes}")
+        names = [m.deployment_name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("two model ids map to the same deployment name; rename one")
+        return self
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    lines = [f"invalid config in {where}:"]
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key '{err['loc'][-1]}'")
+        else:
+            lines.append(f"  {loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def parse_app_args(args: dict[str, Any], where: str = "application args") -> AppConfig:
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def load_serve_config(path: str | Path) -> dict[str, Any]:
+    """Read a Serve config file and validate each application's args that use our app."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("applications"), list):
+        raise ConfigError(f"invalid config in {path}: expected a Serve config with 'applications'")
+    for i, app in enumerate(data["applications"]):
+        if str(app.get("import_path", "")).startswith("serving.app:"):
+            app_cfg = parse_app_args(app.get("args") or {}, f"{path} (applications[{i}].args)")
+            check_engine_args(app_cfg, f"{path} (applications[{i}].args)")
+    return data
+
+
+def app_configs(data: dict[str, Any]) -> list[AppConfig]:
+    return [
+        AppConfig.model_validate(app.get("args") or {})
+        for app in data["applications"]
+        if str(app.get("import_path", "")).startswith("serving.app:")
+    ]
+
+
+def check_engine_args(cfg: AppConfig, where: str) -> None:
+    """Reject engine_args keys that vLLM's AsyncEngineArgs does not have (when vLLM is installed)."""
+    vllm_models = [m for m in cfg.models if m.engine == "vllm" and m.engine_args]
+    if not vllm_models:
+        return
+    try:
+        from serving.engine.vllm_engine import engine_arg_names
+
+        known = engine_arg_names()
+    except ImportError:
+        return
+    for i, m in enumerate(cfg.models):
+        if m.engine != "vllm":
+            continue
+        unknown = sorted(set(m.engine_args) - known)
+        if unknown:
+            raise ConfigError(
+                f"invalid config in {where}:\n  models.{i}.engine_args: unknown vLLM engine argument(s) {unknown}"
+            )

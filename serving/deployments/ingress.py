@@ -1,0 +1,30 @@
+"""The ingress deployment: the OpenAI app behind Ray Serve's proxy, one handle per model.
+
+Handles are looked up by deployment name inside the replica (the FastAPI app is
+pickled to the replica, so it cannot hold handles made at build time). The LLM
+deployments are still bound as arguments so they belong to this app's graph.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray import serve
+
+from serving.api.app import build_api
+from serving.api.backend import ModelRegistry
+from serving.deployments.handle_backend import HandleBackend
+
+
+def ingress_deployment(models: dict[str, str], num_cpus: float):
+    """The ingress class for `models` (model id -> LLM deployment name)."""
+    backends = [HandleBackend(model_id, deployment_name) for model_id, deployment_name in models.items()]
+    api = build_api(ModelRegistry(backends, created=int(time.time())))
+
+    @serve.deployment(name="ingress", ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=1024)
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, *llm_deployments):
+            pass
+
+    return Ingress

@@ -1,0 +1,98 @@
+"""The engine contract: everything above it is engine-agnostic.
+
+An engine turns one `EngineRequest` into a stream of `EngineOutput`s:
+
+* `generate()` is an async generator. It validates and tokenizes the prompt
+  *before* its first yield, so prompt errors (`PromptTooLongError`, other
+  `InvalidRequestError`s) surface when the caller pulls the first item and the
+  HTTP layer can still answer 4xx instead of a 200 stream.
+* Each yielded `EngineOutput` carries *deltas*: the new text and token count of
+  every choice that advanced since the previous yield (one engine step, or
+  several merged when the consumer was slower than the engine). A choice's last
+  delta has `finish_reason` set; the stream ends after every choice finished.
+* Cancellation: cancelling the consuming task or closing the generator aborts
+  the request inside the engine (frees its KV cache) before it returns.
+* Failures after the first yield raise `EngineError`/`EngineUnavailableError`.
+
+`check_health()` raises when the engine cannot serve; `stats()` returns the
+engine's own counters for metrics and tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+
+@dataclass(slots=True)
+class GenerationParams:
+    max_tokens: int | None = None  # None: whatever the context leaves
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    n: int = 1
+    stop: list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # number of top alternatives; None: no logprobs
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    request_id: str
+    params: GenerationParams
+    prompt: str | None = None  # completions
+    prompt_token_ids: list[int] | None = None  # completions with a tokenized prompt
+    messages: list[dict[str, str]] | None = None  # chat: rendered by the model's template
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: str | None = None  # "stop" | "length" | None while running
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    prompt_tokens: int
+    choices: list[ChoiceDelta]
+
+
+@dataclass(slots=True)
+class EngineInfo:
+    max_model_len: int
+
+
+class Engine(abc.ABC):
+    """One model's engine in one replica. See the module docstring for the streaming rules."""
+
+    @abc.abstractmethod
+    async def start(self) -> EngineInfo: ...
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    @abc.abstractmethod
+    async def check_health(self) -> None: ...
+
+    async def stats(self) -> dict[str, float]:
+        return {}
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,202 @@
+"""The vLLM engine: the only module in the project that imports vLLM.
+
+It wraps `AsyncLLM` (the engine core runs in its own processes, started and
+stopped here) and speaks the contract of `serving.engine.base`. Chat templating
+and tokenization happen here too, with the model's own tokenizer, so the
+context-length check runs before a request reaches the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any, AsyncIterator
+
+from serving.api.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    PromptTooLongError,
+)
+from serving.engine.base import (
+    ChoiceDelta,
+    Engine,
+    EngineInfo,
+    EngineOutput,
+    EngineRequest,
+    GenerationParams,
+    TokenLogprob,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def engine_arg_names() -> set[str]:
+    """Names `engine_args` may use in a config: the fields of vLLM's AsyncEngineArgs."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+
+
+def _config_objects(args_cls, args: dict[str, Any]) -> dict[str, Any]:
+    """Turn YAML mappings into vLLM's config dataclasses (e.g. structured_outputs_config).
+
+    vLLM's CLI parses these from JSON; AsyncEngineArgs itself only converts some.
+    """
+    out = dict(args)
+    for f in dataclasses.fields(args_cls):
+        value = out.get(f.name)
+        if not isinstance(value, dict):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out[f.name] = type(default)(**value)
+    return out
+
+
+class VLLMEngine(Engine):
+    def __init__(self, model_path: str, served_model_name: str, engine_args: dict[str, Any]):
+        self._model_path = model_path
+        self._served_name = served_model_name
+        self._engine_args = dict(engine_args)
+        self._llm = None
+        self._tokenizer = None
+        self._max_model_len = 0
+
+    async def start(self) -> EngineInfo:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = {"enable_log_requests": False, **self._engine_args}
+        args["model"] = self._model_path
+        args["served_model_name"] = [self._served_name]
+        engine_args = AsyncEngineArgs(**_config_objects(AsyncEngineArgs, args))
+        self._llm = AsyncLLM.from_engine_args(engine_args)
+        self._tokenizer = self._llm.get_tokenizer()
+        self._max_model_len = self._llm.model_config.max_model_len
+        return EngineInfo(max_model_len=self._max_model_len)
+
+    # -- requests ---------------------------------------------------------------
+
+    def _prompt_ids(self, request: EngineRequest) -> list[int]:
+        if request.messages is not None:
+            try:
+                ids = self._tokenizer.apply_chat_template(
+                    request.messages, tokenize=True, add_generation_prompt=True
+                )
+            except Exception as exc:  # a template may reject a message order
+                raise InvalidRequestError(f"cannot apply the chat template: {exc}", param="messages")
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        if request.prompt_token_ids is not None:
+            vocab = len(self._tokenizer)
+            if any(t < 0 or t >= vocab for t in request.prompt_token_ids):
+                raise InvalidRequestError("prompt contains token ids outside the vocabulary", param="prompt")
+            return list(request.prompt_token_ids)
+        return self._tokenizer.encode(request.prompt or "", add_special_tokens=True)
+
+    def _sampling_params(self, p: GenerationParams, max_tokens: int):
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        structured = None
+        if p.json_schema is not None:
+            structured = StructuredOutputsParams(json=p.json_schema)
+        elif p.json_object:
+            structured = StructuredOutputsParams(json_object=True)
+        return SamplingParams(
+            n=p.n,
+            max_tokens=max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k if p.top_k is not None else 0,
+            stop=p.stop,
+            seed=p.seed,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            logprobs=p.logprobs,
+            ignore_eos=p.ignore_eos,
+            min_tokens=p.min_tokens,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._llm is None or self._llm.errored:
+            raise EngineUnavailableError("the engine is not running")
+        ids = self._prompt_ids(request)
+        prompt_tokens = len(ids)
+        room = self._max_model_len - prompt_tokens
+        max_tokens = request.params.max_tokens
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            raise PromptTooLongError(prompt_tokens, max_tokens or 1, self._max_model_len)
+        try:
+            sampling = self._sampling_params(request.params, max_tokens or room)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc))
+        want_logprobs = request.params.logprobs is not None
+        top_k = request.params.logprobs or 0
+        try:
+            stream = self._llm.generate(
+                {"prompt_token_ids": ids}, sampling, request.request_id
+            )
+            async for out in stream:
+                choices = [
+                    ChoiceDelta(
+                        index=o.index,
+                        text=o.text,
+                        num_tokens=len(o.token_ids),
+                        finish_reason=o.finish_reason,
+                        logprobs=self._logprobs(o, top_k) if want_logprobs else None,
+                    )
+                    for o in out.outputs
+                ]
+                yield EngineOutput(prompt_tokens=prompt_tokens, choices=choices)
+        except EngineDeadError as exc:
+            raise EngineUnavailableError(f"the engine died: {exc}") from None
+        except (asyncio.CancelledError, GeneratorExit, InvalidRequestError):
+            raise
+        except ValueError as exc:
+            # vLLM validates sampling parameters and structured-output specs in add_request.
+            raise InvalidRequestError(str(exc)) from None
+        except Exception as exc:
+            logger.exception("request %s failed in the engine", request.request_id)
+            raise EngineError(f"the engine failed: {type(exc).__name__}") from None
+
+    def _logprobs(self, output, top_k: int) -> list[TokenLogprob]:
+        result = []
+        decode = self._tokenizer.convert_ids_to_tokens
+        for token_id, position in zip(output.token_ids, output.logprobs or []):
+            chosen = position.get(token_id)
+            ranked = sorted(position.items(), key=lambda kv: kv[1].rank or 0)
+            top = [
+                (lp.decoded_token if lp.decoded_token is not None else decode(tid), lp.logprob)
+                for tid, lp in ranked
+                if lp.rank is not None and lp.rank <= top_k
+            ]
+            token = chosen.decoded_token if chosen and chosen.decoded_token is not None else decode(token_id)
+            result.append(TokenLogprob(token=token, logprob=chosen.logprob if chosen else 0.0, top=top))
+        return result
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def check_health(self) -> None:
+        if self._llm is None:
+            raise EngineUnavailableError("the engine has not started")
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineUnavailableError(f"the engine is unhealthy: {exc}") from None
+
+    async def stats(self) -> dict[str, float]:
+        if self._llm is None:
+            return {}
+        return {"unfinished_requests": float(self._llm.get_num_unfinished_requests())}
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            llm.shutdown()
