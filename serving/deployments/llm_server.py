@@ -1,10 +1,11 @@
 """The LLM-server deployment: one replica owns one engine for one model.
 
-It answers Ray Serve handle calls (the proxy path and cross-model forwarding)
-and, in `direct` ingress mode, serves the whole OpenAI API over HTTP itself
-(`direct_http.py`). Serve's health check probes the engine, so a dead engine
-process gets the replica replaced; `__del__` drains HTTP and stops the engine
-processes so nothing is left running.
+The engine client and, in `direct` ingress mode, the HTTP server that speaks the
+whole OpenAI API live on the replica's own uvloop thread (`engine_loop.py`), so a
+token goes engine core -> this process -> socket with no Ray hop. Ray Serve
+handle calls (the proxy path, and forwarding from another model's replica) are
+bridged onto that loop. Serve's health check probes the engine, so a dead engine
+gets the replica replaced; `__del__` drains HTTP and stops the engine processes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from serving.api.app import build_api
 from serving.api.backend import LocalBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.config import IngressConfig, ModelConfig
+from serving.deployments.engine_loop import EngineLoop
 from serving.deployments.handle_backend import HandleBackend
 from serving.engine import make_engine
 
@@ -51,60 +53,79 @@ class LLMServer:
         self.engine = None
         self.cfg = ModelConfig.model_validate(model)
         ingress_cfg = IngressConfig.model_validate(ingress)
-        self.engine = make_engine(self.cfg)
-        try:
-            info = await self.engine.start()
-        except BaseException:
-            await self.engine.shutdown()
-            raise
-        self.serving = OpenAIServing(self.engine, self.cfg.id, info.max_model_len)
-        if ingress_cfg.mode == "direct":
+        self._loop = EngineLoop(f"engine-{self.cfg.id}")
+        if ingress_cfg.mode == "direct" and app_name is None:
             from ray import serve
 
-            app_name = app_name or serve.get_replica_context().app_name
-            backends = []
-            for model_id, deployment_name in peers.items():
-                if model_id == self.cfg.id:
-                    backends.append(LocalBackend(self.serving))
-                else:
-                    backends.append(HandleBackend(model_id, deployment_name, app_name))
-            api = build_api(ModelRegistry(backends, created=int(time.time())))
+            app_name = serve.get_replica_context().app_name
+        try:
+            await self._loop.run(self._start(ingress_cfg, peers, app_name))
+        except BaseException:
+            await self._shutdown()
+            raise
+
+    async def _start(self, ingress_cfg: IngressConfig, peers: dict[str, str], app_name: str | None) -> None:
+        """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
+        self.engine = make_engine(self.cfg)
+        info = await self.engine.start()
+        self.serving = OpenAIServing(self.engine, self.cfg.id, info.max_model_len)
+        if ingress_cfg.mode == "direct":
             from serving.deployments.direct_http import DirectHTTPServer
 
+            backends = [
+                LocalBackend(self.serving) if model_id == self.cfg.id else HandleBackend(model_id, name, app_name)
+                for model_id, name in peers.items()
+            ]
+            api = build_api(ModelRegistry(backends, created=int(time.time())))
             self._http = await DirectHTTPServer.start(
                 api, ingress_cfg.host, ingress_cfg.port, self.cfg.deployment.graceful_shutdown_timeout_s
             )
 
+    # -- handle calls (bridged onto the engine loop) --------------------------------
+
     async def chat(self, req):
-        return await self.serving.chat(req)
+        return await self._loop.run(self.serving.chat(req))
 
     async def chat_stream(self, req) -> AsyncIterator[bytes]:
-        async for chunk in coalesce(await self.serving.chat_stream(req)):
+        async for chunk in coalesce(self._loop.stream(lambda: self.serving.chat_stream(req))):
             yield chunk
 
     async def completions(self, req):
-        return await self.serving.completions(req)
+        return await self._loop.run(self.serving.completions(req))
 
     async def completions_stream(self, req) -> AsyncIterator[bytes]:
-        async for chunk in coalesce(await self.serving.completions_stream(req)):
+        async for chunk in coalesce(self._loop.stream(lambda: self.serving.completions_stream(req))):
             yield chunk
 
     async def ready(self) -> bool:
-        await self.engine.check_health()
+        await self._loop.run(self.engine.check_health())
         return True
 
     async def engine_stats(self) -> dict[str, float]:
-        return await self.engine.stats()
+        return await self._loop.run(self.engine.stats())
 
     async def check_health(self) -> None:
-        await self.engine.check_health()
+        await self._loop.run(self.engine.check_health())
 
-    async def __del__(self):
-        # Also runs after a failed __init__: only stop what was started.
-        http = getattr(self, "_http", None)
+    # -- shutdown -----------------------------------------------------------------
+
+    async def _stop_on_loop(self) -> None:
+        http, self._http = self._http, None
         if http is not None:
-            self._http = None
-            await http.stop()
-        engine = getattr(self, "engine", None)
+            await http.stop()  # stop accepting, let in-flight streams finish
+        engine, self.engine = self.engine, None
         if engine is not None:
             await engine.shutdown()
+
+    async def _shutdown(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is None:
+            return
+        try:
+            await loop.run(self._stop_on_loop())
+        finally:
+            loop.stop()
+
+    async def __del__(self):
+        # Also runs after a failed __init__: only stops what was started.
+        await self._shutdown()

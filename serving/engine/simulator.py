@@ -1,0 +1,425 @@
+"""A simulated engine: vLLM's serving behaviour without a model, for tests and benchmarks.
+
+`SimulatedEngine` speaks the contract of `serving.engine.base` exactly like the
+vLLM engine (validation before the first yield, delta outputs, cancellation,
+health) but generates deterministic filler text and spends its time in
+`asyncio.sleep`, so dozens of replicas fit on a laptop. What it models:
+
+* Tokens: a deterministic toy tokenizer (runs of up to `chars_per_token`
+  non-space characters; chat messages are rendered with the tiny model's
+  ChatML template first). Prompt length, the context check and usage come from it.
+* Time to first token: `ttft_base_s + prefill_s_per_token * uncached_tokens`.
+  Prefills of one replica run one after another (one compute engine), so a
+  long uncached prompt delays the requests queued behind it.
+* Decode: one token per running sequence per step; a step takes
+  `decode_s_per_token * (1 + decode_batch_slowdown * (running_seqs - 1))`,
+  so inter-token latency grows with the batch. At most `max_num_seqs` requests
+  run; the rest wait (FIFO) and count as `waiting`.
+* Prefix cache: like vLLM's automatic prefix caching, full blocks of
+  `block_size` prompt tokens are identified by a chained hash (a block's hash
+  covers every token before it), kept in an LRU of `prefix_cache_blocks`
+  blocks. A request hits the longest run of cached leading blocks (never the
+  whole prompt: the last token is always computed). Queries and hits are
+  counted in tokens, as vLLM's `prefix_cache_queries`/`prefix_cache_hits`.
+* Faults: `error_rate` of the requests fail with `EngineError` after
+  `error_after_tokens` tokens (0: before the first yield, i.e. an HTTP 500);
+  after `fail_after_s` seconds the engine is dead (`check_health` and
+  `generate` raise `EngineUnavailableError`, running streams fail);
+  `startup_delay_s` delays `start()`.
+* Text: words drawn from a fixed vocabulary by a generator seeded with the
+  request's `seed` (or the prompt when `temperature` is 0), so the same
+  request gives the same text; `n`, `stop`, `max_tokens`, `min_tokens`,
+  `ignore_eos` (with `eos_probability`) and `logprobs` behave as in vLLM.
+  Structured output (`response_format`) is not simulated.
+
+Configure it with `engine: simulator` and these names as `engine_args`
+(`SimulatedEngine.from_engine_args` rejects unknown keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import math
+import random
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from serving.api.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    PromptTooLongError,
+)
+from serving.engine.base import (
+    ChoiceDelta,
+    Engine,
+    EngineInfo,
+    EngineOutput,
+    EngineRequest,
+    TokenLogprob,
+)
+
+_WORDS = (
+    "the of and to in is that it was for on are as with his they at be this from have or by one had "
+    "not but what all were when we there can an your which their said if do will each about how up out "
+    "them then she many some so these would other into has more her two like him see time could no make "
+    "than first been its who now people my made over did down only way find use may water long little "
+    "very after words called just where most know get through back much before go good new write our "
+    "used me man too any day same right look think also around another came come work three word must "
+    "because does part even place well such here take why things help put years different away again "
+    "off went old number great tell men say small every found still between name should home big give "
+    "air line set own under read last never us left end along while might next sound below saw something "
+    "thought both few those always looked show large often together asked house world going want school"
+).split()
+VOCAB = [" " + w for w in _WORDS]
+
+
+@dataclass
+class SimulatorConfig:
+    """The simulator's knobs: the keys `engine_args` may use with `engine: simulator`."""
+
+    max_model_len: int = 4096
+    vocab_size: int = 32000  # token ids of a tokenized prompt must lie below this
+    chars_per_token: int = 4
+    # Timing.
+    ttft_base_s: float = 0.005
+    prefill_s_per_token: float = 0.0001
+    decode_s_per_token: float = 0.01
+    decode_batch_slowdown: float = 0.02
+    max_num_seqs: int = 256
+    # Prefix cache.
+    block_size: int = 16
+    prefix_cache_blocks: int = 8192  # 0 disables the cache
+    # Text.
+    eos_probability: float = 0.0  # per token, after min_tokens, unless ignore_eos
+    # Faults.
+    error_rate: float = 0.0
+    error_after_tokens: int = 1
+    fail_after_s: float | None = None
+    startup_delay_s: float = 0.0
+    fault_seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("max_model_len", "vocab_size", "chars_per_token", "max_num_seqs", "block_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"simulator engine_args.{name} must be an integer >= 1, got {value!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in positive or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"simulator engine_args.{f.name} must be a number >= 0, got {value!r}")
+        for name in ("error_rate", "eos_probability"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"simulator engine_args.{name} must lie in [0, 1]")
+
+
+_TOKEN_RE_CACHE: dict[int, re.Pattern] = {}
+
+
+def tokenize(text: str, chars_per_token: int = 4) -> list[str]:
+    """The simulator's tokenizer: runs of up to `chars_per_token` non-space characters."""
+    pattern = _TOKEN_RE_CACHE.get(chars_per_token)
+    if pattern is None:
+        pattern = _TOKEN_RE_CACHE[chars_per_token] = re.compile(r"\S{1,%d}" % chars_per_token)
+    return pattern.findall(text)
+
+
+def render_chat(messages: list[dict[str, str]]) -> str:
+    """The tiny model's ChatML template, with the generation prompt."""
+    parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+def block_hashes(tokens: list, block_size: int) -> list[int]:
+    """Chained hashes of the full blocks of `tokens` (a block's hash covers its whole prefix)."""
+    hashes = []
+    h = 0
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        h = hash((h, tuple(tokens[start:start + block_size])))
+        hashes.append(h)
+    return hashes
+
+
+class PrefixCache:
+    """An LRU of prompt blocks keyed by chained hash, bounded to `capacity` blocks."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def match(self, hashes: list[int]) -> int:
+        """Number of leading blocks that are cached (touching them as recently used)."""
+        n = 0
+        for h in hashes:
+            if h not in self._blocks:
+                break
+            n += 1
+        # Tail blocks first, so the head of a chain is the most recently used
+        # and eviction eats chains from their end (as vLLM frees blocks).
+        for h in reversed(hashes[:n]):
+            self._blocks.move_to_end(h)
+        return n
+
+    def insert(self, hashes: list[int]) -> None:
+        if self.capacity <= 0:
+            return
+        blocks = self._blocks
+        for h in reversed(hashes):
+            if h in blocks:
+                blocks.move_to_end(h)
+            else:
+                blocks[h] = None
+        while len(blocks) > self.capacity:
+            blocks.popitem(last=False)
+
+
+class _Choice:
+    __slots__ = ("index", "rng", "lp_rng", "text", "emitted", "tokens", "finish_reason")
+
+    def __init__(self, index: int, rng: random.Random) -> None:
+        self.index = index
+        self.rng = rng
+        self.lp_rng = random.Random(index)  # logprobs never change the text
+        self.text = ""
+        self.emitted = 0
+        self.tokens = 0
+        self.finish_reason: str | None = None
+
+
+class SimulatedEngine(Engine):
+    """A simulated engine (see the module docstring for the model it follows)."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        self.cache = PrefixCache(self.config.prefix_cache_blocks)
+        self._started_at: float | None = None
+        self._shut_down = False
+        self._slots: asyncio.Semaphore | None = None
+        self._prefill_free_at = 0.0
+        self._fault_rng = random.Random(self.config.fault_seed)
+        self._running = 0
+        self._running_seqs = 0
+        self._waiting = 0
+        self._counters = dict.fromkeys(
+            (
+                "prefix_cache_queries",
+                "prefix_cache_hits",
+                "requests",
+                "requests_finished",
+                "requests_failed",
+                "requests_cancelled",
+                "prompt_tokens",
+                "generation_tokens",
+            ),
+            0,
+        )
+
+    @classmethod
+    def from_engine_args(cls, engine_args: dict[str, Any]) -> "SimulatedEngine":
+        known = {f.name for f in dataclasses.fields(SimulatorConfig)}
+        for key in engine_args:
+            if key not in known:
+                raise ValueError(
+                    f"unknown simulator engine_args key '{key}' (known: {', '.join(sorted(known))})"
+                )
+        return cls(SimulatorConfig(**engine_args))
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> EngineInfo:
+        if self.config.startup_delay_s:
+            await asyncio.sleep(self.config.startup_delay_s)
+        self._started_at = time.monotonic()
+        self._shut_down = False
+        return EngineInfo(max_model_len=self.config.max_model_len)
+
+    def _dead(self) -> bool:
+        if self._shut_down or self._started_at is None:
+            return True
+        fail_after = self.config.fail_after_s
+        return fail_after is not None and time.monotonic() - self._started_at >= fail_after
+
+    async def check_health(self) -> None:
+        if self._started_at is None:
+            raise EngineUnavailableError("the engine has not started")
+        if self._dead():
+            raise EngineUnavailableError("the simulated engine is dead")
+
+    async def stats(self) -> dict[str, float]:
+        out = {k: float(v) for k, v in self._counters.items()}
+        out["running"] = float(self._running)
+        out["waiting"] = float(self._waiting)
+        out["prefix_cache_blocks_used"] = float(len(self.cache))
+        return out
+
+    async def shutdown(self) -> None:
+        self._shut_down = True
+
+    # -- requests ---------------------------------------------------------------
+
+    def _prompt_tokens(self, request: EngineRequest) -> list:
+        if request.messages is not None:
+            return tokenize(render_chat(request.messages), self.config.chars_per_token)
+        if request.prompt_token_ids is not None:
+            vocab = self.config.vocab_size
+            if any(t < 0 or t >= vocab for t in request.prompt_token_ids):
+                raise InvalidRequestError("prompt contains token ids outside the vocabulary", param="prompt")
+            return list(request.prompt_token_ids)
+        return tokenize(request.prompt or "", self.config.chars_per_token)
+
+    def _choices(self, request: EngineRequest, tokens: list) -> list[_Choice]:
+        p = request.params
+        digest = hashlib.blake2b(repr(tokens).encode(), digest_size=8).hexdigest()
+        choices = []
+        for i in range(p.n):
+            if p.seed is not None:
+                rng = random.Random(f"{p.seed}:{digest}:{i}")
+            elif p.temperature == 0:
+                rng = random.Random(f"greedy:{digest}")
+            else:
+                rng = random.Random()
+            choices.append(_Choice(i, rng))
+        return choices
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        cfg = self.config
+        p = request.params
+        # -- validation, before the first yield ----------------------------------
+        tokens = self._prompt_tokens(request)
+        prompt_tokens = len(tokens)
+        room = cfg.max_model_len - prompt_tokens
+        if room <= 0 or (p.max_tokens is not None and p.max_tokens > room):
+            raise PromptTooLongError(prompt_tokens, p.max_tokens or 1, cfg.max_model_len)
+        if self._dead():
+            raise EngineUnavailableError("the simulated engine is not running")
+        max_tokens = p.max_tokens or room
+        fail_at = None
+        if cfg.error_rate and self._fault_rng.random() < cfg.error_rate:
+            fail_at = cfg.error_after_tokens
+        stops = p.stop or []
+        hold = max((len(s) for s in stops), default=1) - 1
+        choices = self._choices(request, tokens)
+
+        counters = self._counters
+        counters["requests"] += 1
+        counters["prompt_tokens"] += prompt_tokens
+        admitted = False
+        outcome = "requests_cancelled"
+        live = 0
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(cfg.max_num_seqs)
+        try:
+            # -- queue for a slot, then prefill ------------------------------------
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+            admitted = True
+            self._running += 1
+            live = p.n
+            self._running_seqs += live
+            if fail_at == 0:
+                raise EngineError("simulated engine failure")
+            await self._prefill(tokens)
+            if self._dead():
+                raise EngineUnavailableError("the simulated engine died")
+
+            # -- decode --------------------------------------------------------------
+            produced = 0
+            vocab = VOCAB
+            while live:
+                step = cfg.decode_s_per_token * (1 + cfg.decode_batch_slowdown * (self._running_seqs - 1))
+                # The first token comes with the prefill, like a real engine's first step.
+                if produced:
+                    await asyncio.sleep(step)
+                if self._dead():
+                    raise EngineUnavailableError("the simulated engine died")
+                if fail_at is not None and produced >= fail_at:
+                    raise EngineError("simulated engine failure")
+                produced += 1
+                deltas = []
+                for c in choices:
+                    if c.finish_reason is not None:
+                        continue
+                    token = vocab[c.rng.randrange(len(vocab))]
+                    c.tokens += 1
+                    c.text += token
+                    finish = None
+                    if stops:
+                        window = c.text[-(len(token) + hold):]
+                        base = len(c.text) - len(window)
+                        cut = min((base + window.find(s) for s in stops if s in window), default=-1)
+                        if cut >= 0:
+                            c.text = c.text[:cut]
+                            finish = "stop"
+                    if finish is None:
+                        if c.tokens >= max_tokens:
+                            finish = "length"
+                        elif (
+                            cfg.eos_probability
+                            and not p.ignore_eos
+                            and c.tokens > p.min_tokens
+                            and c.rng.random() < cfg.eos_probability
+                        ):
+                            finish = "stop"
+                    end = len(c.text) if finish else max(c.emitted, len(c.text) - hold)
+                    piece = c.text[c.emitted:end]
+                    c.emitted = end
+                    logprobs = None
+                    if p.logprobs is not None:
+                        logprobs = [self._logprob(token, c.lp_rng, p.logprobs)]
+                    if finish:
+                        c.finish_reason = finish
+                        live -= 1
+                        self._running_seqs -= 1
+                    deltas.append(ChoiceDelta(c.index, piece, 1, finish, logprobs))
+                counters["generation_tokens"] += len(deltas)
+                yield EngineOutput(prompt_tokens=prompt_tokens, choices=deltas)
+            outcome = "requests_finished"
+        except (EngineError, EngineUnavailableError):
+            outcome = "requests_failed"
+            raise
+        finally:
+            counters[outcome] += 1
+            if admitted:
+                self._running -= 1
+                self._running_seqs -= live
+                self._slots.release()
+
+    async def _prefill(self, tokens: list) -> None:
+        cfg = self.config
+        hashes = block_hashes(tokens, cfg.block_size) if cfg.prefix_cache_blocks else []
+        # Like vLLM, the last prompt token is always computed: a full-prompt hit gives back a block.
+        matchable = hashes[: (len(tokens) - 1) // cfg.block_size]
+        hit_blocks = self.cache.match(matchable) if matchable else 0
+        hit_tokens = hit_blocks * cfg.block_size
+        self._counters["prefix_cache_queries"] += len(tokens)
+        self._counters["prefix_cache_hits"] += hit_tokens
+        # One compute engine per replica: prefills queue behind each other.
+        now = time.monotonic()
+        work = cfg.ttft_base_s + cfg.prefill_s_per_token * (len(tokens) - hit_tokens)
+        done_at = max(now, self._prefill_free_at) + work
+        self._prefill_free_at = done_at
+        await asyncio.sleep(done_at - now)
+        self.cache.insert(hashes)
+
+    @staticmethod
+    def _logprob(token: str, rng: random.Random, top: int) -> TokenLogprob:
+        lp = -round(rng.random() * 3, 4)
+        alternatives = [(token, lp)] + [
+            (VOCAB[rng.randrange(len(VOCAB))], lp - (k + 1) * 0.5) for k in range(max(0, top - 1))
+        ]
+        return TokenLogprob(token=token, logprob=lp, top=alternatives[:top])
