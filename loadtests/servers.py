@@ -55,6 +55,11 @@ class ManagedProcess:
         raise NotImplementedError
 
     def start(self, timeout_s: float = 300) -> "ManagedProcess":
+        try:
+            httpx.get(self.ready_url, timeout=1)
+            raise RuntimeError(f"something already answers at {self.ready_url}: stop it first")
+        except httpx.HTTPError:
+            pass
         # Engines of other servers on this machine are not ours to judge: remember them.
         self._foreign = {p.pid for p in engine_processes()}
         self._log = open(self.log_path, "w")

@@ -10,13 +10,14 @@ from ray.serve import Application
 from serving.config import AppConfig, ModelConfig, check_engine_args, parse_app_args
 from serving.deployments.ingress import ingress_deployment
 from serving.deployments.llm_server import LLMServer
+from serving.routing import request_router_config
 
 
 def replica_env(model: ModelConfig) -> dict[str, str]:
     env = dict(model.env)
     if model.kv_cache_gib is not None:
         # vLLM on CPU otherwise asks for 92% of RAM and a second engine fails to start.
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{model.kv_cache_gib:g}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(model.kv_cache_gib)
     return env
 
 
@@ -28,7 +29,7 @@ def llm_deployment_options(model: ModelConfig) -> dict[str, Any]:
     env = replica_env(model)
     if env:
         actor["runtime_env"] = {"env_vars": env}
-    return {
+    options = {
         "name": model.deployment_name,
         "ray_actor_options": actor,
         "max_ongoing_requests": d.max_ongoing_requests,
@@ -38,19 +39,22 @@ def llm_deployment_options(model: ModelConfig) -> dict[str, Any]:
         "health_check_period_s": d.health_check_period_s,
         "health_check_timeout_s": d.health_check_timeout_s,
     }
+    router = request_router_config(model)
+    if router is not None:
+        options["request_router_config"] = router
+    return options
 
 
 def build_from_config(cfg: AppConfig) -> Application:
     peers = {m.id: m.deployment_name for m in cfg.models}
-    ingress_args = cfg.ingress.model_dump()
+    app_args = cfg.model_dump()
     llm_apps = [
         serve.deployment(LLMServer)
         .options(**llm_deployment_options(m))
-        .bind(m.model_dump(), ingress_args, peers)
+        .bind(m.model_dump(), app_args, peers)
         for m in cfg.models
     ]
-    Ingress = ingress_deployment(peers, cfg.ingress.num_cpus)
-    return Ingress.bind(*llm_apps)
+    return ingress_deployment(cfg).bind(*llm_apps)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -66,8 +66,9 @@ class DeploymentConfig(Strict):
         target = self.autoscaling.target_ongoing_requests
         if target > self.max_ongoing_requests:
             raise ValueError(
-                f"autoscaling.target_ongoing_requests ({target}) must be <= max_ongoing_requests "
-                f"({self.max_ongoing_requests}): a replica could never reach its target"
+                f"autoscaling.target_ongoing_requests ({target}"
+                f"{', the default' if 'target_ongoing_requests' not in self.autoscaling.model_fields_set else ''}) "
+                f"must be <= max_ongoing_requests ({self.max_ongoing_requests}): a replica could never reach its target"
             )
         return self
 
@@ -82,11 +83,21 @@ class ModelConfig(Strict):
         "vllm", description="`vllm`, `simulator`, or `package.module:Class` implementing serving.engine.base.Engine."
     )
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM AsyncEngineArgs fields.")
-    kv_cache_gib: float | None = Field(
-        None, gt=0, description="CPU only: KV cache size per replica (sets VLLM_CPU_KVCACHE_SPACE)."
+    # vLLM reads VLLM_CPU_KVCACHE_SPACE with int(): a fractional value would crash the engine.
+    kv_cache_gib: int | None = Field(
+        None, ge=1, description="CPU only: KV cache size in GiB per replica (sets VLLM_CPU_KVCACHE_SPACE)."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replicas.")
     deployment: DeploymentConfig = DeploymentConfig()
+    router: Literal["power_of_two", "round_robin", "prefix_aware"] = Field(
+        "power_of_two",
+        description="Request routing among the model's replicas (proxy path and handle calls); see serving/routing.",
+    )
+    router_imbalance_threshold: int = Field(
+        2, ge=0, description="prefix_aware: leave the sticky replica when its queue exceeds the least-loaded one's by more..."
+    )
+    router_load_factor: float = Field(1.5, ge=1, description="prefix_aware: ...and would exceed this many times the mean queue.")
+    router_prefix_chars: int = Field(512, ge=1, description="prefix_aware: how many leading prompt characters form the key.")
 
     @field_validator("id")
     @classmethod
@@ -130,9 +141,31 @@ class IngressConfig(Strict):
     num_cpus: float = Field(0.1, ge=0, description="CPU reservation of the ingress deployment (proxy mode).")
 
 
+class AuthConfig(Strict):
+    """API keys: from an environment variable (comma-separated) and/or a mounted file (one per line).
+
+    Never put keys in configs/: in Kubernetes both come from a Secret (SECURITY.md).
+    With no key found the API runs open and says so once at start-up.
+    """
+
+    api_keys_env: str | None = "SERVING_API_KEYS"
+    api_keys_file: str | None = None
+
+
+class LimitsConfig(Strict):
+    """Per-key rate limits, body size and request time, enforced by every ingress process."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    request_timeout_s: float = Field(600.0, gt=0)
+
+
 class AppConfig(Strict):
     models: list[ModelConfig] = Field(min_length=1)
     ingress: IngressConfig = IngressConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "AppConfig":
@@ -171,10 +204,15 @@ def parse_app_args(args: dict[str, Any], where: str = "application args") -> App
 def load_serve_config(path: str | Path) -> dict[str, Any]:
     """Read a Serve config file and validate each application's args that use our app."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"invalid config in {path}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("applications"), list):
         raise ConfigError(f"invalid config in {path}: expected a Serve config with 'applications'")
     for i, app in enumerate(data["applications"]):
+        if not isinstance(app, dict):
+            raise ConfigError(f"invalid config in {path}: applications[{i}] must be a mapping")
         if str(app.get("import_path", "")).startswith("serving.app:"):
             app_cfg = parse_app_args(app.get("args") or {}, f"{path} (applications[{i}].args)")
             check_engine_args(app_cfg, f"{path} (applications[{i}].args)")
@@ -185,7 +223,7 @@ def app_configs(data: dict[str, Any]) -> list[AppConfig]:
     return [
         AppConfig.model_validate(app.get("args") or {})
         for app in data["applications"]
-        if str(app.get("import_path", "")).startswith("serving.app:")
+        if isinstance(app, dict) and str(app.get("import_path", "")).startswith("serving.app:")
     ]
 
 

@@ -12,19 +12,41 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.api.backend import ModelRegistry
 from serving.api.errors import APIError, error_body, unwrap
 from serving.api.routes import chat, completions, health, models
+from serving.api.routes._common import REQUEST_ID_HEADER
+from serving.api.security import Authenticator, RateLimiter, load_api_keys
+from serving.config import AuthConfig, LimitsConfig
 
 logger = logging.getLogger(__name__)
 
 
-def build_api(registry: ModelRegistry) -> FastAPI:
+def _error_response(request: Request, err: APIError) -> JSONResponse:
+    headers = dict(err.headers)
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers[REQUEST_ID_HEADER] = rid
+    return JSONResponse(err.body(), status_code=err.status_code, headers=headers)
+
+
+def build_api(
+    registry: ModelRegistry, auth: AuthConfig | None = None, limits: LimitsConfig | None = None
+) -> FastAPI:
     app = FastAPI(title="serving: OpenAI-compatible LLM API", version="0.1.0")
+    auth = auth or AuthConfig()
     app.state.registry = registry
+    app.state.authenticator = Authenticator(load_api_keys(auth))
+    app.state.limits = limits or LimitsConfig()
+    app.state.limiter = RateLimiter(app.state.limits)
+    if not app.state.authenticator.enabled:
+        logger.warning(
+            "no API keys configured (env %s, file %s): the API is open to anyone who can reach it",
+            auth.api_keys_env, auth.api_keys_file,
+        )
     for module in (health, models, chat, completions):
         app.include_router(module.router)
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    async def _api_error(request: Request, exc: APIError):
+        return _error_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
@@ -36,10 +58,10 @@ def build_api(registry: ModelRegistry) -> FastAPI:
         return JSONResponse(error_body(str(exc.errors()[0]["msg"]), "invalid_request_error"), status_code=400)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception):
         err = unwrap(exc)
         if isinstance(err, APIError):
-            return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers)
+            return _error_response(request, err)
         logger.exception("unhandled error")
         return JSONResponse(error_body("The server had an error while processing your request.", "server_error"), status_code=500)
 

@@ -20,21 +20,27 @@ from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 class ModelBackend(abc.ABC):
     model_id: str
 
-    @abc.abstractmethod
-    async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]: ...
+    # `request_id` becomes the engine's request id and the response's id.
 
     @abc.abstractmethod
-    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def chat_stream(self, req: ChatCompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
         """Return an iterator of SSE bytes whose first item has already been produced."""
 
     @abc.abstractmethod
-    async def completions(self, req: CompletionRequest) -> dict[str, Any]: ...
+    async def completions(self, req: CompletionRequest, request_id: str | None = None) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    async def completions_stream(self, req: CompletionRequest) -> AsyncIterator[bytes]: ...
+    async def completions_stream(self, req: CompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]: ...
 
     @abc.abstractmethod
     async def ready(self) -> bool: ...
+
+    async def stats(self) -> dict[str, float]:
+        """The engine's counters (one replica's, when reached through a handle)."""
+        return {}
 
 
 class LocalBackend(ModelBackend):
@@ -42,17 +48,17 @@ class LocalBackend(ModelBackend):
         self.serving = serving
         self.model_id = serving.model_id
 
-    async def chat(self, req):
-        return await self.serving.chat(req)
+    async def chat(self, req, request_id=None):
+        return await self.serving.chat(req, request_id)
 
-    async def chat_stream(self, req):
-        return await self.serving.chat_stream(req)
+    async def chat_stream(self, req, request_id=None):
+        return await self.serving.chat_stream(req, request_id)
 
-    async def completions(self, req):
-        return await self.serving.completions(req)
+    async def completions(self, req, request_id=None):
+        return await self.serving.completions(req, request_id)
 
-    async def completions_stream(self, req):
-        return await self.serving.completions_stream(req)
+    async def completions_stream(self, req, request_id=None):
+        return await self.serving.completions_stream(req, request_id)
 
     async def ready(self) -> bool:
         try:
@@ -60,6 +66,9 @@ class LocalBackend(ModelBackend):
             return True
         except Exception:
             return False
+
+    async def stats(self) -> dict[str, float]:
+        return {**await self.serving.engine.stats(), "in_flight": float(self.serving.in_flight)}
 
 
 class ModelRegistry:
@@ -84,3 +93,6 @@ class ModelRegistry:
 
     async def ready(self) -> dict[str, bool]:
         return {model_id: await b.ready() for model_id, b in self._backends.items()}
+
+    async def stats(self) -> dict[str, dict[str, float]]:
+        return {model_id: await b.stats() for model_id, b in self._backends.items()}

@@ -83,6 +83,21 @@ class EngineUnavailableError(APIError):
     error_type = "service_unavailable"
 
 
+class OverloadedError(APIError):
+    """The model's bounded queue is full: answered at once, with Retry-After."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class RequestTimeoutError(APIError):
+    status_code = 504
+    error_type = "timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="request_timeout")
+
+
 class EngineError(APIError):
     status_code = 500
     error_type = "server_error"

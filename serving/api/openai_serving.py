@@ -8,13 +8,14 @@ further (the HTTP server in the same process, or a Ray handle) moves opaque byte
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any, AsyncIterator
 
 import msgspec
 
-from serving.api.errors import APIError, EngineError, unwrap
+from serving.api.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, unwrap
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
 
@@ -106,10 +107,36 @@ async def first_then_rest(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 class OpenAIServing:
-    def __init__(self, engine: Engine, model_id: str, max_model_len: int) -> None:
+    """One model's OpenAI endpoints in this process, with its admission gate and timeouts.
+
+    `max_in_flight` bounds the requests this process holds for the model (running
+    in the engine plus waiting in its queue); one more gets 503 + Retry-After at
+    once instead of waiting. A request past `timeout_s` is cancelled in the engine
+    and answered 504 (or, mid-stream, with an error event).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: str,
+        max_model_len: int,
+        max_in_flight: int | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
         self.engine = engine
         self.model_id = model_id
         self.max_model_len = max_model_len
+        self.max_in_flight = max_in_flight
+        self.timeout_s = timeout_s
+        self.in_flight = 0
+
+    def _admit(self) -> None:
+        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            raise OverloadedError(
+                f"The model '{self.model_id}' is at capacity ({self.max_in_flight} requests in flight). Retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        self.in_flight += 1
 
     # -- chat -------------------------------------------------------------------
 
@@ -118,12 +145,12 @@ class OpenAIServing:
         return EngineRequest(request_id=request_id, params=generation_params(req), messages=messages)
 
     async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> dict[str, Any]:
-        request_id = request_id or f"chatcmpl-{uuid.uuid4().hex}"
+        request_id = request_id or uuid.uuid4().hex
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._chat_engine_request(req, request_id), req.n
         )
         return {
-            "id": request_id,
+            "id": f"chatcmpl-{request_id}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model_id,
@@ -140,11 +167,11 @@ class OpenAIServing:
         }
 
     async def chat_stream(self, req: ChatCompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
-        request_id = request_id or f"chatcmpl-{uuid.uuid4().hex}"
-        engine_stream = self.engine.generate(self._chat_engine_request(req, request_id))
+        request_id = request_id or uuid.uuid4().hex
+        engine_request = self._chat_engine_request(req, request_id)
         # The fixed head of every chunk, encoded once: per-step work is only the choices.
         head = _encode(
-            {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_id}
+            {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_id}
         )[:-1]
         tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"
         want_logprobs = req.logprobs
@@ -166,9 +193,7 @@ class OpenAIServing:
                 )
             return b"data: " + head + b',"choices":' + _encode(choices) + tail
 
-        return await first_then_rest(
-            self._stream(engine_stream, render, req.include_usage, head)
-        )
+        return await first_then_rest(self._stream(engine_request, render, req.include_usage, head))
 
     # -- completions ------------------------------------------------------------
 
@@ -182,12 +207,12 @@ class OpenAIServing:
         return EngineRequest(request_id=request_id, params=params, prompt=prompt)
 
     async def completions(self, req: CompletionRequest, request_id: str | None = None) -> dict[str, Any]:
-        request_id = request_id or f"cmpl-{uuid.uuid4().hex}"
+        request_id = request_id or uuid.uuid4().hex
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._completion_engine_request(req, request_id), req.n
         )
         return {
-            "id": request_id,
+            "id": f"cmpl-{request_id}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": self.model_id,
@@ -204,10 +229,10 @@ class OpenAIServing:
         }
 
     async def completions_stream(self, req: CompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
-        request_id = request_id or f"cmpl-{uuid.uuid4().hex}"
-        engine_stream = self.engine.generate(self._completion_engine_request(req, request_id))
+        request_id = request_id or uuid.uuid4().hex
+        engine_request = self._completion_engine_request(req, request_id)
         head = _encode(
-            {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": self.model_id}
+            {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": self.model_id}
         )[:-1]
         tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"
         want_logprobs = req.logprobs is not None
@@ -223,14 +248,20 @@ class OpenAIServing:
                 choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
             return b"data: " + head + b',"choices":' + _encode(choices) + tail
 
-        return await first_then_rest(
-            self._stream(engine_stream, render, req.include_usage, head)
-        )
+        return await first_then_rest(self._stream(engine_request, render, req.include_usage, head))
 
     # -- shared -----------------------------------------------------------------
 
     async def _collect(self, request: EngineRequest, n: int):
-        texts = [""] * n
+        self._admit()
+        try:
+            return await asyncio.wait_for(self._collect_outputs(request, n), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.") from None
+        finally:
+            self.in_flight -= 1
+
+    async def _collect_outputs(self, request: EngineRequest, n: int):
         parts: list[list[str]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
@@ -247,15 +278,40 @@ class OpenAIServing:
         texts = ["".join(p) for p in parts]
         return texts, finish, logprobs, prompt_tokens, completion_tokens
 
-    async def _stream(self, engine_stream, render, include_usage: bool, head: bytes) -> AsyncIterator[bytes]:
+    async def _stream(self, request: EngineRequest, render, include_usage: bool, head: bytes) -> AsyncIterator[bytes]:
+        self._admit()
+        # The timeout cancels whichever task is pulling this stream at that moment
+        # (the first item is pulled by the route, the rest by the response):
+        # a timer per request instead of a wait_for per token.
+        current = asyncio.current_task
+        puller = {"task": current(), "timed_out": False}
+
+        def on_timeout() -> None:
+            puller["timed_out"] = True
+            task = puller["task"]
+            if task is not None and not task.done():
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, on_timeout)
         started: set[int] = set()
         prompt_tokens = completion_tokens = 0
         try:
-            async for out in engine_stream:
+            async for out in self.engine.generate(request):
                 prompt_tokens = out.prompt_tokens
                 for c in out.choices:
                     completion_tokens += c.num_tokens
                 yield render(out, started)
+                puller["task"] = current()
+        except asyncio.CancelledError:
+            if not puller["timed_out"]:
+                raise  # a client disconnect: the engine already aborted the request
+            current().uncancel()
+            err = RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.")
+            if not started:
+                raise err from None
+            yield sse(err.body())
+            yield DONE
+            return
         except APIError as exc:
             if not started:
                 raise  # nothing sent yet: the caller answers with an HTTP error
@@ -270,6 +326,9 @@ class OpenAIServing:
             yield sse(err.body())
             yield DONE
             return
+        finally:
+            timer.cancel()
+            self.in_flight -= 1
         if include_usage:
             yield b"data: " + head + b',"choices":[],"usage":' + _encode(_usage(prompt_tokens, completion_tokens)) + b"}\n\n"
         yield DONE

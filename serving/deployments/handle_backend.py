@@ -6,10 +6,17 @@ import asyncio
 from typing import Any, AsyncIterator
 
 from serving.api.backend import ModelBackend
-from serving.api.errors import EngineUnavailableError, unwrap
+from serving.api.errors import EngineUnavailableError, OverloadedError, unwrap
 
 
 def _reraise(exc: BaseException):
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(exc, BackPressureError):
+        # Serve's max_queued_requests is full: same answer as the direct path's gate.
+        raise OverloadedError(
+            f"The model is at capacity: {exc}. Retry shortly.", headers={"Retry-After": "1"}
+        ) from None
     err = unwrap(exc)
     if err is exc:
         raise exc
@@ -31,14 +38,14 @@ class HandleBackend(ModelBackend):
             self._handle = serve.get_deployment_handle(self._deployment_name, self._app_name)
         return self._handle
 
-    async def _call(self, method: str, req) -> dict[str, Any]:
+    async def _call(self, method: str, req, request_id) -> dict[str, Any]:
         try:
-            return await getattr(self.handle, method).remote(req)
+            return await getattr(self.handle, method).remote(req, request_id)
         except Exception as exc:
             _reraise(exc)
 
-    async def _stream(self, method: str, req) -> AsyncIterator[bytes]:
-        gen = getattr(self.handle.options(stream=True), method).remote(req)
+    async def _stream(self, method: str, req, request_id) -> AsyncIterator[bytes]:
+        gen = getattr(self.handle.options(stream=True), method).remote(req, request_id)
         try:
             first = await gen.__anext__()
         except StopAsyncIteration:
@@ -56,17 +63,23 @@ class HandleBackend(ModelBackend):
 
         return chained()
 
-    async def chat(self, req):
-        return await self._call("chat", req)
+    async def chat(self, req, request_id=None):
+        return await self._call("chat", req, request_id)
 
-    async def chat_stream(self, req):
-        return await self._stream("chat_stream", req)
+    async def chat_stream(self, req, request_id=None):
+        return await self._stream("chat_stream", req, request_id)
 
-    async def completions(self, req):
-        return await self._call("completions", req)
+    async def completions(self, req, request_id=None):
+        return await self._call("completions", req, request_id)
 
-    async def completions_stream(self, req):
-        return await self._stream("completions_stream", req)
+    async def completions_stream(self, req, request_id=None):
+        return await self._stream("completions_stream", req, request_id)
+
+    async def stats(self) -> dict[str, float]:
+        try:
+            return await asyncio.wait_for(self.handle.engine_stats.remote(), timeout=5)
+        except Exception:
+            return {}
 
     async def ready(self) -> bool:
         try:

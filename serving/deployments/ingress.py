@@ -13,15 +13,16 @@ from ray import serve
 
 from serving.api.app import build_api
 from serving.api.backend import ModelRegistry
+from serving.config import AppConfig
 from serving.deployments.handle_backend import HandleBackend
 
 
-def ingress_deployment(models: dict[str, str], num_cpus: float):
-    """The ingress class for `models` (model id -> LLM deployment name)."""
-    backends = [HandleBackend(model_id, deployment_name) for model_id, deployment_name in models.items()]
-    api = build_api(ModelRegistry(backends, created=int(time.time())))
+def ingress_deployment(cfg: AppConfig):
+    """The ingress class for the app's models (each reached through its LLM deployment)."""
+    backends = [HandleBackend(m.id, m.deployment_name) for m in cfg.models]
+    api = build_api(ModelRegistry(backends, created=int(time.time())), cfg.auth, cfg.limits)
 
-    @serve.deployment(name="ingress", ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=1024)
+    @serve.deployment(name="ingress", ray_actor_options={"num_cpus": cfg.ingress.num_cpus}, max_ongoing_requests=1024)
     @serve.ingress(api)
     class Ingress:
         def __init__(self, *llm_deployments):

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 from serving.api.app import build_api
 from serving.api.backend import LocalBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
-from serving.config import IngressConfig, ModelConfig
+from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments.engine_loop import EngineLoop
 from serving.deployments.handle_backend import HandleBackend
 from serving.engine import make_engine
@@ -48,11 +48,12 @@ async def coalesce(stream: AsyncIterator[bytes], window_s: float = COALESCE_WIND
 
 
 class LLMServer:
-    async def __init__(self, model: dict, ingress: dict, peers: dict[str, str], app_name: str | None = None):
+    async def __init__(self, model: dict, app: dict, peers: dict[str, str], app_name: str | None = None):
         self._http = None
         self.engine = None
         self.cfg = ModelConfig.model_validate(model)
-        ingress_cfg = IngressConfig.model_validate(ingress)
+        self.app_cfg = AppConfig.model_validate(app)
+        ingress_cfg = self.app_cfg.ingress
         self._loop = EngineLoop(f"engine-{self.cfg.id}")
         if ingress_cfg.mode == "direct" and app_name is None:
             from ray import serve
@@ -68,7 +69,14 @@ class LLMServer:
         """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
         self.engine = make_engine(self.cfg)
         info = await self.engine.start()
-        self.serving = OpenAIServing(self.engine, self.cfg.id, info.max_model_len)
+        d = self.cfg.deployment
+        self.serving = OpenAIServing(
+            self.engine,
+            self.cfg.id,
+            info.max_model_len,
+            max_in_flight=d.max_ongoing_requests + max(0, d.max_queued_requests),
+            timeout_s=self.app_cfg.limits.request_timeout_s,
+        )
         if ingress_cfg.mode == "direct":
             from serving.deployments.direct_http import DirectHTTPServer
 
@@ -76,25 +84,27 @@ class LLMServer:
                 LocalBackend(self.serving) if model_id == self.cfg.id else HandleBackend(model_id, name, app_name)
                 for model_id, name in peers.items()
             ]
-            api = build_api(ModelRegistry(backends, created=int(time.time())))
+            api = build_api(
+                ModelRegistry(backends, created=int(time.time())), self.app_cfg.auth, self.app_cfg.limits
+            )
             self._http = await DirectHTTPServer.start(
                 api, ingress_cfg.host, ingress_cfg.port, self.cfg.deployment.graceful_shutdown_timeout_s
             )
 
     # -- handle calls (bridged onto the engine loop) --------------------------------
 
-    async def chat(self, req):
-        return await self._loop.run(self.serving.chat(req))
+    async def chat(self, req, request_id=None):
+        return await self._loop.run(self.serving.chat(req, request_id))
 
-    async def chat_stream(self, req) -> AsyncIterator[bytes]:
-        async for chunk in coalesce(self._loop.stream(lambda: self.serving.chat_stream(req))):
+    async def chat_stream(self, req, request_id=None) -> AsyncIterator[bytes]:
+        async for chunk in coalesce(self._loop.stream(lambda: self.serving.chat_stream(req, request_id))):
             yield chunk
 
-    async def completions(self, req):
-        return await self._loop.run(self.serving.completions(req))
+    async def completions(self, req, request_id=None):
+        return await self._loop.run(self.serving.completions(req, request_id))
 
-    async def completions_stream(self, req) -> AsyncIterator[bytes]:
-        async for chunk in coalesce(self._loop.stream(lambda: self.serving.completions_stream(req))):
+    async def completions_stream(self, req, request_id=None) -> AsyncIterator[bytes]:
+        async for chunk in coalesce(self._loop.stream(lambda: self.serving.completions_stream(req, request_id))):
             yield chunk
 
     async def ready(self) -> bool:
@@ -102,7 +112,7 @@ class LLMServer:
         return True
 
     async def engine_stats(self) -> dict[str, float]:
-        return await self._loop.run(self.engine.stats())
+        return await self._loop.run(LocalBackend(self.serving).stats())
 
     async def check_health(self) -> None:
         await self._loop.run(self.engine.check_health())

@@ -92,6 +92,9 @@ class Engine(abc.ABC):
     async def check_health(self) -> None: ...
 
     async def stats(self) -> dict[str, float]:
+        """Counters for metrics and tests. Keys, where the engine has them: running,
+        waiting, unfinished_requests, kv_cache_usage, prefix_cache_queries,
+        prefix_cache_hits, prompt_tokens, generation_tokens."""
         return {}
 
     @abc.abstractmethod

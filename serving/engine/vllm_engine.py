@@ -39,6 +39,18 @@ def engine_arg_names() -> set[str]:
     return {f.name for f in dataclasses.fields(AsyncEngineArgs)}
 
 
+# vLLM metric sample -> our stats key (summed over label sets, e.g. engine index).
+_VLLM_STATS = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+    "vllm:prefix_cache_queries_total": "prefix_cache_queries",
+    "vllm:prefix_cache_hits_total": "prefix_cache_hits",
+    "vllm:prompt_tokens_total": "prompt_tokens",
+    "vllm:generation_tokens_total": "generation_tokens",
+}
+
+
 def _config_objects(args_cls, args: dict[str, Any]) -> dict[str, Any]:
     """Turn YAML mappings into vLLM's config dataclasses (e.g. structured_outputs_config).
 
@@ -192,9 +204,23 @@ class VLLMEngine(Engine):
             raise EngineUnavailableError(f"the engine is unhealthy: {exc}") from None
 
     async def stats(self) -> dict[str, float]:
+        """The engine's own counters: vLLM's Prometheus metrics in this process, plus its request count."""
         if self._llm is None:
             return {}
-        return {"unfinished_requests": float(self._llm.get_num_unfinished_requests())}
+        stats = {name: 0.0 for name in _VLLM_STATS.values()}
+        from prometheus_client import REGISTRY
+
+        for metric in REGISTRY.collect():
+            for sample in metric.samples:
+                key = _VLLM_STATS.get(sample.name)
+                if key is not None:
+                    stats[key] += float(sample.value)
+        stats["unfinished_requests"] = float(self._llm.get_num_unfinished_requests())
+        return stats
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
 
     async def shutdown(self) -> None:
         if self._llm is not None:

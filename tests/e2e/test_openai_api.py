@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from serving.models.tiny_llama import model_dir
-from tests.e2e.conftest import DIRECT_URL
+from tests.e2e.conftest import AUTH, DIRECT_URL
 
 MODEL = "tiny-llama"
 NO_EOS = {"ignore_eos": True}
@@ -85,7 +85,7 @@ def test_chat_stream_with_usage(any_client, tokenizer):
 
 def test_stream_sse_framing(dev_server):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True, **NO_EOS}
-    with httpx.stream("POST", f"{DIRECT_URL}/v1/chat/completions", json=body, timeout=30) as r:
+    with httpx.stream("POST", f"{DIRECT_URL}/v1/chat/completions", json=body, headers=AUTH, timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
@@ -243,6 +243,6 @@ def test_unrecognized_argument_is_400(client):
 
 
 def test_broken_json_is_400(dev_server):
-    r = httpx.post(f"{DIRECT_URL}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(f"{DIRECT_URL}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json", **AUTH})
     assert r.status_code == 400
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}

@@ -352,12 +352,12 @@ class DummyBackend(ModelBackend):
         if self.fail is not None:
             raise self.fail
 
-    async def chat(self, req):
+    async def chat(self, req, request_id=None):
         self.seen.append(req)
         self._maybe_fail()
         return {"object": "chat.completion", "model": req.model, "choices": []}
 
-    async def chat_stream(self, req):
+    async def chat_stream(self, req, request_id=None):
         self.seen.append(req)
         self._maybe_fail()
 
@@ -367,12 +367,12 @@ class DummyBackend(ModelBackend):
 
         return gen()
 
-    async def completions(self, req):
+    async def completions(self, req, request_id=None):
         self.seen.append(req)
         self._maybe_fail()
         return {"object": "text_completion", "model": req.model, "choices": []}
 
-    async def completions_stream(self, req):
+    async def completions_stream(self, req, request_id=None):
         return await self.chat_stream(req)
 
     async def ready(self) -> bool:

@@ -16,3 +16,10 @@ async def ready(request: Request):
     models = await request.app.state.registry.ready()
     ok = all(models.values())
     return JSONResponse({"ready": ok, "models": models}, status_code=200 if ok else 503)
+
+
+@router.get("/stats")
+async def stats(request: Request):
+    """Engine counters per model, as seen by the process that answers (one replica). Needs a key."""
+    request.app.state.authenticator.identify(request.headers.get("authorization"))
+    return await request.app.state.registry.stats()

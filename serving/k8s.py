@@ -1,0 +1,555 @@
+"""Render KubeRay RayService manifests from a Serve config file in configs/.
+
+    python -m serving.k8s render configs/cluster.yaml --kind multi-node -o k8s/rayservice-cluster.yaml
+    python -m serving.k8s render configs/cluster.yaml --kind multi-node --kueue-queue llm-serving \\
+        -o k8s/rayservice-cluster-kueue.yaml
+    python -m serving.k8s render-all            # regenerate every manifest of TARGETS
+    python -m serving.k8s render-all --check    # exit 1 if a committed manifest is stale
+
+The config file is validated with `serving.config` first and embedded verbatim
+as the RayService's `serveConfigV2`, so the cluster runs exactly the file that
+`serve run` runs on a laptop. The pods are derived from it:
+
+* One LLM replica per GPU worker pod. A replica reserves `num_gpus` GPUs, which
+  must equal tensor_parallel_size x pipeline_parallel_size of its engine_args
+  (vLLM's TP workers are local processes of the replica, see configs/cluster.yaml),
+  and each worker pod gets exactly that many GPUs, plus CPUs and memory for the
+  replica, the engine processes and Ray itself.
+* The head runs Ray's control plane only (`num-cpus: "0"`): GCS, dashboard, the
+  Serve controller and, with `--kind multi-node`, the autoscaler sidecar.
+* `--kind single-gpu`: head + one GPU worker, no autoscaling. The same topology
+  as multi-node (so the same Services and probes), and the head can share the
+  GPU node (it tolerates the GPU taint) when that node is all there is.
+* `--kind multi-node`: the KubeRay in-tree autoscaler adds GPU worker pods when
+  Serve's autoscaler asks for replicas that do not fit, and removes idle ones.
+* `--kueue-queue Q`: the RayService is admitted by Kueue from LocalQueue Q.
+  Kueue rejects `enableInTreeAutoscaling` on a queued RayService (unless its
+  elastic-jobs feature gate is on), so this variant reserves a fixed worker
+  group of max_replicas pods; Serve still scales replicas inside it.
+
+In `ingress.mode: direct` every LLM replica serves the OpenAI API on
+`ingress.port` itself, so clients should reach the worker pods on that port:
+the rendered file also holds a Service `<name>-direct` for it, next to the
+`<name>-serve-svc` that KubeRay creates for Serve's proxy (`http_options.port`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.config import AppConfig, ModelConfig, app_configs, load_serve_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The image built from the Dockerfile; the tag follows the project version.
+IMAGE_REPOSITORY = "registry.example.com/llm-serving"
+RUN_AS_USER = 1000  # the Dockerfile's `ray` user
+SECRET_NAME = "serving-secrets"  # k8s/secret-example.yaml
+SECRET_KEYS = ("HF_TOKEN", "SERVING_API_KEYS")
+APP_LABEL = "llm-serving"
+WORKER_COMPONENT = "llm-worker"
+HEAD_COMPONENT = "ray-head"
+
+# Ports. KubeRay finds Serve's proxy port by the container port named "serve"
+# (for the serve Service and the workers' readiness probe) and exports metrics
+# on the port named "metrics".
+METRICS_PORT = 8080
+DASHBOARD_PORT = 8265
+GCS_PORT = 6379
+CLIENT_PORT = 10001
+DASHBOARD_AGENT_PORT = 52365  # KubeRay's raylet health check
+
+# Pod sizing, in addition to what the replica reserves.
+SYSTEM_CPUS = 2  # raylet, dashboard agent, Serve proxy, the ingress deployment (0.1)
+SYSTEM_MEMORY_GIB = 4  # raylet, agent, proxy, engine-core process overhead
+SHM_EXTRA_GIB = 1  # NCCL buffers in /dev/shm (tensor parallel)
+WORKER_OBJECT_STORE_GIB = 2  # serving moves small objects; keep Ray's 30% default out of RAM
+HEAD_OBJECT_STORE_GIB = 1
+GIB = 2**30
+
+# Nodes with NVIDIA GPUs: the label of NVIDIA's GPU feature discovery (GPU
+# operator); the taint that GPU node pools usually carry.
+GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+class RenderError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    autoscaling: bool
+    head_cpu: str
+    head_memory: str
+    head_on_gpu_node: bool
+    model_cache_gib: int
+    idle_timeout_s: int = 60
+
+
+KINDS = {
+    # One GPU node: head + one worker with the GPU; nothing to scale.
+    "single-gpu": Kind("single-gpu", autoscaling=False, head_cpu="1", head_memory="4Gi",
+                       head_on_gpu_node=True, model_cache_gib=10),
+    # GPU worker pods added and removed by the KubeRay in-tree autoscaler. An idle
+    # GPU pod is kept 2 minutes: a new one costs node provisioning plus model load.
+    "multi-node": Kind("multi-node", autoscaling=True, head_cpu="2", head_memory="8Gi",
+                       head_on_gpu_node=False, model_cache_gib=40, idle_timeout_s=120),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A committed manifest and how it is generated."""
+
+    config: str
+    kind: str
+    output: str
+    kueue_queue: str | None = None
+
+    def command(self) -> str:
+        queue = f" --kueue-queue {self.kueue_queue}" if self.kueue_queue else ""
+        return f"python -m serving.k8s render {self.config} --kind {self.kind}{queue} -o {self.output}"
+
+
+TARGETS = [
+    Target("configs/gpu.yaml", "single-gpu", "k8s/rayservice-gpu.yaml"),
+    Target("configs/cluster.yaml", "multi-node", "k8s/rayservice-cluster.yaml"),
+    Target("configs/cluster.yaml", "multi-node", "k8s/rayservice-cluster-kueue.yaml", kueue_queue="llm-serving"),
+]
+
+
+# -- facts shared with the tests --------------------------------------------------
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def project_version() -> str:
+    return pyproject()["project"]["version"]
+
+
+def ray_version() -> str:
+    """The Ray pin of pyproject.toml: the image's Ray, so the RayCluster's rayVersion."""
+    for dep in pyproject()["project"]["dependencies"]:
+        m = re.fullmatch(r"ray(\[[^\]]*\])?==([\w.]+)", dep.replace(" ", ""))
+        if m:
+            return m.group(2)
+    raise RenderError("pyproject.toml does not pin ray (ray[serve]==X.Y.Z)")
+
+
+def default_image() -> str:
+    return f"{IMAGE_REPOSITORY}:{project_version()}-gpu"
+
+
+def default_name(config: str | Path) -> str:
+    return "llm-" + re.sub(r"[^a-z0-9-]", "-", Path(config).stem.lower())
+
+
+def gpus_per_replica(model: ModelConfig) -> int:
+    """GPUs one replica of `model` uses: tensor_parallel_size x pipeline_parallel_size."""
+    args = model.engine_args
+    return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
+
+
+DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+MAX_RAYSERVICE_NAME = 47  # KubeRay: 53 (the longest "-serve-svc" name) minus the cluster suffix
+
+
+def check_name(name: str) -> None:
+    if not DNS_1035.fullmatch(name) or len(name) > MAX_RAYSERVICE_NAME:
+        raise RenderError(
+            f"name {name!r} must be a DNS-1035 label (lowercase letters, digits, '-', starting with a letter) "
+            f"of at most {MAX_RAYSERVICE_NAME} characters"
+        )
+
+
+# -- rendering --------------------------------------------------------------------
+
+
+def _serve_facts(data: dict[str, Any], where: str) -> tuple[AppConfig, int]:
+    apps = app_configs(data)
+    if len(apps) != 1:
+        raise RenderError(f"{where}: expected exactly one serving.app application, found {len(apps)}")
+    http = data.get("http_options") or {}
+    if http.get("host") != "0.0.0.0":
+        raise RenderError(f"{where}: http_options.host must be 0.0.0.0 so the pod's IP reaches Serve's proxy")
+    serve_port = int(http.get("port", 8000))
+    cfg = apps[0]
+    if cfg.ingress.mode == "direct":
+        if cfg.ingress.host != "0.0.0.0":
+            raise RenderError(f"{where}: ingress.host must be 0.0.0.0 so the Service reaches the direct ingress")
+        if cfg.ingress.port == serve_port:
+            raise RenderError(f"{where}: ingress.port and http_options.port must differ (direct vs Serve proxy)")
+    return cfg, serve_port
+
+
+def _worker_shape(cfg: AppConfig, where: str) -> dict[str, Any]:
+    gpu_models = [m for m in cfg.models if m.deployment.num_gpus > 0]
+    if len(gpu_models) != 1 or len(cfg.models) != 1:
+        raise RenderError(f"{where}: the renderer supports one GPU model per cluster (one worker group)")
+    model = gpu_models[0]
+    d = model.deployment
+    gpus = gpus_per_replica(model)
+    if d.num_gpus != gpus:
+        raise RenderError(
+            f"{where}: {model.id}: deployment.num_gpus ({d.num_gpus:g}) must equal tensor_parallel_size x "
+            f"pipeline_parallel_size ({gpus}): the replica holds the GPUs of all its vLLM workers"
+        )
+    if gpus > 1 and model.engine_args.get("distributed_executor_backend") != "mp":
+        raise RenderError(
+            f"{where}: {model.id}: with {gpus} GPUs per replica set engine_args.distributed_executor_backend: mp "
+            "(vLLM's workers run as processes of the replica, on its pod)"
+        )
+    if d.memory_gib is None:
+        raise RenderError(f"{where}: {model.id}: set deployment.memory_gib; it sizes the worker pods")
+    cpus = math.ceil(d.num_cpus) + gpus + SYSTEM_CPUS
+    memory_gib = math.ceil(d.memory_gib) + WORKER_OBJECT_STORE_GIB + SHM_EXTRA_GIB + SYSTEM_MEMORY_GIB
+    a = d.autoscaling
+    return {
+        "model": model,
+        "gpus": gpus,
+        "cpus": cpus,
+        "memory_gib": memory_gib,
+        "min_pods": a.min_replicas,
+        "max_pods": a.max_replicas,
+        "initial_pods": a.initial_replicas if a.initial_replicas is not None else a.min_replicas,
+        "grace_s": int(max(m.deployment.graceful_shutdown_timeout_s for m in cfg.models)) + 30,
+    }
+
+
+def _secret_env() -> list[dict[str, Any]]:
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": key, "optional": True}}}
+        for key in SECRET_KEYS
+    ]
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        amounts["nvidia.com/gpu"] = gpus
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": APP_LABEL,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def _port(name: str, port: int) -> dict[str, Any]:
+    return {"name": name, "containerPort": port, "protocol": "TCP"}
+
+
+def _wget(port: int, path: str, expect: str | None = "success") -> str:
+    cmd = f"wget --tries 1 -T 2 -q -O- http://localhost:{port}/{path}"
+    return f"{cmd} | grep -q {expect}" if expect else f"{cmd} > /dev/null"
+
+
+def _head(name: str, image: str, kind: Kind, serve_port: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "securityContext": _pod_security(),
+        "containers": [
+            {
+                "name": "ray-head",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [
+                    _port("gcs-server", GCS_PORT),
+                    _port("dashboard", DASHBOARD_PORT),
+                    _port("client", CLIENT_PORT),
+                    _port("serve", serve_port),
+                    _port("metrics", METRICS_PORT),
+                ],
+                "env": _secret_env(),
+                "resources": _resources(kind.head_cpu, kind.head_memory),
+                "securityContext": _container_security(),
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            }
+        ],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{HEAD_OBJECT_STORE_GIB + 1}Gi"}}],
+    }
+    if kind.head_on_gpu_node:
+        spec["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]
+    return {
+        "rayStartParams": {
+            "num-cpus": "0",  # no replicas on the head: it keeps Ray's control plane responsive
+            "dashboard-host": "0.0.0.0",
+            "metrics-export-port": str(METRICS_PORT),
+            "object-store-memory": str(HEAD_OBJECT_STORE_GIB * GIB),
+        },
+        "template": {"metadata": {"labels": _labels(name, HEAD_COMPONENT)}, "spec": spec},
+    }
+
+
+def _worker(name: str, image: str, kind: Kind, shape: dict[str, Any], cfg: AppConfig, serve_port: int,
+            fixed_pods: int | None) -> dict[str, Any]:
+    direct = cfg.ingress.mode == "direct"
+    ports = [_port("serve", serve_port), _port("metrics", METRICS_PORT)]
+    if direct:
+        ports.insert(0, _port("direct", cfg.ingress.port))
+    container: dict[str, Any] = {
+        "name": "ray-worker",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": ports,
+        "env": _secret_env(),
+        "resources": _resources(str(shape["cpus"]), f"{shape['memory_gib']}Gi", shape["gpus"]),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "model-cache", "mountPath": "/home/ray/.cache/huggingface"},
+        ],
+    }
+    if direct:
+        # KubeRay's own worker probe (raylet + Serve proxy health) plus the direct
+        # ingress being ready: a pod takes traffic on either Service only once its
+        # LLM replica has loaded the model, and leaves both when the replica is gone.
+        checks = [
+            _wget(DASHBOARD_AGENT_PORT, "api/local_raylet_healthz"),
+            _wget(serve_port, "-/healthz"),
+            _wget(cfg.ingress.port, "ready", expect=None),
+        ]
+        container["readinessProbe"] = {
+            "exec": {"command": ["bash", "-c", " && ".join(checks)]},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 5,
+            "timeoutSeconds": 8,
+            "successThreshold": 1,
+            "failureThreshold": 2,
+        }
+    min_pods, max_pods, replicas = shape["min_pods"], shape["max_pods"], shape["initial_pods"]
+    if fixed_pods is not None:
+        min_pods = max_pods = replicas = fixed_pods
+    return {
+        "groupName": "gpu-workers",
+        "replicas": replicas,
+        "minReplicas": min_pods,
+        "maxReplicas": max_pods,
+        "rayStartParams": {
+            "metrics-export-port": str(METRICS_PORT),
+            "object-store-memory": str(WORKER_OBJECT_STORE_GIB * GIB),
+        },
+        "template": {
+            "metadata": {"labels": _labels(name, WORKER_COMPONENT)},
+            "spec": {
+                "securityContext": _pod_security(),
+                # Longer than the replicas' graceful_shutdown_timeout_s: streams drain first.
+                "terminationGracePeriodSeconds": shape["grace_s"],
+                "nodeSelector": dict(GPU_NODE_SELECTOR),
+                "tolerations": [dict(t) for t in GPU_TOLERATIONS],
+                "containers": [container],
+                "volumes": [
+                    {"name": "dshm", "emptyDir": {
+                        "medium": "Memory", "sizeLimit": f"{WORKER_OBJECT_STORE_GIB + SHM_EXTRA_GIB}Gi"}},
+                    {"name": "model-cache", "emptyDir": {"sizeLimit": f"{kind.model_cache_gib}Gi"}},
+                ],
+            },
+        },
+    }
+
+
+def build_objects(config: str | Path, kind_name: str, *, name: str | None = None, image: str | None = None,
+                  kueue_queue: str | None = None) -> list[dict[str, Any]]:
+    """The Kubernetes objects for `config`: the RayService and, in direct mode, its direct-ingress Service."""
+    if kind_name not in KINDS:
+        raise RenderError(f"unknown kind {kind_name!r} (known: {', '.join(KINDS)})")
+    kind = KINDS[kind_name]
+    path = Path(config)
+    if not path.is_absolute():
+        path = (Path.cwd() / path) if (Path.cwd() / path).exists() else REPO_ROOT / path
+    data = load_serve_config(path)
+    where = str(config)
+    cfg, serve_port = _serve_facts(data, where)
+    shape = _worker_shape(cfg, where)
+    name = name or default_name(path)
+    check_name(name)
+    image = image or default_image()
+    if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+        raise RenderError(f"image {image!r} must be pinned by a version tag")
+    if kueue_queue is not None and not DNS_1035.fullmatch(kueue_queue.replace(".", "-")):
+        raise RenderError(f"invalid Kueue queue name {kueue_queue!r}")
+
+    autoscaling = kind.autoscaling and kueue_queue is None
+    # Without the autoscaler the worker group is fixed at the most pods Serve can use.
+    fixed = None if autoscaling else shape["max_pods"]
+    cluster: dict[str, Any] = {"rayVersion": ray_version()}
+    if autoscaling:
+        cluster["enableInTreeAutoscaling"] = True
+        cluster["autoscalerOptions"] = {
+            "upscalingMode": "Default",
+            "idleTimeoutSeconds": kind.idle_timeout_s,
+            "imagePullPolicy": "IfNotPresent",
+            "resources": _resources("500m", "512Mi"),
+            "securityContext": _container_security(),
+        }
+    else:
+        cluster["enableInTreeAutoscaling"] = False
+    cluster["headGroupSpec"] = _head(name, image, kind, serve_port)
+    cluster["workerGroupSpecs"] = [_worker(name, image, kind, shape, cfg, serve_port, fixed)]
+
+    labels = {"app.kubernetes.io/name": APP_LABEL, "app.kubernetes.io/instance": name}
+    if kueue_queue is not None:
+        labels["kueue.x-k8s.io/queue-name"] = kueue_queue
+    serve_text = "\n".join(line.rstrip() for line in path.read_text().strip().splitlines()) + "\n"
+    rayservice = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            # The Serve proxy Service (<name>-serve-svc) selects worker pods only:
+            # the head hosts no replicas and should not relay token streams.
+            "excludeHeadPodFromServeSvc": True,
+            "upgradeStrategy": {"type": "NewCluster"},
+            "serveConfigV2": serve_text,
+            "rayClusterConfig": cluster,
+        },
+    }
+    objects = [rayservice]
+    if cfg.ingress.mode == "direct":
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": f"{name}-direct", "labels": _labels(name, "direct-ingress")},
+                "spec": {
+                    "type": "ClusterIP",
+                    # The RayCluster behind a RayService has a generated name that
+                    # changes on upgrades, so select the worker pods by the labels of
+                    # their template instead of by ray.io/cluster.
+                    "selector": {**_labels(name, WORKER_COMPONENT), "ray.io/node-type": "worker"},
+                    "ports": [{"name": "http", "port": cfg.ingress.port, "targetPort": "direct", "protocol": "TCP"}],
+                },
+            }
+        )
+    return objects
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(objects: list[dict[str, Any]]) -> str:
+    return "---\n".join(
+        yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=1000, default_flow_style=False) for obj in objects
+    )
+
+
+def render(config: str | Path, kind_name: str, *, name: str | None = None, image: str | None = None,
+           kueue_queue: str | None = None, command: str | None = None) -> str:
+    """The manifest text for `config` (what `render` writes and what the drift test compares)."""
+    objects = build_objects(config, kind_name, name=name, image=image, kueue_queue=kueue_queue)
+    shown = _display(config)
+    queue = f" --kueue-queue {kueue_queue}" if kueue_queue else ""
+    command = command or f"python -m serving.k8s render {shown} --kind {kind_name}{queue}"
+    header = (
+        f"# GENERATED from {shown} by:\n#   {command}\n"
+        "# Do not edit: change the config or serving/k8s.py and regenerate (tests/k8s checks for drift).\n"
+    )
+    return header + dump(objects)
+
+
+def _display(config: str | Path) -> str:
+    path = Path(config)
+    if path.is_absolute() and path.is_relative_to(REPO_ROOT):
+        return str(path.relative_to(REPO_ROOT))
+    return str(config)
+
+
+def render_target(target: Target) -> str:
+    return render(REPO_ROOT / target.config, target.kind, kueue_queue=target.kueue_queue, command=target.command())
+
+
+def _write_or_check(text: str, output: Path, check: bool, command: str) -> bool:
+    current = output.read_text() if output.exists() else None
+    if check:
+        if current != text:
+            diff = "".join(difflib.unified_diff((current or "").splitlines(True), text.splitlines(True),
+                                                str(output), "rendered", n=1))
+            print(f"{output} is out of date; regenerate with:\n  {command}\n{diff}", file=sys.stderr)
+            return False
+        print(f"{output}: up to date")
+        return True
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"wrote {output}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.k8s", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="render one config into a RayService manifest")
+    r.add_argument("config")
+    r.add_argument("--kind", choices=sorted(KINDS), required=True)
+    r.add_argument("--name", help="RayService name (default: llm-<config file stem>)")
+    r.add_argument("--image", help=f"serving image, pinned by tag (default: {default_image()})")
+    r.add_argument("--kueue-queue", help="admit through this Kueue LocalQueue (fixed-size worker group)")
+    r.add_argument("-o", "--output", help="write here (default: stdout)")
+    r.add_argument("--check", action="store_true", help="compare with --output instead of writing it")
+    a = sub.add_parser("render-all", help="regenerate every committed manifest (TARGETS)")
+    a.add_argument("--check", action="store_true", help="exit 1 if a committed manifest differs")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "render-all":
+            ok = all([_write_or_check(render_target(t), REPO_ROOT / t.output, args.check,
+                                      "python -m serving.k8s render-all") for t in TARGETS])
+            return 0 if ok else 1
+        parts = [f"python -m serving.k8s render {args.config} --kind {args.kind}"]
+        for flag, value in (("--name", args.name), ("--image", args.image), ("--kueue-queue", args.kueue_queue),
+                            ("-o", args.output)):
+            if value:
+                parts.append(f"{flag} {value}")
+        text = render(args.config, args.kind, name=args.name, image=args.image, kueue_queue=args.kueue_queue,
+                      command=" ".join(parts))
+    except (RenderError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check and not args.output:
+        parser.error("--check needs -o/--output")
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    return 0 if _write_or_check(text, Path(args.output), args.check, " ".join(parts)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
