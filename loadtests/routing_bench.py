@@ -349,6 +349,10 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         else:
             replicas, conc, n = args.vllm_replicas, args.vllm_concurrency, args.vllm_requests
             model = vllm_model(router, stats_dir, replicas, args.vllm_kv_mib)
+        if args.router_threshold is not None:
+            model["router_imbalance_threshold"] = args.router_threshold
+        if args.router_load_factor is not None:
+            model["router_load_factor"] = args.router_load_factor
         plan = requests_plan(n, len(prompts), seed=args.seed)
         log = log_dir / f"serve-{target}-{router}.log"
         with Server(serve_config(model, args.port), args.port, log):
@@ -372,7 +376,8 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
     ok = len(load["ttfts"])
     fair = sum(per_replica) / max(1, replicas)
     return {
-        "target": target, "router": router, "replicas": replicas, "concurrency": conc,
+        "target": target, "router": router, "replicas": replicas,
+        "router_settings": {k: v for k, v in model.items() if k.startswith("router_")}, "concurrency": conc,
         "requests": n, "ok": ok, "errors": len(load["errors"]), "error_samples": load["errors"][:3],
         "prefix_cache_hit_rate": hits / queries if queries else float("nan"),
         "prefix_cache_queries": queries, "prefix_cache_hits": hits,
@@ -404,9 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--routers", default=",".join(ROUTERS), help="comma-separated: " + ", ".join(ROUTERS))
     p.add_argument("--prompts", type=int, default=8, help="distinct system prompts")
     p.add_argument("--system-tokens", type=int, default=1500, help="tokens per system prompt")
-    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--router-threshold", type=int, default=None, help="prefix_aware: override router_imbalance_threshold")
+    p.add_argument("--router-load-factor", type=float, default=None, help="prefix_aware: override router_load_factor")
     p.add_argument("--sim-replicas", type=int, default=8)
-    p.add_argument("--sim-concurrency", type=int, default=32)
+    p.add_argument("--sim-concurrency", type=int, default=24)
     p.add_argument("--sim-requests", type=int, default=800)
     p.add_argument("--vllm-replicas", type=int, default=2)
     p.add_argument("--vllm-concurrency", type=int, default=8)

@@ -124,6 +124,28 @@ class ServeProcess(ManagedProcess):
     def command(self) -> list[str]:
         return [SERVE, "run", str(self.config)]
 
+    def session_dir(self) -> Path:
+        """The local Ray cluster this `serve run` started (its session name ends with our pid)."""
+        matches = sorted(Path("/tmp/ray").glob(f"session_*_{self.proc.pid}"))
+        if not matches:
+            raise FileNotFoundError(f"no Ray session for pid {self.proc.pid} under /tmp/ray")
+        return matches[-1]
+
+    def metrics_urls(self) -> list[str]:
+        """Ray's Prometheus endpoints of that cluster, as its service-discovery file lists them."""
+        import json
+
+        data = json.loads((self.session_dir() / "prom_metrics_service_discovery.json").read_text())
+        return [f"http://{t}/metrics" for group in data for t in group["targets"]]
+
+    def dashboard_url(self) -> str:
+        import re
+
+        match = re.search(r"dashboard at .*?(http://[0-9.]+:\d+)", self.log_path.read_text(errors="replace"))
+        if not match:
+            raise RuntimeError("dashboard address not found in the serve run log")
+        return match.group(1)
+
 
 def engine_args_to_cli(engine_args: dict) -> list[str]:
     """Our config's engine_args as vLLM CLI flags, so plain vLLM runs the same engine."""

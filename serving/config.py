@@ -161,11 +161,19 @@ class LimitsConfig(Strict):
     request_timeout_s: float = Field(600.0, gt=0)
 
 
+class ObservabilityConfig(Strict):
+    """Request logs (metrics are always on: they cost one observation per request)."""
+
+    access_log: Literal["file", "stderr", "off"] = "file"
+    log_prompts: bool = Field(False, description="Put prompt text in the request log lines (off: prompts are user data).")
+
+
 class AppConfig(Strict):
     models: list[ModelConfig] = Field(min_length=1)
     ingress: IngressConfig = IngressConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "AppConfig":

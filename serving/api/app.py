@@ -14,7 +14,8 @@ from serving.api.errors import APIError, error_body, unwrap
 from serving.api.routes import chat, completions, health, models
 from serving.api.routes._common import REQUEST_ID_HEADER
 from serving.api.security import Authenticator, RateLimiter, load_api_keys
-from serving.config import AuthConfig, LimitsConfig
+from serving.config import AuthConfig, LimitsConfig, ObservabilityConfig
+from serving.observability.logging import configure_access_log
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,13 @@ def _error_response(request: Request, err: APIError) -> JSONResponse:
 
 
 def build_api(
-    registry: ModelRegistry, auth: AuthConfig | None = None, limits: LimitsConfig | None = None
+    registry: ModelRegistry,
+    auth: AuthConfig | None = None,
+    limits: LimitsConfig | None = None,
+    observability: ObservabilityConfig | None = None,
 ) -> FastAPI:
     app = FastAPI(title="serving: OpenAI-compatible LLM API", version="0.1.0")
+    configure_access_log((observability or ObservabilityConfig()).access_log)
     auth = auth or AuthConfig()
     app.state.registry = registry
     app.state.authenticator = Authenticator(load_api_keys(auth))

@@ -18,6 +18,8 @@ import msgspec
 from serving.api.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, unwrap
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
+from serving.observability.logging import access_log
+from serving.observability.metrics import get_metrics
 
 _encode = msgspec.json.Encoder().encode
 DONE = b"data: [DONE]\n\n"
@@ -122,13 +124,36 @@ class OpenAIServing:
         max_model_len: int,
         max_in_flight: int | None = None,
         timeout_s: float = 600.0,
+        log_prompts: bool = False,
     ) -> None:
         self.engine = engine
         self.model_id = model_id
         self.max_model_len = max_model_len
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
+        self.log_prompts = log_prompts
         self.in_flight = 0
+        self.metrics = get_metrics()
+
+    def _record(self, request: EngineRequest, status: str, start: float, first: float | None, last: float | None,
+                queue_wait: float | None, prompt_tokens: int, completion_tokens: int) -> None:
+        """One metrics observation set and one log line per request (never per token)."""
+        end = time.perf_counter()
+        ttft = first - start if first is not None else None
+        itl = (last - first) / (completion_tokens - 1) if first is not None and last is not None and completion_tokens > 1 else None
+        if status == "ok":
+            self.metrics.generation_done(self.model_id, ttft, itl, end - start, queue_wait, prompt_tokens, completion_tokens)
+        fields = {
+            "request_id": request.request_id, "model": self.model_id, "status": status,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
+            "itl_ms": None if itl is None else round(itl * 1000, 3),
+            "e2e_ms": round((end - start) * 1000, 2),
+            "queue_wait_ms": None if queue_wait is None else round(queue_wait * 1000, 2),
+        }
+        if self.log_prompts:
+            fields["prompt"] = request.prompt if request.messages is None else request.messages
+        access_log("generation", **fields)
 
     def _admit(self) -> None:
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
@@ -254,19 +279,36 @@ class OpenAIServing:
 
     async def _collect(self, request: EngineRequest, n: int):
         self._admit()
+        start = time.perf_counter()
+        timing = {"first": None, "last": None, "queue_wait": None}
+        status, result = "error", None
         try:
-            return await asyncio.wait_for(self._collect_outputs(request, n), self.timeout_s)
+            result = await asyncio.wait_for(self._collect_outputs(request, n, timing), self.timeout_s)
+            status = "ok"
+            return result
         except asyncio.TimeoutError:
+            status = "timeout"
             raise RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.") from None
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
         finally:
             self.in_flight -= 1
+            prompt_tokens, completion_tokens = (result[3], result[4]) if result else (0, 0)
+            self._record(request, status, start, timing["first"], timing["last"], timing["queue_wait"], prompt_tokens, completion_tokens)
 
-    async def _collect_outputs(self, request: EngineRequest, n: int):
+    async def _collect_outputs(self, request: EngineRequest, n: int, timing: dict):
         parts: list[list[str]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         prompt_tokens = completion_tokens = 0
         async for out in self.engine.generate(request):
+            now = time.perf_counter()
+            if timing["first"] is None:
+                timing["first"] = now
+            timing["last"] = now
+            if out.queue_wait_s is not None:
+                timing["queue_wait"] = out.queue_wait_s
             prompt_tokens = out.prompt_tokens
             for c in out.choices:
                 parts[c.index].append(c.text)
@@ -295,16 +337,28 @@ class OpenAIServing:
         timer = asyncio.get_running_loop().call_later(self.timeout_s, on_timeout)
         started: set[int] = set()
         prompt_tokens = completion_tokens = 0
+        clock = time.perf_counter
+        start = clock()
+        first = last = queue_wait = None
+        status = "error"
         try:
             async for out in self.engine.generate(request):
+                last = clock()
+                if first is None:
+                    first = last
+                if out.queue_wait_s is not None:
+                    queue_wait = out.queue_wait_s
                 prompt_tokens = out.prompt_tokens
                 for c in out.choices:
                     completion_tokens += c.num_tokens
                 yield render(out, started)
                 puller["task"] = current()
+            status = "ok"
         except asyncio.CancelledError:
             if not puller["timed_out"]:
+                status = "cancelled"
                 raise  # a client disconnect: the engine already aborted the request
+            status = "timeout"
             current().uncancel()
             err = RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.")
             if not started:
@@ -329,6 +383,7 @@ class OpenAIServing:
         finally:
             timer.cancel()
             self.in_flight -= 1
+            self._record(request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens)
         if include_usage:
             yield b"data: " + head + b',"choices":[],"usage":' + _encode(_usage(prompt_tokens, completion_tokens)) + b"}\n\n"
         yield DONE

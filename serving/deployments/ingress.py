@@ -20,7 +20,7 @@ from serving.deployments.handle_backend import HandleBackend
 def ingress_deployment(cfg: AppConfig):
     """The ingress class for the app's models (each reached through its LLM deployment)."""
     backends = [HandleBackend(m.id, m.deployment_name) for m in cfg.models]
-    api = build_api(ModelRegistry(backends, created=int(time.time())), cfg.auth, cfg.limits)
+    api = build_api(ModelRegistry(backends, created=int(time.time())), cfg.auth, cfg.limits, cfg.observability)
 
     @serve.deployment(name="ingress", ray_actor_options={"num_cpus": cfg.ingress.num_cpus}, max_ongoing_requests=1024)
     @serve.ingress(api)

@@ -10,6 +10,7 @@ gets the replica replaced; `__del__` drains HTTP and stops the engine processes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import AsyncIterator
@@ -21,6 +22,7 @@ from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments.engine_loop import EngineLoop
 from serving.deployments.handle_backend import HandleBackend
 from serving.engine import make_engine
+from serving.observability.metrics import export_engine_stats
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,10 @@ class LLMServer:
             info.max_model_len,
             max_in_flight=d.max_ongoing_requests + max(0, d.max_queued_requests),
             timeout_s=self.app_cfg.limits.request_timeout_s,
+            log_prompts=self.app_cfg.observability.log_prompts,
         )
+        self._stats_stop = asyncio.Event()
+        self._stats_task = asyncio.get_running_loop().create_task(export_engine_stats(self.serving, self._stats_stop))
         if ingress_cfg.mode == "direct":
             from serving.deployments.direct_http import DirectHTTPServer
 
@@ -85,7 +90,8 @@ class LLMServer:
                 for model_id, name in peers.items()
             ]
             api = build_api(
-                ModelRegistry(backends, created=int(time.time())), self.app_cfg.auth, self.app_cfg.limits
+                ModelRegistry(backends, created=int(time.time())),
+                self.app_cfg.auth, self.app_cfg.limits, self.app_cfg.observability,
             )
             self._http = await DirectHTTPServer.start(
                 api, ingress_cfg.host, ingress_cfg.port, self.cfg.deployment.graceful_shutdown_timeout_s
@@ -120,6 +126,9 @@ class LLMServer:
     # -- shutdown -----------------------------------------------------------------
 
     async def _stop_on_loop(self) -> None:
+        stop = getattr(self, "_stats_stop", None)
+        if stop is not None:
+            stop.set()
         http, self._http = self._http, None
         if http is not None:
             await http.stop()  # stop accepting, let in-flight streams finish

@@ -72,6 +72,7 @@ class ChoiceDelta:
 class EngineOutput:
     prompt_tokens: int
     choices: list[ChoiceDelta]
+    queue_wait_s: float | None = None  # on the last output, where the engine measures it
 
 
 @dataclass(slots=True)

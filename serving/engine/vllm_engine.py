@@ -166,7 +166,10 @@ class VLLMEngine(Engine):
                     )
                     for o in out.outputs
                 ]
-                yield EngineOutput(prompt_tokens=prompt_tokens, choices=choices)
+                queue_wait = None
+                if out.finished and out.metrics is not None and out.metrics.scheduled_ts:
+                    queue_wait = max(0.0, out.metrics.scheduled_ts - out.metrics.queued_ts)
+                yield EngineOutput(prompt_tokens=prompt_tokens, choices=choices, queue_wait_s=queue_wait)
         except EngineDeadError as exc:
             raise EngineUnavailableError(f"the engine died: {exc}") from None
         except (asyncio.CancelledError, GeneratorExit, InvalidRequestError):

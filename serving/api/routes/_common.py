@@ -16,8 +16,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from serving.api.errors import InvalidRequestError
+from serving.api.errors import APIError, InvalidRequestError, unwrap
 from serving.api.security import PayloadTooLargeError
+from serving.observability.logging import access_log
+from serving.observability.metrics import get_metrics
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -93,14 +95,28 @@ async def generate(request: Request, model_cls: type[M], kind: str):
     """The body of /v1/chat/completions and /v1/completions (kind: 'chat' or 'completions')."""
     state = request.app.state
     rid, engine_id = request_id_of(request)
-    caller = state.authenticator.identify(request.headers.get("authorization"))
-    state.limiter.admit(caller)
-    raw = await read_body(request, state.limits.max_body_bytes)
-    req = parse_json_model(raw, request.headers.get("content-type", ""), model_cls)
-    backend = state.registry.get(req.model)
-    state.limiter.charge_tokens(caller, estimated_tokens(req))
-    headers = {REQUEST_ID_HEADER: rid}
-    if req.stream:
-        stream = await getattr(backend, f"{kind}_stream")(req, engine_id)
-        return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
-    return JSONResponse(await getattr(backend, kind)(req, engine_id), headers=headers)
+    route = request.url.path
+    model = "-"
+    try:
+        caller = state.authenticator.identify(request.headers.get("authorization"))
+        state.limiter.admit(caller)
+        raw = await read_body(request, state.limits.max_body_bytes)
+        req = parse_json_model(raw, request.headers.get("content-type", ""), model_cls)
+        model = req.model
+        backend = state.registry.get(req.model)
+        state.limiter.charge_tokens(caller, estimated_tokens(req))
+        headers = {REQUEST_ID_HEADER: rid}
+        if req.stream:
+            stream = await getattr(backend, f"{kind}_stream")(req, engine_id)
+            response = StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        else:
+            response = JSONResponse(await getattr(backend, kind)(req, engine_id), headers=headers)
+    except Exception as exc:
+        err = unwrap(exc)
+        status = err.status_code if isinstance(err, APIError) else 500
+        get_metrics().request_done(model, route, status, err)
+        access_log("rejected" if status < 500 else "failed", request_id=rid, model=model, route=route,
+                   status=status, error=type(err).__name__)
+        raise
+    get_metrics().request_done(model, route, 200)
+    return response

@@ -1,0 +1,286 @@
+"""Limits in-process: API keys, rate limits, body size, backpressure and timeouts.
+
+The real FastAPI app and OpenAIServing on the simulated engine, driven through
+httpx's ASGI transport (no server, no Ray). Every refusal must be OpenAI's error
+body with the right status and, where the client should come back later, an
+integer `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from serving.api.app import build_api
+from serving.api.backend import LocalBackend, ModelRegistry
+from serving.api.openai_serving import OpenAIServing
+from serving.config import AuthConfig, LimitsConfig
+from serving.engine.simulator import SimulatedEngine
+
+MODEL = "sim-model"
+KEY_ENV = "SERVING_TEST_LIMITS_KEYS"
+KEY, OTHER_KEY = "sk-limits-1", "sk-limits-2"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+FAST = {"ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.0005}
+# Slow enough that a request is certainly still running while the test looks at it.
+SLOW = {"ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.05}
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+class Server:
+    def __init__(self, engine: SimulatedEngine, serving: OpenAIServing, app) -> None:
+        self.engine, self.serving, self.app = engine, serving, app
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
+
+    async def running(self) -> float:
+        return (await self.engine.stats())["running"]
+
+
+async def make_server(
+    engine_args: dict | None = None,
+    limits: LimitsConfig | None = None,
+    auth: AuthConfig | None = None,
+    max_in_flight: int | None = None,
+) -> Server:
+    engine = SimulatedEngine.from_engine_args({**FAST, "max_model_len": 512, **(engine_args or {})})
+    info = await engine.start()
+    limits = limits or LimitsConfig()
+    serving = OpenAIServing(engine, MODEL, info.max_model_len, max_in_flight=max_in_flight, timeout_s=limits.request_timeout_s)
+    auth = auth or AuthConfig(api_keys_env=KEY_ENV)
+    return Server(engine, serving, build_api(ModelRegistry([LocalBackend(serving)], created=1700000000), auth, limits))
+
+
+@pytest.fixture(autouse=True)
+def api_keys(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, f"{KEY}, {OTHER_KEY}")
+
+
+def assert_error(r: httpx.Response, status: int, code: str | None = None, error_type: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str) and err["type"]
+    if code is not None:
+        assert err["code"] == code, err
+    if error_type is not None:
+        assert err["type"] == error_type, err
+    return err
+
+
+def retry_after(r: httpx.Response) -> int:
+    value = r.headers["retry-after"]
+    assert value.isdigit(), f"Retry-After must be an integer number of seconds, got {value!r}"
+    assert int(value) >= 1
+    return int(value)
+
+
+def sse_events(body: str) -> list:
+    return [
+        line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
+        for line in body.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+# -- API keys --------------------------------------------------------------------------
+
+
+async def test_keys_required_and_never_echoed():
+    s = await make_server()
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer"}):
+        r = await s.http.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert_error(r, 401, code="invalid_api_key")
+        assert "sk-wrong" not in r.text and KEY not in r.text
+    # 401 comes before body parsing: a broken body without a key is still a 401
+    r = await s.http.post("/v1/chat/completions", content=b"{broken", headers={"content-type": "application/json"})
+    assert_error(r, 401, code="invalid_api_key")
+    for key in (KEY, OTHER_KEY):  # surrounding whitespace in the env var is ignored
+        r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+    assert (await s.http.get("/health")).status_code == 200  # liveness stays open
+
+
+async def test_open_mode_without_keys(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    s = await make_server()
+    assert not s.app.state.authenticator.enabled
+    for headers in ({}, {"Authorization": "Bearer anything"}, {"Authorization": "garbage"}):
+        r = await s.http.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert r.status_code == 200, r.text
+        assert (await s.http.get("/v1/models", headers=headers)).status_code == 200
+
+
+async def test_keys_from_a_file(monkeypatch, tmp_path):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    keys = tmp_path / "keys"
+    keys.write_text("sk-from-file\n\n  sk-second  \n")
+    s = await make_server(auth=AuthConfig(api_keys_env=KEY_ENV, api_keys_file=str(keys)))
+    for key in ("sk-from-file", "sk-second"):
+        r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+    assert_error(await s.http.post("/v1/chat/completions", json=CHAT), 401, code="invalid_api_key")
+
+
+# -- rate limits -----------------------------------------------------------------------
+
+
+async def test_requests_per_minute():
+    s = await make_server(limits=LimitsConfig(requests_per_minute=3))
+    for _ in range(3):
+        r = await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+        assert r.status_code == 200, r.text
+    r = await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert_error(r, 429, code="rate_limit_exceeded", error_type="rate_limit_exceeded")
+    # one request refills in 60/3 = 20 s
+    assert 1 <= retry_after(r) <= 20
+    # 429 comes before body parsing, and every /v1 generation route shares the budget
+    r = await s.http.post("/v1/completions", content=b"{broken", headers={**AUTH, "content-type": "application/json"})
+    assert_error(r, 429, code="rate_limit_exceeded")
+    retry_after(r)
+    # the budget is per key: the second key still has its own
+    r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert r.status_code == 200, r.text
+
+
+async def test_requests_per_minute_refills():
+    now = [1000.0]
+    s = await make_server(limits=LimitsConfig(requests_per_minute=3))
+    s.app.state.limiter._clock = lambda: now[0]
+    for _ in range(3):
+        assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
+    r = await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert r.status_code == 429
+    now[0] += retry_after(r)
+    assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
+
+
+async def test_tokens_per_minute():
+    s = await make_server(limits=LimitsConfig(tokens_per_minute=100))
+    # charged up front: prompt/4 + max_tokens * n = 120+ tokens, more than the whole budget
+    r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60, "n": 2}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    r = await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    err = assert_error(r, 429, code="rate_limit_exceeded", error_type="rate_limit_exceeded")
+    assert "tokens per minute" in err["message"]
+    # the bucket is ~20 tokens below zero: 21 tokens at 100/60 per second is ~13 s
+    assert 1 <= retry_after(r) <= 60
+    r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert r.status_code == 200, r.text
+
+
+# -- body size -------------------------------------------------------------------------
+
+
+async def test_body_over_the_limit_is_413():
+    s = await make_server(limits=LimitsConfig(max_body_bytes=2048))
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 3000}]}
+    r = await s.http.post("/v1/chat/completions", json=big, headers=AUTH)
+    assert_error(r, 413, error_type="invalid_request_error")
+
+    # without Content-Length (chunked): counted while reading
+    async def chunks():
+        data = json.dumps(big).encode()
+        for i in range(0, len(data), 500):
+            yield data[i:i + 500]
+
+    r = await s.http.post("/v1/completions", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert_error(r, 413)
+    # a lying Content-Length does not help either: the bytes read are counted
+    r = await s.http.post(
+        "/v1/chat/completions", content=chunks(), headers={**AUTH, "content-type": "application/json", "content-length": "10"}
+    )
+    assert_error(r, 413)
+    # just under the limit is fine
+    ok = {**CHAT, "messages": [{"role": "user", "content": "x" * 1500}]}
+    assert len(json.dumps(ok)) < 2048
+    assert (await s.http.post("/v1/chat/completions", json=ok, headers=AUTH)).status_code == 200
+
+
+# -- backpressure ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_backpressure_is_503_at_once(stream):
+    s = await make_server(engine_args=SLOW, max_in_flight=2)
+    slow = {**CHAT, "max_tokens": 40, "ignore_eos": True}  # ~2 s each
+    holders = [asyncio.create_task(s.http.post("/v1/chat/completions", json=slow, headers=AUTH)) for _ in range(2)]
+    deadline = time.monotonic() + 5
+    while s.serving.in_flight < 2:
+        assert time.monotonic() < deadline, "the two slow requests never got in flight"
+        await asyncio.sleep(0.005)
+    try:
+        third = {**CHAT, "stream": True} if stream else CHAT
+        t0 = time.perf_counter()
+        r = await s.http.post("/v1/chat/completions", json=third, headers=AUTH)
+        elapsed = time.perf_counter() - t0
+        assert_error(r, 503, error_type="service_unavailable")
+        retry_after(r)
+        assert elapsed < 0.1, f"the refusal took {elapsed * 1000:.0f} ms"
+        assert s.serving.in_flight == 2  # the refused request left no trace
+    finally:
+        for t in holders:
+            t.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+    # once capacity frees up, requests are served again
+    deadline = time.monotonic() + 5
+    while s.serving.in_flight or await s.running():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
+
+
+# -- timeouts --------------------------------------------------------------------------
+
+
+async def wait_idle(s: Server, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await s.running() or s.serving.in_flight:
+        assert time.monotonic() < deadline, f"engine still running {await s.running()} requests"
+        await asyncio.sleep(0.01)
+
+
+async def test_non_stream_timeout_is_504_and_frees_the_engine():
+    s = await make_server(engine_args=SLOW, limits=LimitsConfig(request_timeout_s=0.3))
+    t0 = time.perf_counter()
+    r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100, "ignore_eos": True}, headers=AUTH)
+    elapsed = time.perf_counter() - t0
+    assert_error(r, 504, code="request_timeout", error_type="timeout")
+    assert 0.25 <= elapsed < 1.5, elapsed
+    await wait_idle(s)
+    stats = await s.engine.stats()
+    assert stats["running"] == 0 and stats["requests_cancelled"] == 1
+    assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
+
+
+async def test_stream_timeout_after_start_is_an_error_event_then_done():
+    s = await make_server(engine_args=SLOW, limits=LimitsConfig(request_timeout_s=0.3))
+    payload = {**CHAT, "max_tokens": 100, "ignore_eos": True, "stream": True}
+    t0 = time.perf_counter()
+    r = await s.http.post("/v1/chat/completions", json=payload, headers=AUTH)
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert elapsed < 1.5, elapsed
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    error = events[-2]
+    assert set(error) == {"error"} and set(error["error"]) == {"message", "type", "param", "code"}
+    assert error["error"]["code"] == "request_timeout" and error["error"]["type"] == "timeout"
+    chunks = events[:-2]
+    assert 1 <= len(chunks) < 100 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    await wait_idle(s)
+    assert (await s.engine.stats())["requests_cancelled"] == 1
+
+
+async def test_stream_timeout_before_first_token_is_504():
+    s = await make_server(engine_args={**SLOW, "ttft_base_s": 2.0}, limits=LimitsConfig(request_timeout_s=0.3))
+    r = await s.http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 5, "stream": True}, headers=AUTH)
+    assert_error(r, 504, code="request_timeout")
+    await wait_idle(s)
