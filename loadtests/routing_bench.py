@@ -357,6 +357,13 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         log = log_dir / f"serve-{target}-{router}.log"
         with Server(serve_config(model, args.port), args.port, log):
             wait_for_replicas(stats_dir, replicas)
+            warmup = args.warmup if args.warmup is not None else 3 * conc
+            if warmup:
+                # Steady state: the first cold prefills of every prompt are not measured.
+                asyncio.run(run_load(
+                    f"http://127.0.0.1:{args.port}", prompts, requests_plan(warmup, len(prompts), seed=args.seed + 1),
+                    conc, args.max_tokens, args.timeout_s,
+                ))
             time.sleep(1.0)
             before = read_stats(stats_dir)
             load = asyncio.run(run_load(
@@ -371,12 +378,17 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         return after.get(pid, {}).get(key, 0.0) - before.get(pid, {}).get(key, 0.0)
 
     per_replica = sorted((int(delta(pid, "requests")) for pid in after), reverse=True)
+    replica_hit_rates = sorted(
+        (round(delta(pid, "prefix_cache_hits") / delta(pid, "prefix_cache_queries"), 3)
+         for pid in after if delta(pid, "prefix_cache_queries")),
+        reverse=True,
+    )
     queries = sum(delta(pid, "prefix_cache_queries") for pid in after)
     hits = sum(delta(pid, "prefix_cache_hits") for pid in after)
     ok = len(load["ttfts"])
     fair = sum(per_replica) / max(1, replicas)
     return {
-        "target": target, "router": router, "replicas": replicas,
+        "target": target, "router": router, "replicas": replicas, "warmup_requests": warmup,
         "router_settings": {k: v for k, v in model.items() if k.startswith("router_")}, "concurrency": conc,
         "requests": n, "ok": ok, "errors": len(load["errors"]), "error_samples": load["errors"][:3],
         "prefix_cache_hit_rate": hits / queries if queries else float("nan"),
@@ -387,6 +399,7 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         "requests_per_s": ok / load["wall_s"], "output_tokens_per_s": load["tokens"] / load["wall_s"],
         "wall_s": load["wall_s"],
         "requests_per_replica": per_replica,
+        "hit_rate_per_replica": replica_hit_rates,
         "max_over_fair_share": (per_replica[0] / fair) if per_replica and fair else float("nan"),
     }
 
@@ -421,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vllm-kv-mib", type=int, default=12, help="KV cache per vLLM replica (1 MiB ~ 1000 tokens of the tiny model)")
     p.add_argument("--port", type=int, default=8040, help="Serve proxy port of the benchmarked cluster")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=None, help="unmeasured requests first (default 3 x concurrency; 0: measure the cold start)")
     p.add_argument("--timeout-s", type=float, default=120)
     p.add_argument("--short", action="store_true", help="a quick run: fewer requests")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default loadtests/results/routing-<time>.json)")

@@ -45,7 +45,10 @@ class AutoscalingConfig(Strict):
         return self
 
     def to_serve(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        from serving.autoscaling import POLICY
+
+        # The policy scales on requests in flight in each replica (direct ingress included).
+        return {**self.model_dump(exclude_none=True), "policy": {"policy_function": POLICY}}
 
 
 class DeploymentConfig(Strict):

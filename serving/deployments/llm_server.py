@@ -120,6 +120,11 @@ class LLMServer:
     async def engine_stats(self) -> dict[str, float]:
         return await self._loop.run(LocalBackend(self.serving).stats())
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Requests in flight in this replica, direct HTTP and handle calls alike (serving/autoscaling.py)."""
+        serving = getattr(self, "serving", None)
+        return {"in_flight": float(serving.in_flight if serving else 0)}
+
     async def check_health(self) -> None:
         await self._loop.run(self.engine.check_health())
 

@@ -425,6 +425,8 @@ def test_llm_deployment_options_dev_yaml():
         "downscale_delay_s": 60.0,
         "metrics_interval_s": 2.0,
         "look_back_period_s": 10.0,
+        # replicas report requests in flight, so direct-ingress traffic scales them too
+        "policy": {"policy_function": "serving.autoscaling:in_flight_policy"},
     }
     assert "initial_replicas" not in opts["autoscaling_config"]
 
@@ -483,3 +485,18 @@ def test_kv_cache_gib_reaches_vllm_as_an_integer(gib):
     if "VLLM_CPU_KVCACHE_SPACE" in env:
         # vllm/platforms/cpu.py: int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * GiB_bytes
         assert int(env["VLLM_CPU_KVCACHE_SPACE"]) == gib
+
+
+def test_in_flight_policy_counts_replica_reports_and_handle_queue():
+    from types import SimpleNamespace
+
+    from serving.autoscaling import in_flight_policy
+
+    cfg = SimpleNamespace(get_target_ongoing_requests=lambda: 4)
+    ctx = SimpleNamespace(current_num_replicas=2, target_num_replicas=2, total_num_requests=3,
+                          aggregated_metrics={"in_flight": {"r1": 10.0, "r2": 6.0}}, config=cfg)
+    assert in_flight_policy(ctx)[0] == 4.0  # 16 in flight / target 4
+    ctx.aggregated_metrics = {}
+    assert in_flight_policy(ctx)[0] == 0.75  # only Serve's own count: 3 / 4
+    ctx.current_num_replicas = 0
+    assert in_flight_policy(ctx)[0] == 2

@@ -1,0 +1,138 @@
+"""Two models in one application (configs/multi-model.yaml): the real vLLM CPU engine twice.
+
+`tiny-llama` and `tiny-llama-short` are the same weights under two ids with
+different engine settings (max_model_len 2048 vs 512), each its own
+deployment. Served on ports of their own (direct 8010, proxy 8011) so the dev
+server's 8000/8001 stay free. Through the direct port, whichever replica the
+kernel hands the connection to answers for both ids (the other model's
+requests are forwarded through a Ray Serve handle); through the proxy port the
+ingress deployment routes by model.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+
+import httpx
+import openai
+import pytest
+import yaml
+from openai import OpenAI
+
+from tests.serve_process import ROOT, ServeProcess, write_config
+
+pytestmark = pytest.mark.e2e
+
+DIRECT_PORT, PROXY_PORT = 8010, 8011
+DIRECT_URL, PROXY_URL = f"http://127.0.0.1:{DIRECT_PORT}", f"http://127.0.0.1:{PROXY_PORT}"
+LONG, SHORT = "tiny-llama", "tiny-llama-short"
+NO_EOS = {"ignore_eos": True}
+
+
+class SigtermServeProcess(ServeProcess):
+    """Stop with SIGTERM first: a `serve run` started from a background shell ignores SIGINT."""
+
+    def stop(self, timeout_s: float = 90) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop(timeout_s)
+
+
+def multi_model_config() -> dict:
+    data = copy.deepcopy(yaml.safe_load((ROOT / "configs" / "multi-model.yaml").read_text()))
+    data["http_options"]["port"] = PROXY_PORT
+    data["http_options"]["host"] = "127.0.0.1"
+    args = data["applications"][0]["args"]
+    args["ingress"]["port"] = DIRECT_PORT
+    args["ingress"]["host"] = "127.0.0.1"
+    return data
+
+
+@pytest.fixture(scope="module")
+def multi_server(tmp_path_factory):
+    config = write_config(multi_model_config())
+    log = tmp_path_factory.mktemp("serve") / "serve-multi-model.log"
+    server = SigtermServeProcess(config, f"{DIRECT_URL}/ready", log).start(timeout_s=600)
+    yield server
+    server.stop()
+    config.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module", params=["direct", "proxy"])
+def client(request, multi_server):
+    url = {"direct": DIRECT_URL, "proxy": PROXY_URL}[request.param]
+    # A fresh connection per request: on the direct port each one may land on either model's replica.
+    http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+    yield OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120, http_client=http)
+    http.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from serving.models.tiny_llama import model_dir
+
+    return AutoTokenizer.from_pretrained(model_dir())
+
+
+def test_ready_lists_both_models(multi_server):
+    for url in (DIRECT_URL, PROXY_URL):
+        r = httpx.get(f"{url}/ready", timeout=30)
+        assert r.status_code == 200 and r.json()["models"] == {LONG: True, SHORT: True}
+
+
+def test_models_lists_both(client):
+    assert [m.id for m in client.models.list().data] == [LONG, SHORT]
+    assert client.models.retrieve(SHORT).id == SHORT
+
+
+@pytest.mark.parametrize("model", [LONG, SHORT])
+def test_each_model_answers(client, model):
+    # Several fresh connections: on the direct port both replicas (local engine and forwarding) serve.
+    for i in range(4):
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=5, extra_body=NO_EOS
+        )
+        assert r.model == model and r.usage.completion_tokens == 5
+    c = client.completions.create(model=model, prompt="Once upon a time", max_tokens=4, extra_body=NO_EOS)
+    assert c.model == model and c.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("model", [LONG, SHORT])
+def test_each_model_streams(client, model):
+    for _ in range(2):
+        chunks = list(client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "count"}], max_tokens=6, stream=True,
+            stream_options={"include_usage": True}, extra_body=NO_EOS,
+        ))
+        assert all(c.model == model for c in chunks)
+        assert chunks[-1].usage.completion_tokens == 6
+
+
+def test_max_model_len_differs_per_model(client, tokenizer):
+    # About 700 prompt tokens: too long for tiny-llama-short (512), fine for tiny-llama (2048).
+    words = " ".join(["river", "stone", "light", "cloud"] * 200)
+    ids = tokenizer.encode(words)[:700]
+    prompt = tokenizer.decode(ids)
+    n = len(tokenizer.encode(prompt))
+    assert 600 <= n <= 800
+    r = client.completions.create(model=LONG, prompt=prompt, max_tokens=5, extra_body=NO_EOS)
+    assert r.usage.completion_tokens == 5 and r.usage.prompt_tokens >= 600
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=SHORT, prompt=prompt, max_tokens=5)
+    assert exc.value.code == "context_length_exceeded"
+    assert "maximum context length is 512" in exc.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=SHORT, messages=[{"role": "user", "content": prompt}], max_tokens=5, stream=True
+        )
+    # The short model still serves prompts that fit.
+    ok = client.completions.create(model=SHORT, prompt=tokenizer.decode(ids[:300]), max_tokens=5, extra_body=NO_EOS)
+    assert ok.usage.completion_tokens == 5

@@ -1,0 +1,158 @@
+"""Faults and redeploys against the real engine (named to run last: they replace replicas).
+
+* Engine failure: the vLLM engine process is killed during steady load. Only the
+  requests in flight at that moment may fail; every request is answered (no hang
+  past its timeout); clients that retry lose nothing; the time until the model
+  serves again is measured and printed.
+* Drain: the app is redeployed with a changed config while 20 streams are in
+  flight; every stream finishes intact.
+"""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from tests.e2e.conftest import AUTH, DIRECT_URL
+from tests.serve_process import ROOT, write_config
+
+MODEL = "tiny-llama"
+REQUEST_TIMEOUT_S = 60
+
+
+def our_engine_cores(server) -> list[psutil.Process]:
+    found = []
+    for p in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "VLLM::EngineCore" in " ".join(p.cmdline() or [p.name()]):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+async def stream_once(client: httpx.AsyncClient, max_tokens: int) -> tuple[str, int]:
+    """One streaming chat; returns (outcome, tokens): ok | error:<why>."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    tokens, done = 0, False
+    try:
+        async with client.stream("POST", f"{DIRECT_URL}/v1/chat/completions", json=body, headers=AUTH) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return f"error:http-{r.status_code}", 0
+            async for line in r.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith('data: {"error"'):
+                    return "error:sse-error", 0
+                elif '"usage":{' in line:
+                    tokens = int(line.split('"completion_tokens":')[1].split(",")[0])
+    except (httpx.TransportError, httpx.StreamError) as exc:
+        return f"error:{type(exc).__name__}", 0
+    if not done or tokens != max_tokens:
+        return "error:truncated", tokens
+    return "ok", tokens
+
+
+async def test_engine_killed_during_load(dev_server):
+    cores = our_engine_cores(dev_server)
+    assert len(cores) == 1, f"expected one engine core in the dev stack, found {len(cores)}"
+    events: list[tuple[float, float, str]] = []  # (start, end, outcome) per attempt
+    answered_requests = 0
+    kill_at = None
+    stop_at = None
+    deadline = time.monotonic() + 240
+
+    async def client_loop(client):
+        nonlocal answered_requests
+        while time.monotonic() < deadline and (stop_at is None or time.monotonic() < stop_at):
+            # a client that retries (with backoff) until its request succeeds or it gives up
+            for attempt in range(200):
+                start = time.monotonic()
+                outcome, _ = await asyncio.wait_for(stream_once(client, 200), REQUEST_TIMEOUT_S)
+                events.append((start, time.monotonic(), outcome))
+                if outcome == "ok":
+                    answered_requests += 1
+                    break
+                await asyncio.sleep(min(2.0, 0.1 * (attempt + 1)))
+            else:
+                raise AssertionError("a request was never answered")
+
+    async def chaos():
+        nonlocal kill_at, stop_at
+        await asyncio.sleep(4)
+        kill_at = time.monotonic()
+        cores[0].send_signal(signal.SIGKILL)
+        # keep the load on until the model has served again for 5 s
+        while True:
+            await asyncio.sleep(0.5)
+            recovered = [e for e in events if e[0] > kill_at + 1 and e[2] == "ok"]
+            if recovered:
+                stop_at = time.monotonic() + 5
+                return
+
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=16)) as client:
+        await asyncio.gather(chaos(), *(client_loop(client) for _ in range(6)))
+
+    failures = [e for e in events if e[2] != "ok"]
+    in_flight_at_kill = [e for e in failures if e[0] <= kill_at <= e[1]]
+    after_kill = [e for e in failures if e[0] > kill_at]
+    before_kill = [e for e in failures if e[1] < kill_at]
+    first_ok_after = min(e[1] for e in events if e[0] > kill_at and e[2] == "ok")
+    recovery_s = first_ok_after - kill_at
+    print(
+        f"\nengine kill: {len(events)} attempts, {answered_requests} requests answered, "
+        f"{len(in_flight_at_kill)} failed in flight at the kill, {len(after_kill)} refused/failed while "
+        f"the replica was replaced (retried), model serving again after {recovery_s:.1f}s"
+    )
+    assert not before_kill, f"failures before the kill: {before_kill}"
+    assert in_flight_at_kill, "the kill hit no request in flight: the test did not test anything"
+    # while the replica is down, requests fail fast (refused or 503) instead of hanging
+    assert all(e[1] - e[0] < 10 for e in after_kill), "a request hung while the engine was down"
+    assert recovery_s < 180
+    # the dead engine's worker did not outlive it; the new replica has exactly one engine core
+    await asyncio.sleep(2)
+    assert len(our_engine_cores(dev_server)) == 1
+    r = httpx.post(f"{DIRECT_URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3}, headers=AUTH, timeout=30)
+    assert r.status_code == 200
+
+
+async def test_redeploy_drains_in_flight_streams(dev_server):
+    config = yaml.safe_load((ROOT / "configs" / "dev.yaml").read_text())
+    model = config["applications"][0]["args"]["models"][0]
+    model.setdefault("env", {})["SERVING_DEPLOY_GENERATION"] = "2"  # a new runtime_env: new replicas
+    new_config = write_config(config)
+    before = {p.pid for p in our_engine_cores(dev_server)}
+
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
+        streams = [asyncio.create_task(stream_once(client, 1500)) for _ in range(20)]
+        await asyncio.sleep(1.0)
+        assert not any(t.done() for t in streams), "streams finished before the redeploy started"
+        deploy = subprocess.run(
+            [str(Path(sys.executable).with_name("serve")), "deploy", str(new_config), "-a", dev_server.dashboard_url()],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "token"},
+        )
+        assert deploy.returncode == 0, deploy.stderr
+        results = await asyncio.gather(*streams)
+
+    broken = [r for r in results if r[0] != "ok"]
+    print(f"\nredeploy: {len(results)} streams in flight, {len(broken)} broken")
+    assert not broken, broken
+    # the new replica takes over: wait until the old engine is gone and the model answers
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        now = {p.pid for p in our_engine_cores(dev_server)}
+        if now and not (now & before):
+            break
+        await asyncio.sleep(1)
+    assert now and not (now & before), "the redeploy did not replace the engine"
+    r = httpx.post(f"{DIRECT_URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3}, headers=AUTH, timeout=30)
+    assert r.status_code == 200
