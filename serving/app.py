@@ -36,6 +36,7 @@ def llm_deployment_options(model: ModelConfig) -> dict[str, Any]:
         "max_queued_requests": d.max_queued_requests,
         "autoscaling_config": d.autoscaling.to_serve(),
         "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
+        "max_surge_percent": d.max_surge_percent,
         "health_check_period_s": d.health_check_period_s,
         "health_check_timeout_s": d.health_check_timeout_s,
     }

@@ -61,6 +61,11 @@ class DeploymentConfig(Strict):
     max_queued_requests: int = Field(512, ge=-1)
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0)
+    max_surge_percent: int = Field(
+        100, ge=0, le=100,
+        description="Extra replicas during a redeploy: >0 keeps old replicas serving until their "
+        "replacements are ready (needs spare resources); 0 stops old replicas first.",
+    )
     health_check_period_s: float = Field(5.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
 

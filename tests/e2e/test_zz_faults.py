@@ -46,8 +46,8 @@ async def stream_once(client: httpx.AsyncClient, max_tokens: int) -> tuple[str, 
     try:
         async with client.stream("POST", f"{DIRECT_URL}/v1/chat/completions", json=body, headers=AUTH) as r:
             if r.status_code != 200:
-                await r.aread()
-                return f"error:http-{r.status_code}", 0
+                body = (await r.aread()).decode(errors="replace")[:160]
+                return f"error:http-{r.status_code}:{body}", 0
             async for line in r.aiter_lines():
                 if line == "data: [DONE]":
                     done = True
@@ -132,8 +132,29 @@ async def test_redeploy_drains_in_flight_streams(dev_server):
     new_config = write_config(config)
     before = {p.pid for p in our_engine_cores(dev_server)}
 
+    short_outcomes: list[str] = []
+    swapped = asyncio.Event()
+
+    async def short_requests_until_swapped(client):
+        # new requests keep arriving during the whole redeploy
+        while not swapped.is_set():
+            short_outcomes.append((await stream_once(client, 8))[0])
+            await asyncio.sleep(0.2)
+
+    async def wait_for_swap():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            now = {p.pid for p in our_engine_cores(dev_server)}
+            if now and not (now & before):
+                swapped.set()
+                return now
+            await asyncio.sleep(1)
+        swapped.set()
+        return set()
+
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
         streams = [asyncio.create_task(stream_once(client, 1500)) for _ in range(20)]
+        poller = asyncio.create_task(short_requests_until_swapped(client))
         await asyncio.sleep(1.0)
         assert not any(t.done() for t in streams), "streams finished before the redeploy started"
         deploy = subprocess.run(
@@ -142,17 +163,15 @@ async def test_redeploy_drains_in_flight_streams(dev_server):
         )
         assert deploy.returncode == 0, deploy.stderr
         results = await asyncio.gather(*streams)
+        now = await wait_for_swap()
+        await poller
 
     broken = [r for r in results if r[0] != "ok"]
-    print(f"\nredeploy: {len(results)} streams in flight, {len(broken)} broken")
+    failed_short = [o for o in short_outcomes if o != "ok"]
+    print(f"\nredeploy: {len(results)} streams in flight, {len(broken)} broken; "
+          f"{len(short_outcomes)} requests sent during the redeploy, {len(failed_short)} failed")
     assert not broken, broken
-    # the new replica takes over: wait until the old engine is gone and the model answers
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        now = {p.pid for p in our_engine_cores(dev_server)}
-        if now and not (now & before):
-            break
-        await asyncio.sleep(1)
-    assert now and not (now & before), "the redeploy did not replace the engine"
+    assert now, "the redeploy did not replace the engine"
+    assert not failed_short, f"requests failed during the redeploy: {failed_short}"
     r = httpx.post(f"{DIRECT_URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3}, headers=AUTH, timeout=30)
     assert r.status_code == 200
