@@ -14,6 +14,7 @@ to discover, and other clusters on the machine are never counted).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import time
@@ -67,16 +68,40 @@ CONFIG = {
 
 
 class SigtermServeProcess(ServeProcess):
-    """Stop with SIGTERM first: a `serve run` started from a background shell ignores SIGINT."""
+    """Stopped with SIGTERM (a `serve run` started from a background shell ignores SIGINT).
+
+    The leak check covers only engine processes descended from *this*
+    `serve run`: other servers on the machine (other tests, benchmarks) may
+    start engines meanwhile, and those are not ours to judge or kill.
+    """
 
     def stop(self, timeout_s: float = 90) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        ours = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if _is_engine(p)]
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                pass
-        super().stop(timeout_s)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        deadline = time.monotonic() + 30
+        while any(p.is_running() for p in ours) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        leaked = [p for p in ours if p.is_running()]
+        for p in leaked:
+            p.kill()
+        assert not leaked, f"vLLM engine processes of this server outlived it: {[p.pid for p in leaked]}"
+
+
+def _is_engine(p: psutil.Process) -> bool:
+    try:
+        text = p.name() + " " + " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return "VLLM::EngineCore" in text or "VLLM::Worker" in text
 
 
 def replica_count(server: ServeProcess) -> int:
@@ -165,6 +190,8 @@ def test_scales_up_under_load_and_back_down(server):
     # Load stopped: downscale_delay_s 3 + graceful shutdown (5 s) + look-back: well within a minute.
     down_after = wait_for(lambda: replica_count(server) == 1, 90)
     assert down_after is not None, f"still {replica_count(server)} replicas 90 s after the load stopped"
+    print(f"\nautoscaling: 1 -> {peak} replicas {up_after:.1f} s after the load started, "
+          f"back to 1 {down_after:.1f} s after it stopped ({counts['ok']} requests)")
     # Still serving after scaling down.
     r = httpx.post(f"{URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, timeout=30)
     assert r.status_code == 200
