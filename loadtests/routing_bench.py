@@ -18,7 +18,7 @@ Per-replica counters come from the engines themselves: the replicas run the
 engines below (`engine: loadtests.routing_bench:Bench*Engine`), which write
 `Engine.stats()` to a JSON file per replica every half second. For vLLM the
 prefix-cache counters are vLLM's own `vllm:prefix_cache_queries` /
-`vllm:prefix_cache_hits` Prometheus counters, read in the replica process.
+`vllm:prefix_cache_hits` counters, as `VLLMEngine.stats()` reports them.
 
 Prints one table per target and writes JSON to loadtests/results/.
 """
@@ -91,7 +91,7 @@ class BenchSimEngine(SimulatedEngine):
 
 
 class BenchVLLMEngine(VLLMEngine):
-    """The vLLM engine plus vLLM's prefix-cache counters and a request count, published per replica."""
+    """The vLLM engine plus a request count, its stats (with vLLM's prefix-cache counters) published per replica."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         from serving.engine import resolve_source
@@ -110,15 +110,9 @@ class BenchVLLMEngine(VLLMEngine):
         return super().generate(request)
 
     async def stats(self) -> dict[str, float]:
-        from prometheus_client import REGISTRY
-
+        # VLLMEngine.stats() carries vLLM's prefix_cache_queries/hits counters.
         out = await super().stats()
         out["requests"] = float(self._requests)
-        for metric in REGISTRY.collect():
-            if metric.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"):
-                out[metric.name.split(":", 1)[1]] = float(
-                    sum(s.value for s in metric.samples if s.name.endswith("_total"))
-                )
         return out
 
     async def shutdown(self) -> None:
@@ -492,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vllm-replicas", type=int, default=2)
     p.add_argument("--vllm-concurrency", type=int, default=8)
     p.add_argument("--vllm-requests", type=int, default=160)
-    p.add_argument("--vllm-kv-mib", type=int, default=8, help="KV cache per vLLM replica (1 MiB ~ 1000 tokens of the tiny model)")
+    p.add_argument("--vllm-kv-mib", type=int, default=10, help="KV cache per vLLM replica (1 MiB ~ 1000 tokens of the tiny model)")
     p.add_argument("--port", type=int, default=8040, help="Serve proxy port of the benchmarked cluster")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--warmup", type=int, default=None, help="unmeasured requests first (default 3 x concurrency; 0: measure the cold start)")

@@ -23,16 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVE = str(Path(sys.executable).with_name("serve"))
 
 
+def _is_engine(p: psutil.Process) -> bool:
+    try:
+        text = p.name() + " " + " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+    return "VLLM::EngineCore" in text or "VLLM::Worker" in text
+
+
 def engine_processes() -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        try:
-            text = (p.info["name"] or "") + " " + " ".join(p.info["cmdline"] or [])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if "VLLM::EngineCore" in text or "VLLM::Worker" in text:
-            found.append(p)
-    return found
+    """Every vLLM engine process on the machine (the benchmark refuses to run beside strays)."""
+    return [p for p in psutil.process_iter() if _is_engine(p)]
 
 
 def write_config(data: dict) -> Path:
@@ -63,8 +64,6 @@ class ManagedProcess:
             raise RuntimeError(f"something already answers at {self.ready_url}: stop it first")
         except httpx.HTTPError:
             pass
-        # Engines of other servers on this machine are not ours to judge: remember them.
-        self._foreign = {p.pid for p in engine_processes()}
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             self.command(),
@@ -73,6 +72,8 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=self.new_session,
+            # Ctrl-C semantics even when our own parent ignores SIGINT (background shells do).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -93,9 +94,20 @@ class ManagedProcess:
         except OSError:
             return ""
 
+    def engine_processes(self) -> list[psutil.Process]:
+        """The vLLM engine processes this server started (its descendants)."""
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        return [p for p in children if _is_engine(p)]
+
     def stop(self, timeout_s: float = 90) -> None:
         if self.proc is None:
             return
+        # Only this server's engines are judged (other servers may run on the machine);
+        # taken before the stop, since orphaned engines are no longer our descendants.
+        mine = self.engine_processes()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -107,14 +119,15 @@ class ManagedProcess:
                     self.proc.kill()
                 self.proc.wait()
         self._log.close()
-        # Engines shut down asynchronously after their replica: give them a moment.
-        def ours():
-            return [p for p in engine_processes() if p.pid not in self._foreign]
 
+        def alive():
+            return [p for p in mine if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+        # Engines shut down asynchronously after their replica: give them a moment.
         deadline = time.monotonic() + 30
-        while ours() and time.monotonic() < deadline:
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.5)
-        leaked = ours()
+        leaked = alive()
         for p in leaked:
             p.kill()
         assert not leaked, f"vLLM engine processes left running after shutdown: {[p.pid for p in leaked]}"
@@ -123,9 +136,10 @@ class ManagedProcess:
 class ServeProcess(ManagedProcess):
     """`serve run CONFIG`: exactly the README's command."""
 
-    def __init__(self, config: Path, ready_url: str, log_path: Path, env: dict | None = None):
+    def __init__(self, config: Path, ready_url: str, log_path: Path, env: dict | None = None, new_session: bool = True):
         super().__init__(ready_url, log_path, env)
         self.config = config
+        self.new_session = new_session
 
     def command(self) -> list[str]:
         return [SERVE, "run", str(self.config)]
@@ -174,8 +188,10 @@ def engine_args_to_cli(engine_args: dict) -> list[str]:
 class PlainVLLMProcess(ManagedProcess):
     """vLLM's own OpenAI server on the same model and engine arguments (the baseline)."""
 
-    # Started as from a shell. Measured here: in a new session (setsid) vLLM's server
-    # held each stream's chunks and sent them at the end (TTFT ~ the whole request).
+    # The benchmark starts both servers in its own session: with the kernel's
+    # autogroup scheduling on (here it is), a server in a session of its own
+    # competes as one group and, measured here, plain vLLM then held each stream's
+    # chunks and sent them at the end (TTFT ~ the whole request).
     new_session = False
 
     def __init__(self, model_path: str, model_id: str, engine_args: dict, port: int, log_path: Path, env: dict | None = None):

@@ -341,6 +341,7 @@ class OpenAIServing:
         start = clock()
         first = last = queue_wait = None
         status = "error"
+        sent = False  # once a chunk is out, errors become SSE events, not HTTP errors
         try:
             async for out in self.engine.generate(request):
                 last = clock()
@@ -352,6 +353,7 @@ class OpenAIServing:
                 for c in out.choices:
                     completion_tokens += c.num_tokens
                 yield render(out, started)
+                sent = True
                 puller["task"] = current()
             status = "ok"
         except asyncio.CancelledError:
@@ -361,19 +363,19 @@ class OpenAIServing:
             status = "timeout"
             current().uncancel()
             err = RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.")
-            if not started:
+            if not sent:
                 raise err from None
             yield sse(err.body())
             yield DONE
             return
         except APIError as exc:
-            if not started:
+            if not sent:
                 raise  # nothing sent yet: the caller answers with an HTTP error
             yield sse(exc.body())
             yield DONE
             return
         except Exception as exc:
-            if not started:
+            if not sent:
                 raise
             err = unwrap(exc)
             err = err if isinstance(err, APIError) else EngineError("the stream failed")

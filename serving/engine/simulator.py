@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import math
 import random
 import re
 import time

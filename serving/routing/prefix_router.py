@@ -54,7 +54,8 @@ class PrefixAwareRouter(RequestRouter):
             loads[r.replica_id.unique_id] = q
         if missing:
             for r, q in await self._probe_queue_lens(missing, 0):
-                loads[r.replica_id.unique_id] = q
+                # No answer in time: treat it as full, so it is picked only if nothing else is.
+                loads[r.replica_id.unique_id] = r.max_ongoing_requests if q is None else q
         return loads
 
     async def choose_replicas(

@@ -252,17 +252,11 @@ async def test_failure_mid_stream_is_an_error_event():
     assert (await s.stats())["running"] == 0
 
 
-COMPLETIONS_MID_STREAM_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="OpenAIServing._stream decides 'nothing sent yet' from `started`, which only the chat "
-    "renderer fills: a completions stream that fails after its first chunk re-raises instead of "
-    "sending an error event (starlette: 'response already started')",
-)
 
 
 @pytest.mark.parametrize("path,extra", [
     ("/v1/chat/completions", {"messages": MESSAGES}),
-    pytest.param("/v1/completions", {"prompt": "hi"}, marks=COMPLETIONS_MID_STREAM_BUG),
+    ("/v1/completions", {"prompt": "hi"}),
 ])
 async def test_engine_dying_mid_stream_is_an_error_event(path, extra):
     s = await make_server(fail_after_s=0.3, decode_s_per_token=0.02)
