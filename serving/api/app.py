@@ -28,6 +28,25 @@ def _error_response(request: Request, err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status_code, headers=headers)
 
 
+def _serve_self_contained_openapi(app: FastAPI) -> None:
+    """Hoist the request models' nested `$defs` into components.schemas, where their $refs point."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for path in spec.get("paths", {}).values():
+                for op in path.values():
+                    body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                    schema = body.get("schema", {})
+                    schemas.update(schema.pop("$defs", {}))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def build_api(
     registry: ModelRegistry,
     auth: AuthConfig | None = None,
@@ -48,6 +67,7 @@ def build_api(
         )
     for module in (health, models, chat, completions):
         app.include_router(module.router)
+    _serve_self_contained_openapi(app)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):

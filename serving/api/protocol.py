@@ -67,6 +67,8 @@ class JSONSchemaFormat(_Strict):
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             raise ValueError(f"invalid JSON schema: {exc.message}") from None
+        except RecursionError:
+            raise ValueError("invalid JSON schema: nested too deeply") from None
         return schema
 
 
@@ -112,6 +114,13 @@ class _SamplingFields(_Strict):
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
+
+    @model_validator(mode="after")
+    def _min_tokens_fit(self):
+        limit = self.requested_max_tokens
+        if limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must be <= the maximum number of tokens ({limit})")
+        return self
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self):

@@ -113,7 +113,10 @@ class VLLMEngine(Engine):
             if any(t < 0 or t >= vocab for t in request.prompt_token_ids):
                 raise InvalidRequestError("prompt contains token ids outside the vocabulary", param="prompt")
             return list(request.prompt_token_ids)
-        return self._tokenizer.encode(request.prompt or "", add_special_tokens=True)
+        try:
+            return self._tokenizer.encode(request.prompt or "", add_special_tokens=True)
+        except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates
+            raise InvalidRequestError(f"cannot tokenize the prompt: {exc}", param="prompt") from None
 
     def _sampling_params(self, p: GenerationParams, max_tokens: int):
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
@@ -150,11 +153,15 @@ class VLLMEngine(Engine):
         room = self._max_model_len - prompt_tokens
         max_tokens = request.params.max_tokens
         if room <= 0 or (max_tokens is not None and max_tokens > room):
-            raise PromptTooLongError(prompt_tokens, max_tokens or 1, self._max_model_len)
+            err = PromptTooLongError(prompt_tokens, max_tokens or 1, self._max_model_len)
+            err.param = "messages" if request.messages is not None else "prompt"
+            raise err
+        from vllm.exceptions import VLLMClientError
+
         try:
             sampling = self._sampling_params(request.params, max_tokens or room)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc))
+        except (ValueError, VLLMClientError) as exc:
+            raise InvalidRequestError(str(exc)) from None
         want_logprobs = request.params.logprobs is not None
         top_k = request.params.logprobs or 0
         try:
@@ -180,7 +187,7 @@ class VLLMEngine(Engine):
             raise EngineUnavailableError(f"the engine died: {exc}") from None
         except (asyncio.CancelledError, GeneratorExit, InvalidRequestError):
             raise
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:
             # vLLM validates sampling parameters and structured-output specs in add_request.
             raise InvalidRequestError(str(exc)) from None
         except Exception as exc:

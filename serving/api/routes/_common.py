@@ -7,7 +7,6 @@ here runs per token.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from typing import Any, TypeVar
@@ -63,23 +62,32 @@ def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
             f"Content-Type must be application/json, got '{content_type}'", status_code=415
         )
     try:
-        data = json.loads(raw)
+        raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequestError("The request body is not valid UTF-8.")
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.")
-    if not isinstance(data, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
     try:
-        return model.model_validate(data)
+        # Strict JSON parsing: "5" is not an integer and "true" not a boolean (as OpenAI),
+        # and the Rust parser refuses absurd nesting and numbers instead of recursing.
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        if err["type"] == "json_invalid":
+            raise InvalidRequestError(f"The request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}.")
+        if err["type"] == "model_type" and not err["loc"]:
+            raise InvalidRequestError("The request body must be a JSON object.")
+        # Drop pydantic's union-branch names (messages.0.content.str -> messages.0.content).
+        loc = [str(p) for p in err["loc"] if p not in _UNION_BRANCHES and not str(p).startswith(("list[", "function-"))]
+        param = ".".join(loc) or None
         if err["type"] == "extra_forbidden":
             raise InvalidRequestError(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
         msg = err["msg"].removeprefix("Value error, ")
         code = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
         raise InvalidRequestError(f"Invalid value for '{param}': {msg}" if param else msg, param=param, code=code)
+    except RecursionError:
+        raise InvalidRequestError("The request body is nested too deeply.")
+
+
+_UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def estimated_tokens(req: Any) -> int:
@@ -102,8 +110,8 @@ async def generate(request: Request, model_cls: type[M], kind: str):
         state.limiter.admit(caller)
         raw = await read_body(request, state.limits.max_body_bytes)
         req = parse_json_model(raw, request.headers.get("content-type", ""), model_cls)
-        model = req.model
         backend = state.registry.get(req.model)
+        model = backend.model_id  # only known ids become metric labels
         state.limiter.charge_tokens(caller, estimated_tokens(req))
         headers = {REQUEST_ID_HEADER: rid}
         if req.stream:
