@@ -120,7 +120,7 @@ def pct(values: list[float], q: float) -> float | None:
     return values[idx]
 
 
-async def run_level(url: str, model: str, concurrency: int, warmup_s: float, duration_s: float, max_tokens: int, seed: int) -> LevelResult:
+async def run_level(url: str, model: str, concurrency: int, warmup_s: float, duration_s: float, max_tokens: int, seed: int, headers: dict | None = None) -> LevelResult:
     rng = random.Random(seed)
     results: list[RequestResult] = []
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
@@ -128,7 +128,7 @@ async def run_level(url: str, model: str, concurrency: int, warmup_s: float, dur
     t_measure = time.perf_counter() + warmup_s
     t_stop = t_measure + duration_s
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
 
         async def worker() -> None:
             while time.perf_counter() < t_stop:
@@ -156,10 +156,11 @@ async def run_level(url: str, model: str, concurrency: int, warmup_s: float, dur
     )
 
 
-async def run_server(url: str, model: str, levels: list[int], warmup_s: float, duration_s: float, max_tokens: int) -> list[LevelResult]:
+async def run_server(url: str, model: str, levels: list[int], warmup_s: float, duration_s: float, max_tokens: int, api_key: str | None = None) -> list[LevelResult]:
     out = []
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     for c in levels:
-        res = await run_level(url, model, c, warmup_s, duration_s, max_tokens, seed=c)
+        res = await run_level(url, model, c, warmup_s, duration_s, max_tokens, seed=c, headers=headers)
         print(f"  c={c:<3} {res.output_tok_s:>8.1f} tok/s  ttft p50 {res.ttft_p50_ms} ms  itl p50 {res.itl_p50_ms} ms  errors {res.errors}", flush=True)
         out.append(res)
     return out
@@ -295,7 +296,7 @@ async def amain(args) -> int:
             server = None if args.our_url else start_ours(config_path, url, out)
             try:
                 print(f"ours: {url}", flush=True)
-                run["ours"] = [asdict(r) for r in await run_server(f"{url}/v1/chat/completions", model_cfg.id, levels, args.warmup, args.duration, args.output_tokens)]
+                run["ours"] = [asdict(r) for r in await run_server(f"{url}/v1/chat/completions", model_cfg.id, levels, args.warmup, args.duration, args.output_tokens, args.api_key)]
             finally:
                 if server:
                     server.stop()
@@ -344,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain-url", help="use an already running plain vLLM server")
     p.add_argument("--plain-port", type=int, default=8600)
     p.add_argument("--allow-other-engines", action="store_true")
+    p.add_argument("--api-key", default=None, help="sent to our stack when it has keys configured")
     p.add_argument("--out", default=str(ROOT / "loadtests" / "results" / "bench"))
     return asyncio.run(amain(p.parse_args(argv)))
 

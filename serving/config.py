@@ -147,6 +147,10 @@ class IngressConfig(Strict):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     num_cpus: float = Field(0.1, ge=0, description="CPU reservation of the ingress deployment (proxy mode).")
+    deprioritize_ray_control_plane: bool = Field(
+        True, description="Replicas renice Ray's background processes on their node (nice +10) so they do not "
+        "take CPU from the engine under load (serving/deployments/node_tuning.py).",
+    )
 
 
 class AuthConfig(Strict):
