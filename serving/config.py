@@ -69,6 +69,13 @@ class DeploymentConfig(Strict):
     health_check_period_s: float = Field(5.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
 
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_bound(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("max_queued_requests must be -1 (no limit) or a positive integer, as Ray Serve requires")
+        return v
+
     @model_validator(mode="after")
     def _target_fits(self) -> "DeploymentConfig":
         target = self.autoscaling.target_ongoing_requests

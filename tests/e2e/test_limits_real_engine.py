@@ -1,0 +1,79 @@
+"""Rate limits, backpressure and timeouts on the real engine (its own `serve run` with tight limits)."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import yaml
+
+from tests.serve_process import ROOT, ServeProcess, write_config
+
+URL = "http://127.0.0.1:8040"
+KEY_A, KEY_B = "sk-limits-a", "sk-limits-b"
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory):
+    config = yaml.safe_load((ROOT / "configs" / "dev.yaml").read_text())
+    config["http_options"]["port"] = 8041
+    args = config["applications"][0]["args"]
+    args["ingress"]["port"] = 8040
+    args["limits"] = {"requests_per_minute": 5, "request_timeout_s": 1.5}
+    model = args["models"][0]
+    model["deployment"]["max_ongoing_requests"] = 2
+    model["deployment"]["max_queued_requests"] = 1  # 2 running + 1 queued
+    model["deployment"]["autoscaling"]["target_ongoing_requests"] = 2
+    log = tmp_path_factory.mktemp("serve") / "serve-limits.log"
+    server = ServeProcess(write_config(config), f"{URL}/ready", log, env={"SERVING_API_KEYS": f"{KEY_A},{KEY_B}"}).start()
+    yield server
+    server.stop()
+
+
+def auth(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def body(max_tokens, stream=False):
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
+            "ignore_eos": True, "stream": stream}
+
+
+async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server):
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def long_stream():
+            events = []
+            async with client.stream("POST", f"{URL}/v1/chat/completions", json=body(1900, True), headers=auth(KEY_A)) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(line)
+            return events
+
+        streams = [asyncio.create_task(long_stream()) for _ in range(3)]
+        await asyncio.sleep(0.5)  # 3 of 3 places (2 running + 1 queued) taken
+        start = time.perf_counter()
+        r = await client.post(f"{URL}/v1/chat/completions", json=body(4), headers=auth(KEY_A))
+        elapsed = time.perf_counter() - start
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert elapsed < 0.1, f"503 took {elapsed * 1000:.0f} ms"
+        # the long streams pass request_timeout_s (1.5 s): an error event, then [DONE]
+        for events in await asyncio.gather(*streams):
+            assert events[-1] == "data: [DONE]"
+            assert '"code":"request_timeout"' in events[-2]
+        stats = (await client.get(f"{URL}/stats", headers=auth(KEY_B))).json()[MODEL]
+        assert stats["unfinished_requests"] == 0 and stats["in_flight"] == 0
+
+
+def test_requests_per_minute_per_key(limited_server):
+    # 5 requests per minute per key (the /stats call does not count)
+    for _ in range(5):
+        assert httpx.post(f"{URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, headers=auth(KEY_B), timeout=30).status_code == 200
+    r = httpx.post(f"{URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, headers=auth(KEY_B), timeout=30)
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert KEY_B not in r.text
