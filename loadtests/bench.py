@@ -20,14 +20,12 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 from loadtests.servers import ROOT, PlainVLLMProcess, ServeProcess, engine_processes
 

@@ -14,9 +14,6 @@ to discover, and other clusters on the machine are never counted).
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import time
 
 import httpx
@@ -67,43 +64,6 @@ CONFIG = {
 }
 
 
-class SigtermServeProcess(ServeProcess):
-    """Stopped with SIGTERM (a `serve run` started from a background shell ignores SIGINT).
-
-    The leak check covers only engine processes descended from *this*
-    `serve run`: other servers on the machine (other tests, benchmarks) may
-    start engines meanwhile, and those are not ours to judge or kill.
-    """
-
-    def stop(self, timeout_s: float = 90) -> None:
-        if self.proc is None:
-            return
-        ours = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if _is_engine(p)]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        deadline = time.monotonic() + 30
-        while any(p.is_running() for p in ours) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leaked = [p for p in ours if p.is_running()]
-        for p in leaked:
-            p.kill()
-        assert not leaked, f"vLLM engine processes of this server outlived it: {[p.pid for p in leaked]}"
-
-
-def _is_engine(p: psutil.Process) -> bool:
-    try:
-        text = p.name() + " " + " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return "VLLM::EngineCore" in text or "VLLM::Worker" in text
-
-
 def replica_count(server: ServeProcess) -> int:
     title = f"ServeReplica:{APP}:{DEPLOYMENT}"
     n = 0
@@ -130,7 +90,7 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.5) -> float | No
 def server(tmp_path_factory):
     config = write_config(CONFIG)
     log = tmp_path_factory.mktemp("serve") / "serve-autoscaling.log"
-    s = SigtermServeProcess(config, f"{URL}/ready", log).start(timeout_s=300)
+    s = ServeProcess(config, f"{URL}/ready", log).start(timeout_s=300)
     yield s
     s.stop()
     config.unlink(missing_ok=True)

@@ -52,7 +52,13 @@ async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server
             return events
 
         streams = [asyncio.create_task(long_stream()) for _ in range(3)]
-        await asyncio.sleep(0.5)  # 3 of 3 places (2 running + 1 queued) taken
+        # wait until the 3 places (2 running + 1 queued) are taken
+        for _ in range(100):
+            stats = (await client.get(f"{URL}/stats", headers=auth(KEY_B))).json()[MODEL]
+            if stats["in_flight"] == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert stats["in_flight"] == 3, stats
         start = time.perf_counter()
         r = await client.post(f"{URL}/v1/chat/completions", json=body(4), headers=auth(KEY_A))
         elapsed = time.perf_counter() - start

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from serving.observability.metrics import METRIC_NAMES
 from tests.e2e.conftest import AUTH, DIRECT_URL, PROXY_URL

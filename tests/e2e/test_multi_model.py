@@ -12,14 +12,9 @@ ingress deployment routes by model.
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
-import time
 
 import httpx
 import openai
-import psutil
 import pytest
 import yaml
 from openai import OpenAI
@@ -32,43 +27,6 @@ DIRECT_PORT, PROXY_PORT = 8010, 8011
 DIRECT_URL, PROXY_URL = f"http://127.0.0.1:{DIRECT_PORT}", f"http://127.0.0.1:{PROXY_PORT}"
 LONG, SHORT = "tiny-llama", "tiny-llama-short"
 NO_EOS = {"ignore_eos": True}
-
-
-class SigtermServeProcess(ServeProcess):
-    """Stopped with SIGTERM (a `serve run` started from a background shell ignores SIGINT).
-
-    The leak check covers only engine processes descended from *this*
-    `serve run`: other servers on the machine (other tests, benchmarks) may
-    start engines meanwhile, and those are not ours to judge or kill.
-    """
-
-    def stop(self, timeout_s: float = 90) -> None:
-        if self.proc is None:
-            return
-        ours = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if _is_engine(p)]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        deadline = time.monotonic() + 30
-        while any(p.is_running() for p in ours) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leaked = [p for p in ours if p.is_running()]
-        for p in leaked:
-            p.kill()
-        assert not leaked, f"vLLM engine processes of this server outlived it: {[p.pid for p in leaked]}"
-
-
-def _is_engine(p: psutil.Process) -> bool:
-    try:
-        text = p.name() + " " + " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return "VLLM::EngineCore" in text or "VLLM::Worker" in text
 
 
 def multi_model_config() -> dict:
@@ -85,7 +43,7 @@ def multi_model_config() -> dict:
 def multi_server(tmp_path_factory):
     config = write_config(multi_model_config())
     log = tmp_path_factory.mktemp("serve") / "serve-multi-model.log"
-    server = SigtermServeProcess(config, f"{DIRECT_URL}/ready", log).start(timeout_s=600)
+    server = ServeProcess(config, f"{DIRECT_URL}/ready", log).start(timeout_s=600)
     yield server
     server.stop()
     config.unlink(missing_ok=True)
