@@ -35,16 +35,16 @@ def auth(key):
     return {"Authorization": f"Bearer {key}"}
 
 
-def body(max_tokens, stream=False):
+def body(max_tokens, stream=False, n=1):
     return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": stream}
+            "ignore_eos": True, "stream": stream, "n": n}
 
 
 async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server):
     async with httpx.AsyncClient(timeout=30) as client:
         async def long_stream():
             events = []
-            async with client.stream("POST", f"{URL}/v1/chat/completions", json=body(1900, True), headers=auth(KEY_A)) as r:
+            async with client.stream("POST", f"{URL}/v1/chat/completions", json=body(1900, True, n=8), headers=auth(KEY_A)) as r:
                 assert r.status_code == 200
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
@@ -66,7 +66,7 @@ async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server
         assert r.headers["retry-after"] == "1"
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
         assert elapsed < 0.1, f"503 took {elapsed * 1000:.0f} ms"
-        # the long streams pass request_timeout_s (1.5 s): an error event, then [DONE]
+        # the long streams (8 x 1900 tokens: seconds here) pass request_timeout_s: an error event, then [DONE]
         for events in await asyncio.gather(*streams):
             assert events[-1] == "data: [DONE]"
             assert '"code":"request_timeout"' in events[-2]
