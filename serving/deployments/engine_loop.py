@@ -35,9 +35,6 @@ class EngineLoop:
         """Await `coro` on the engine loop from any other loop; cancelling cancels it there."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    def run_sync(self, coro: Awaitable[Any], timeout: float | None = None) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     async def stream(self, open_stream: Callable[[], Awaitable[AsyncIterator[Any]]]) -> AsyncIterator[Any]:
         """Iterate, from the calling loop, an async iterator that lives on the engine loop.
 

@@ -244,10 +244,6 @@ class VLLMEngine(Engine):
             self._collectors = list(found.values())
         return self._collectors
 
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)
-
     async def shutdown(self) -> None:
         if self._llm is not None:
             llm, self._llm = self._llm, None

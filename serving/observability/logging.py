@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 ACCESS_LOGGER = "serving.access"
@@ -61,6 +60,3 @@ def access_log(event: str, **fields) -> None:
         return
     logger.info(event, extra={"fields": fields})
 
-
-def now() -> float:
-    return time.perf_counter()

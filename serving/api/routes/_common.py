@@ -43,6 +43,11 @@ def request_id_of(request: Request) -> tuple[str, str]:
     return rid, engine_id
 
 
+def authorize(request: Request) -> str:
+    """The caller's identity from its API key, or a 401."""
+    return request.app.state.authenticator.identify(request.headers.get("authorization"))
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
@@ -106,7 +111,7 @@ async def generate(request: Request, model_cls: type[M], kind: str):
     route = request.url.path
     model = "-"
     try:
-        caller = state.authenticator.identify(request.headers.get("authorization"))
+        caller = authorize(request)
         state.limiter.admit(caller)
         raw = await read_body(request, state.limits.max_body_bytes)
         req = parse_json_model(raw, request.headers.get("content-type", ""), model_cls)

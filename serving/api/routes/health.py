@@ -1,6 +1,8 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from serving.api.routes._common import authorize
+
 router = APIRouter()
 
 
@@ -21,5 +23,5 @@ async def ready(request: Request):
 @router.get("/stats")
 async def stats(request: Request):
     """Engine counters per model, as seen by the process that answers (one replica). Needs a key."""
-    request.app.state.authenticator.identify(request.headers.get("authorization"))
+    authorize(request)
     return await request.app.state.registry.stats()
