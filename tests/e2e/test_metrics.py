@@ -45,10 +45,34 @@ def wait_for(server, predicate, timeout_s=40):
         time.sleep(1)
 
 
+def settled(server, key, quiet_s=12.0, timeout_s=90.0):
+    """Scrape until key(samples) has not changed for quiet_s (longer than Ray's 10 s export
+    interval): requests of earlier tests may still be on their way to the exporter, and a
+    baseline taken before they land would count them as ours."""
+    samples = scrape(server)
+    value, since = key(samples), time.monotonic()
+    deadline = since + timeout_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(2)
+        samples = scrape(server)
+        if key(samples) != value:
+            value, since = key(samples), time.monotonic()
+    return samples
+
+
 def test_request_metrics_count_what_was_sent(dev_server):
-    before = scrape(dev_server)
     req_name = METRIC_NAMES["requests"]
     route = "/v1/chat/completions"
+
+    def counters(s):
+        return (
+            total(s, req_name),
+            total(s, METRIC_NAMES["ttft"] + "_count"),
+            total(s, METRIC_NAMES["completion_tokens"]),
+            total(s, METRIC_NAMES["rejections"]),
+        )
+
+    before = settled(dev_server, counters)
     base_ok = total(before, req_name, model=MODEL, route=route, status="200")
     # an unknown model is not a label value (clients could mint unbounded series): "-"
     base_404 = total(before, req_name, model="-", route=route, status="404")
