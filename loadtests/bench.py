@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
+from loadtests import cpu
 from loadtests.servers import ROOT, PlainVLLMProcess, ServeProcess, engine_processes
 
 WORDS = (
@@ -58,6 +60,10 @@ class LevelResult:
     itl_p50_ms: float | None
     itl_p99_ms: float | None
     error_samples: list[str] = field(default_factory=list)
+    # the processes that used the most CPU in the measured window (% of one core)
+    busiest_processes: list[dict] = field(default_factory=list)
+    # machine-wide CPU in the window, % of one core: idle, and steal (a hypervisor's other guests)
+    machine_cpu: dict = field(default_factory=dict)
 
 
 def make_prompt(rng: random.Random, words: int = 30) -> str:
@@ -126,13 +132,27 @@ async def run_level(url: str, model: str, concurrency: int, warmup_s: float, dur
     t_measure = time.perf_counter() + warmup_s
     t_stop = t_measure + duration_s
 
+    cpu_window: list[dict] = []
+    machine: dict = {}
+
+    async def sample_cpu() -> None:
+        # in a thread: walking /proc must not stall the streams being timed
+        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+        before, machine0 = await asyncio.to_thread(cpu.cpu_times), cpu.machine_times()
+        t0 = time.perf_counter()
+        await asyncio.sleep(max(0.0, t_stop - t0))
+        after, machine1 = await asyncio.to_thread(cpu.cpu_times), cpu.machine_times()
+        seconds = time.perf_counter() - t0
+        cpu_window.extend(cpu.busiest(before, after, seconds))
+        machine.update(cpu.machine_share(machine0, machine1, seconds))
+
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
 
         async def worker() -> None:
             while time.perf_counter() < t_stop:
                 results.append(await stream_chat(session, url, model, make_prompt(rng), max_tokens))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(sample_cpu(), *(worker() for _ in range(concurrency)))
 
     window = [r for r in results if r.start >= t_measure and r.end <= t_stop]
     ok = [r for r in window if r.error is None]
@@ -151,6 +171,8 @@ async def run_level(url: str, model: str, concurrency: int, warmup_s: float, dur
         itl_p50_ms=ms(pct([r.itl for r in ok if r.itl is not None], 50)),
         itl_p99_ms=ms(pct([r.itl for r in ok if r.itl is not None], 99)),
         error_samples=[r.error for r in window if r.error][:3],
+        busiest_processes=cpu_window,
+        machine_cpu=machine,
     )
 
 
@@ -160,6 +182,7 @@ async def run_server(url: str, model: str, levels: list[int], warmup_s: float, d
     for c in levels:
         res = await run_level(url, model, c, warmup_s, duration_s, max_tokens, seed=c, headers=headers)
         print(f"  c={c:<3} {res.output_tok_s:>8.1f} tok/s  ttft p50 {res.ttft_p50_ms} ms  itl p50 {res.itl_p50_ms} ms  errors {res.errors}", flush=True)
+        print(f"        machine: {res.machine_cpu}; cpu: " + ", ".join(f"{r['process'][:40]} {r['cpu_pct']:.0f}%" for r in res.busiest_processes[:6]), flush=True)
         out.append(res)
     return out
 
@@ -285,11 +308,18 @@ async def amain(args) -> int:
             return 2
         print("WARNING: " + msg, file=sys.stderr)
 
+    def background_load(label: str, run: dict) -> None:
+        """What else uses the CPU before a server starts (a previous server still exiting?)."""
+        busy, top = cpu.machine_busy(3.0, exclude={os.getpid()})
+        run.setdefault("background_cpu_pct", {})[label] = busy
+        print(f"before {label}: other processes used {busy}% of a core" + (": " + ", ".join(f"{r['process'][:40]} {r['cpu_pct']:.0f}%" for r in top[:5]) if top else ""), flush=True)
+
     runs = []
     for rep in range(args.repeat):
         print(f"== run {rep + 1}/{args.repeat}", flush=True)
         run = {"ours": [], "plain": []}
         if args.only in ("both", "ours"):
+            background_load("ours", run)
             url = args.our_url or our_url_for(cfg)
             server = None if args.our_url else start_ours(config_path, url, out)
             try:
@@ -299,6 +329,7 @@ async def amain(args) -> int:
                 if server:
                     server.stop()
         if args.only in ("both", "plain"):
+            background_load("plain", run)
             server = None if args.plain_url else start_plain(model_cfg, args.plain_port, out)
             url = args.plain_url or f"http://127.0.0.1:{args.plain_port}"
             try:

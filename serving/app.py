@@ -7,7 +7,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serving.config import AppConfig, ModelConfig, check_engine_args, parse_app_args
+from serving.config import AppConfig, IngressConfig, ModelConfig, check_engine_args, parse_app_args
 from serving.deployments.ingress import ingress_deployment
 from serving.deployments.llm_server import LLMServer
 from serving.routing import request_router_config
@@ -21,12 +21,19 @@ def replica_env(model: ModelConfig) -> dict[str, str]:
     return env
 
 
-def llm_deployment_options(model: ModelConfig) -> dict[str, Any]:
+def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = None) -> dict[str, Any]:
     d = model.deployment
+    ingress = ingress or IngressConfig()
     actor: dict[str, Any] = {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus}
     if d.memory_gib:
         actor["memory"] = int(d.memory_gib * 2**30)
     env = replica_env(model)
+    if ingress.mode == "direct" and ingress.replica_niceness is not None:
+        # Ray renices each worker to RAY_worker_niceness (15) when its core worker starts,
+        # and the engine processes inherit it: under load the engine then loses the CPU to
+        # Ray's agents and to anything else on the node (loadtests/PERFORMANCE.md, row 7).
+        # In proxy mode Serve's proxy stays at 15, so the replica keeps Ray's default too.
+        env.setdefault("RAY_worker_niceness", str(ingress.replica_niceness))
     if env:
         actor["runtime_env"] = {"env_vars": env}
     options = {
@@ -51,7 +58,7 @@ def build_from_config(cfg: AppConfig) -> Application:
     app_args = cfg.model_dump()
     llm_apps = [
         serve.deployment(LLMServer)
-        .options(**llm_deployment_options(m))
+        .options(**llm_deployment_options(m, cfg.ingress))
         .bind(m.model_dump(), app_args, peers)
         for m in cfg.models
     ]

@@ -158,6 +158,11 @@ class IngressConfig(Strict):
         True, description="Replicas renice Ray's background processes on their node (nice +10) so they do not "
         "take CPU from the engine under load (serving/deployments/node_tuning.py).",
     )
+    replica_niceness: int | None = Field(
+        0, ge=0, le=19, description="direct mode: the niceness of the LLM-server replica and its engine "
+        "processes. Ray starts every worker at nice 15 (RAY_worker_niceness), below its own agents and any "
+        "client on the node; in direct mode the replica is the whole data path. null keeps Ray's default.",
+    )
 
 
 class AuthConfig(Strict):

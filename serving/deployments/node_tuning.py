@@ -7,6 +7,11 @@ moments, worth 5-10% of output tokens/s. Lowering their scheduling priority
 (nice +10, allowed without privileges for processes of the same user) lets them
 run whenever the data path leaves room. In `proxy` mode the proxy and ingress
 are on the data path, so they are left alone.
+
+Ray's own workers (controller, proxy, replicas) start at nice 15; Ray's daemons
+and agents at 0. In direct mode the LLM-server replica runs at
+`ingress.replica_niceness` (0) instead (serving/app.py), so the order under load
+is: engine and replica (0), Ray's daemons and agents (10), Ray's workers (15).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import os
 
 logger = logging.getLogger(__name__)
 
-CONTROL_PLANE = ("gcs_server", "raylet", "dashboard", "ServeController", "log_monitor", "monitor.py", "runtime_env")
+CONTROL_PLANE = (
+    "gcs_server", "raylet", "dashboard", "DashboardAgent", "RuntimeEnvAgent",
+    "ServeController", "log_monitor", "monitor.py", "runtime_env",
+)  # fmt: skip
 DIRECT_ONLY = ("ProxyActor", ":ingress")
 NICENESS = 10
 

@@ -401,20 +401,52 @@ def test_deployment_name(model_id, name):
 
 
 def _options(**model_overrides):
+    """The model's own mapping, without the ingress's niceness (tested on its own)."""
     from serving.app import llm_deployment_options
+    from serving.config import IngressConfig
 
-    return llm_deployment_options(ModelConfig(**{"id": "tiny-llama", **model_overrides}))
+    return llm_deployment_options(ModelConfig(**{"id": "tiny-llama", **model_overrides}), IngressConfig(replica_niceness=None))
+
+
+@pytest.mark.parametrize(
+    ("ingress", "model_env", "expected"),
+    [
+        ({"mode": "direct"}, {}, "0"),
+        ({"mode": "direct", "replica_niceness": 5}, {}, "5"),
+        ({"mode": "direct", "replica_niceness": None}, {}, None),
+        ({"mode": "direct"}, {"RAY_worker_niceness": "12"}, "12"),  # the model's own env wins
+        ({"mode": "proxy"}, {}, None),  # Serve's proxy stays at 15: so does the replica
+    ],
+)
+def test_replica_niceness_reaches_the_replica_env(ingress, model_env, expected):
+    from serving.app import llm_deployment_options
+    from serving.config import IngressConfig
+
+    model = ModelConfig(id="m", env=model_env)
+    env = llm_deployment_options(model, IngressConfig(**ingress))["ray_actor_options"].get("runtime_env", {})
+    assert env.get("env_vars", {}).get("RAY_worker_niceness") == expected
+
+
+def test_replica_niceness_is_bounded():
+    from serving.config import IngressConfig
+
+    for bad in (-1, 20):  # below 0 needs privileges; 19 is the weakest
+        with pytest.raises(ValueError, match="replica_niceness"):
+            IngressConfig(replica_niceness=bad)
 
 
 def test_llm_deployment_options_dev_yaml():
     from serving.app import llm_deployment_options
 
     cfg = parse_app_args(dev_args())
-    opts = llm_deployment_options(cfg.models[0])
+    opts = llm_deployment_options(cfg.models[0], cfg.ingress)
     assert opts["name"] == "llm-tiny-llama"
     assert opts["ray_actor_options"]["num_cpus"] == 0.5
     assert opts["ray_actor_options"]["num_gpus"] == 0.0
-    assert opts["ray_actor_options"]["runtime_env"] == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
+    # direct ingress: the replica (the whole data path) opts out of Ray's worker nice 15
+    assert opts["ray_actor_options"]["runtime_env"] == {
+        "env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "RAY_worker_niceness": "0"}
+    }
     assert opts["max_ongoing_requests"] == 256
     assert opts["max_queued_requests"] == 512
     assert opts["autoscaling_config"] == {
