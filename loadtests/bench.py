@@ -182,7 +182,7 @@ async def run_server(url: str, model: str, levels: list[int], warmup_s: float, d
     for c in levels:
         res = await run_level(url, model, c, warmup_s, duration_s, max_tokens, seed=c, headers=headers)
         print(f"  c={c:<3} {res.output_tok_s:>8.1f} tok/s  ttft p50 {res.ttft_p50_ms} ms  itl p50 {res.itl_p50_ms} ms  errors {res.errors}", flush=True)
-        print(f"        machine: {res.machine_cpu}; cpu: " + ", ".join(f"{r['process'][:40]} {r['cpu_pct']:.0f}%" for r in res.busiest_processes[:6]), flush=True)
+        print(f"        machine: {res.machine_cpu}; cpu: {cpu.describe(res.busiest_processes)}", flush=True)
         out.append(res)
     return out
 
@@ -312,7 +312,7 @@ async def amain(args) -> int:
         """What else uses the CPU before a server starts (a previous server still exiting?)."""
         busy, top = cpu.machine_busy(3.0, exclude={os.getpid()})
         run.setdefault("background_cpu_pct", {})[label] = busy
-        print(f"before {label}: other processes used {busy}% of a core" + (": " + ", ".join(f"{r['process'][:40]} {r['cpu_pct']:.0f}%" for r in top[:5]) if top else ""), flush=True)
+        print(f"before {label}: other processes used {busy}% of a core" + (f": {cpu.describe(top, 5)}" if top else ""), flush=True)
 
     runs = []
     for rep in range(args.repeat):

@@ -49,6 +49,11 @@ def busiest(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, fl
     return rows[:top]
 
 
+def describe(rows: list[dict], n: int = 6) -> str:
+    """One line for a console: "VLLM::Worker 90%, VLLM::EngineCore 47%, ..."."""
+    return ", ".join(f"{r['process'][:40].strip()} {r['cpu_pct']:.0f}%" for r in rows[:n])
+
+
 def machine_busy(window_s: float = 3.0, exclude: set[int] | None = None) -> tuple[float, list[dict]]:
     """CPU used by every process (except `exclude`) over window_s, in % of one core, and the top users."""
     exclude = exclude or set()

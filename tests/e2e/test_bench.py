@@ -25,5 +25,9 @@ def test_short_benchmark_writes_results(dev_server, tmp_path):
         assert level["concurrency"] == 16
         assert level["errors"] == 0 and level["requests"] > 0
         assert level["output_tok_s"] > 0 and level["ttft_p50_ms"] > 0
+        # what ran beside the server in the window: the engine's worker is the busiest part
+        assert any("VLLM::Worker" in p["process"] and p["cpu_pct"] > 10 for p in level["busiest_processes"])
+        assert set(level["machine_cpu"]) == {"idle", "iowait", "steal"}
+    assert set(run["background_cpu_pct"]) == {"ours", "plain"}
     assert "ratio ours/plain" in proc.stdout
     assert (out / "bench.png").stat().st_size > 1000
