@@ -136,15 +136,12 @@ async def run_level(url: str, model: str, concurrency: int, warmup_s: float, dur
     machine: dict = {}
 
     async def sample_cpu() -> None:
-        # in a thread: walking /proc must not stall the streams being timed
         await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
-        before, machine0 = await asyncio.to_thread(cpu.cpu_times), cpu.machine_times()
-        t0 = time.perf_counter()
-        await asyncio.sleep(max(0.0, t_stop - t0))
-        after, machine1 = await asyncio.to_thread(cpu.cpu_times), cpu.machine_times()
-        seconds = time.perf_counter() - t0
-        cpu_window.extend(cpu.busiest(before, after, seconds))
-        machine.update(cpu.machine_share(machine0, machine1, seconds))
+        before = await cpu.snapshot_in_child()
+        await asyncio.sleep(max(0.0, t_stop - time.perf_counter()))
+        after = await cpu.snapshot_in_child()
+        cpu_window.extend(cpu.busiest(before, after))
+        machine.update(cpu.machine_share(before, after))
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
 
