@@ -77,7 +77,10 @@ async def test_engine_killed_during_load(dev_server):
             # a client that retries (with backoff) until its request succeeds or it gives up
             for attempt in range(200):
                 start = time.monotonic()
-                outcome, _ = await asyncio.wait_for(stream_once(client, 200), REQUEST_TIMEOUT_S)
+                # Long generations: with 200 tokens the engine at nice 0 could finish every
+                # request before the kill while the replica still streamed it, so the kill hit
+                # no generation (seen once in CI). With 1000, each request generates for seconds.
+                outcome, _ = await asyncio.wait_for(stream_once(client, 1000), REQUEST_TIMEOUT_S)
                 events.append((start, time.monotonic(), outcome))
                 if outcome == "ok":
                     answered_requests += 1
