@@ -23,12 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVE = str(Path(sys.executable).with_name("serve"))
 
 
+ENGINE_NAMES = ("VLLM::EngineCore", "VLLM::Worker")
+
+
 def _is_engine(p: psutil.Process) -> bool:
     try:
         text = p.name() + " " + " ".join(p.cmdline())
     except psutil.Error:
         return False
-    return "VLLM::EngineCore" in text or "VLLM::Worker" in text
+    return any(n in text for n in ENGINE_NAMES)
 
 
 def engine_processes() -> list[psutil.Process]:
@@ -94,13 +97,25 @@ class ManagedProcess:
         except OSError:
             return ""
 
-    def engine_processes(self) -> list[psutil.Process]:
-        """The vLLM engine processes this server started (its descendants)."""
+    def descendants(self, *names: str) -> list[psutil.Process]:
+        """The live processes this server started whose name or command line contains one of `names`."""
         try:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
             return []
-        return [p for p in children if _is_engine(p)]
+        found = []
+        for p in children:
+            try:
+                text = p.name() + " " + " ".join(p.cmdline())
+                if p.status() != psutil.STATUS_ZOMBIE and any(n in text for n in names):
+                    found.append(p)
+            except psutil.Error:
+                continue
+        return found
+
+    def engine_processes(self) -> list[psutil.Process]:
+        """The vLLM engine processes this server started."""
+        return self.descendants(*ENGINE_NAMES)
 
     def stop(self, timeout_s: float = 90) -> None:
         if self.proc is None:

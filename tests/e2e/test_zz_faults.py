@@ -28,14 +28,7 @@ REQUEST_TIMEOUT_S = 60
 
 
 def our_engine_cores(server) -> list[psutil.Process]:
-    found = []
-    for p in psutil.Process(server.proc.pid).children(recursive=True):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and "VLLM::EngineCore" in " ".join(p.cmdline() or [p.name()]):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+    return server.descendants("VLLM::EngineCore")
 
 
 async def stream_once(client: httpx.AsyncClient, max_tokens: int) -> tuple[str, int]:
