@@ -1,4 +1,4 @@
-"""Keep Ray's control plane off the token path's CPU (direct ingress only).
+"""Keep Ray's control plane off the token path's CPU (its proxy and ingress too, in direct mode).
 
 Measured on 2 cores (loadtests/PERFORMANCE.md): under load, the vLLM worker is
 CPU-bound on its pinned core, and Ray's background processes (GCS, raylet,
