@@ -70,9 +70,7 @@ async def test_engine_killed_during_load(dev_server):
             # a client that retries (with backoff) until its request succeeds or it gives up
             for attempt in range(200):
                 start = time.monotonic()
-                # Long generations: with 200 tokens the engine at nice 0 could finish every
-                # request before the kill while the replica still streamed it, so the kill hit
-                # no generation (seen once in CI). With 1000, each request generates for seconds.
+                # Long generations, so the engine is generating at most moments (see chaos()).
                 outcome, _ = await asyncio.wait_for(stream_once(client, 1000), REQUEST_TIMEOUT_S)
                 events.append((start, time.monotonic(), outcome))
                 if outcome == "ok":
@@ -85,6 +83,14 @@ async def test_engine_killed_during_load(dev_server):
     async def chaos():
         nonlocal kill_at, stop_at
         await asyncio.sleep(4)
+        # Kill while the engine is generating. The fixture's server runs in a session of its
+        # own, and with autogroup scheduling its streams can be held: a request may be fully
+        # generated long before the client reads it, so "a client is waiting" is not enough.
+        probe_until = time.monotonic() + 120
+        async with httpx.AsyncClient(timeout=10) as probe:
+            while (await probe.get(f"{DIRECT_URL}/stats", headers=AUTH)).json()[MODEL]["unfinished_requests"] < 1:
+                assert time.monotonic() < probe_until, "the engine never had a request to generate"
+                await asyncio.sleep(0.05)
         kill_at = time.monotonic()
         cores[0].send_signal(signal.SIGKILL)
         # keep the load on until the model has served again for 5 s
