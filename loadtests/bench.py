@@ -204,7 +204,7 @@ def our_url_for(cfg) -> str:
 
 def start_ours(config_path: Path, url: str, log_dir: Path) -> ServeProcess:
     # Same session as the load generator, like plain vLLM (see servers.PlainVLLMProcess).
-    return ServeProcess(config_path, f"{url}/ready", log_dir / "ours.log", new_session=False).start()
+    return ServeProcess(config_path, f"{url}/ready", log_dir / "ours.log").start()
 
 
 def start_plain(model_cfg, port: int, log_dir: Path) -> PlainVLLMProcess:

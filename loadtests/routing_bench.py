@@ -341,6 +341,8 @@ class Server:
 
         import httpx
 
+        from loadtests.servers import start_in_own_group
+
         fd, path = tempfile.mkstemp(prefix="routing-bench-", suffix=".yaml")
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(self.config, f)
@@ -349,7 +351,7 @@ class Server:
         serve = str(Path(sys.executable).with_name("serve"))
         self.proc = subprocess.Popen(
             [serve, "run", str(self.path)], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=start_in_own_group,
         )
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

@@ -34,6 +34,22 @@ def _is_engine(p: psutil.Process) -> bool:
     return any(n in text for n in ENGINE_NAMES)
 
 
+def start_in_own_group() -> None:
+    """Popen's preexec_fn for every server here: its own process group, in the caller's session.
+
+    Own group: a stuck server is killed with all its children (killpg), and a
+    terminal's Ctrl-C reaches only the caller, which then stops the server.
+    Caller's session, not setsid: with the kernel's autogroup scheduling on (it is
+    here), each session competes for the CPU as one group. A server in a session of
+    its own then starved its clients: measured here, the test client's whole session
+    got no CPU for 6-12 s while the engine generated (streams held, the next
+    requests sent only after the first one ended); in one session, none of that.
+    """
+    os.setpgid(0, 0)
+    # Ctrl-C semantics even when our own parent ignores SIGINT (background shells do).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def engine_processes() -> list[psutil.Process]:
     """Every vLLM engine process on the machine (the benchmark refuses to run beside strays)."""
     return [p for p in psutil.process_iter() if _is_engine(p)]
@@ -55,9 +71,6 @@ class ManagedProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    # Own process group, so a stuck server can be killed with all its children.
-    new_session = True
-
     def command(self) -> list[str]:
         raise NotImplementedError
 
@@ -74,9 +87,7 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            start_new_session=self.new_session,
-            # Ctrl-C semantics even when our own parent ignores SIGINT (background shells do).
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=start_in_own_group,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -128,10 +139,7 @@ class ManagedProcess:
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                if self.new_session:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                else:
-                    self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
 
@@ -151,10 +159,9 @@ class ManagedProcess:
 class ServeProcess(ManagedProcess):
     """`serve run CONFIG`: exactly the README's command."""
 
-    def __init__(self, config: Path, ready_url: str, log_path: Path, env: dict | None = None, new_session: bool = True):
+    def __init__(self, config: Path, ready_url: str, log_path: Path, env: dict | None = None):
         super().__init__(ready_url, log_path, env)
         self.config = config
-        self.new_session = new_session
 
     def command(self) -> list[str]:
         return [SERVE, "run", str(self.config)]
@@ -202,12 +209,6 @@ def engine_args_to_cli(engine_args: dict) -> list[str]:
 
 class PlainVLLMProcess(ManagedProcess):
     """vLLM's own OpenAI server on the same model and engine arguments (the baseline)."""
-
-    # The benchmark starts both servers in its own session: with the kernel's
-    # autogroup scheduling on (here it is), a server in a session of its own
-    # competes as one group and, measured here, plain vLLM then held each stream's
-    # chunks and sent them at the end (TTFT ~ the whole request).
-    new_session = False
 
     def __init__(self, model_path: str, model_id: str, engine_args: dict, port: int, log_path: Path, env: dict | None = None):
         super().__init__(f"http://127.0.0.1:{port}/health", log_path, env)

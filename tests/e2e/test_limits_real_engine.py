@@ -20,7 +20,9 @@ def limited_server(tmp_path_factory):
     config["http_options"]["port"] = 8041
     args = config["applications"][0]["args"]
     args["ingress"]["port"] = 8040
-    args["limits"] = {"requests_per_minute": 5, "request_timeout_s": 1.5}
+    # The timeout must outlast the set-up of the 3 streams and the 4th request by far: with 1.5 s, CI once
+    # saw a stream time out (freeing its place) just before the 4th request, which then got 200.
+    args["limits"] = {"requests_per_minute": 5, "request_timeout_s": 6}
     model = args["models"][0]
     model["deployment"]["max_ongoing_requests"] = 2
     model["deployment"]["max_queued_requests"] = 1  # 2 running + 1 queued
@@ -42,22 +44,24 @@ def body(max_tokens, stream=False, n=1):
 
 async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server):
     async with httpx.AsyncClient(timeout=30) as client:
-        async def long_stream():
+        admitted = [asyncio.Event() for _ in range(3)]
+
+        async def long_stream(i):
             events = []
-            async with client.stream("POST", f"{URL}/v1/chat/completions", json=body(1900, True, n=8), headers=auth(KEY_A)) as r:
+            async with client.stream("POST", f"{URL}/v1/chat/completions", json=body(1900, True, n=16), headers=auth(KEY_A)) as r:
                 assert r.status_code == 200
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
                         events.append(line)
+                        admitted[i].set()
             return events
 
-        streams = [asyncio.create_task(long_stream()) for _ in range(3)]
-        # wait until the 3 places (2 running + 1 queued) are taken
-        for _ in range(100):
-            stats = (await client.get(f"{URL}/stats", headers=auth(KEY_B))).json()[MODEL]
-            if stats["in_flight"] == 3:
-                break
-            await asyncio.sleep(0.01)
+        # 3 streams of 16 x 1900 tokens: ~90k tokens, over 10 s of generation here, so each outlasts
+        # request_timeout_s (6 s); alone, one finishes in ~5.5 s.
+        streams = [asyncio.create_task(long_stream(i)) for i in range(3)]
+        # A first chunk means the place is taken (2 running + 1 queued: all 3 in the engine here)
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in admitted)), 5)
+        stats = (await client.get(f"{URL}/stats", headers=auth(KEY_B))).json()[MODEL]
         assert stats["in_flight"] == 3, stats
         start = time.perf_counter()
         r = await client.post(f"{URL}/v1/chat/completions", json=body(4), headers=auth(KEY_A))
@@ -66,7 +70,7 @@ async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server
         assert r.headers["retry-after"] == "1"
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
         assert elapsed < 0.1, f"503 took {elapsed * 1000:.0f} ms"
-        # the long streams (8 x 1900 tokens: seconds here) pass request_timeout_s: an error event, then [DONE]
+        # the long streams pass request_timeout_s: an error event, then [DONE]
         for events in await asyncio.gather(*streams):
             assert events[-1] == "data: [DONE]"
             assert '"code":"request_timeout"' in events[-2]

@@ -83,9 +83,8 @@ async def test_engine_killed_during_load(dev_server):
     async def chaos():
         nonlocal kill_at, stop_at
         await asyncio.sleep(4)
-        # Kill while the engine is generating. The fixture's server runs in a session of its
-        # own, and with autogroup scheduling its streams can be held: a request may be fully
-        # generated long before the client reads it, so "a client is waiting" is not enough.
+        # Kill while the engine is generating: "a client is waiting" is not enough, since a
+        # request may be fully generated before the client has read it (CI once saw that).
         probe_until = time.monotonic() + 120
         async with httpx.AsyncClient(timeout=10) as probe:
             while (await probe.get(f"{DIRECT_URL}/stats", headers=AUTH)).json()[MODEL]["unfinished_requests"] < 1:
