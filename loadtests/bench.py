@@ -203,7 +203,7 @@ def our_url_for(cfg) -> str:
 
 
 def start_ours(config_path: Path, url: str, log_dir: Path) -> ServeProcess:
-    # Same session as the load generator, like plain vLLM (see servers.PlainVLLMProcess).
+    # Same session as the load generator, like plain vLLM (see servers.start_in_own_group).
     return ServeProcess(config_path, f"{url}/ready", log_dir / "ours.log").start()
 
 
