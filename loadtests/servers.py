@@ -26,12 +26,13 @@ SERVE = str(Path(sys.executable).with_name("serve"))
 ENGINE_NAMES = ("VLLM::EngineCore", "VLLM::Worker")
 
 
-def _is_engine(p: psutil.Process) -> bool:
+def _matches(p: psutil.Process, names: tuple[str, ...], live_only: bool = False) -> bool:
+    """Whether the process's name or command line contains one of `names` (and, if asked, it is not a zombie)."""
     try:
         text = p.name() + " " + " ".join(p.cmdline())
+        return any(n in text for n in names) and not (live_only and p.status() == psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
-    return any(n in text for n in ENGINE_NAMES)
 
 
 def start_in_own_group() -> None:
@@ -52,7 +53,7 @@ def start_in_own_group() -> None:
 
 def engine_processes() -> list[psutil.Process]:
     """Every vLLM engine process on the machine (the benchmark refuses to run beside strays)."""
-    return [p for p in psutil.process_iter() if _is_engine(p)]
+    return [p for p in psutil.process_iter() if _matches(p, ENGINE_NAMES)]
 
 
 def write_config(data: dict) -> Path:
@@ -114,15 +115,7 @@ class ManagedProcess:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
             return []
-        found = []
-        for p in children:
-            try:
-                text = p.name() + " " + " ".join(p.cmdline())
-                if p.status() != psutil.STATUS_ZOMBIE and any(n in text for n in names):
-                    found.append(p)
-            except psutil.Error:
-                continue
-        return found
+        return [p for p in children if _matches(p, names, live_only=True)]
 
     def engine_processes(self) -> list[psutil.Process]:
         """The vLLM engine processes this server started."""
