@@ -82,10 +82,12 @@ class LLMServer:
         )
         self._stats_stop = asyncio.Event()
         self._stats_task = asyncio.get_running_loop().create_task(export_engine_stats(self.serving, self._stats_stop))
-        if ingress_cfg.deprioritize_ray_control_plane:
-            from serving.deployments.node_tuning import deprioritize_ray_control_plane
+        from serving.deployments import node_tuning
 
-            deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
+        if self.cfg.pin_engine_core_to_worker:
+            node_tuning.pin_engine_core_to_worker()
+        if ingress_cfg.deprioritize_ray_control_plane:
+            node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
         if ingress_cfg.mode == "direct":
             from serving.deployments.direct_http import DirectHTTPServer
 

@@ -49,3 +49,55 @@ def test_never_raises_priority(fake_processes):
     p["gcs"].nice(15)
     deprioritize_ray_control_plane(direct_ingress=True)
     assert p["gcs"].nice() == 15
+
+
+SPAWN_FAKE_ENGINE = """
+import subprocess, sys, time
+kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", name])
+        for name in ("VLLM::EngineCore", "VLLM::Worker_TP0")]
+print(" ".join(str(k.pid) for k in kids), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def fake_engine():
+    """A fake replica process whose children's command lines look like vLLM's engine core and worker.
+
+    Its own parent process, so the dev stack a test session may be running (also our child) is not seen.
+    """
+    replica = subprocess.Popen([sys.executable, "-c", SPAWN_FAKE_ENGINE], stdout=subprocess.PIPE, text=True)
+    core, worker = map(int, replica.stdout.readline().split())
+    yield {"replica": replica.pid, "core": psutil.Process(core), "worker": psutil.Process(worker)}
+    for p in psutil.Process(replica.pid).children() + [psutil.Process(replica.pid)]:
+        p.kill()
+    replica.wait()
+
+
+def _threads_affinity(pid):
+    import os
+
+    return {tid: os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_engine_core_follows_a_bound_worker(fake_engine):
+    import os
+
+    from serving.deployments.node_tuning import pin_engine_core_to_worker
+
+    allowed = sorted(os.sched_getaffinity(0))
+    worker_cpu = allowed[-1]
+    os.sched_setaffinity(fake_engine["worker"].pid, {worker_cpu})
+    moved = pin_engine_core_to_worker(fake_engine["replica"])
+    assert moved == {fake_engine["core"].pid: {worker_cpu}}
+    assert set(map(frozenset, _threads_affinity(fake_engine["core"].pid).values())) == {frozenset({worker_cpu})}
+
+
+def test_engine_core_stays_free_when_the_worker_is_not_bound(fake_engine):
+    import os
+
+    from serving.deployments.node_tuning import pin_engine_core_to_worker
+
+    allowed = os.sched_getaffinity(0)
+    assert pin_engine_core_to_worker(fake_engine["replica"]) == {}
+    assert os.sched_getaffinity(fake_engine["core"].pid) == allowed
