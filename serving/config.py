@@ -103,9 +103,10 @@ class ModelConfig(Strict):
         None, ge=1, description="CPU only: KV cache size in GiB per replica (sets VLLM_CPU_KVCACHE_SPACE)."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replicas.")
-    pin_engine_core_to_worker: bool = Field(
-        True, description="CPU hosts: bind vLLM's scheduler process to the core of its (bound) worker, so their "
-        "lockstep shares one core instead of spinning on two (serving/deployments/node_tuning.py). No effect on GPU.",
+    colocate_engine_core_at: int | None = Field(
+        12, ge=0, description="CPU hosts: from this many requests in flight in a replica, bind vLLM's scheduler "
+        "process to its worker's core, so their lockstep spins on one core, not two; released at half of it. "
+        "0 = always, null = never (serving/deployments/node_tuning.py). No effect on GPU.",
     )
     deployment: DeploymentConfig = DeploymentConfig()
     router: Literal["power_of_two", "round_robin", "prefix_aware"] = Field(

@@ -81,11 +81,15 @@ class LLMServer:
             log_prompts=self.app_cfg.observability.log_prompts,
         )
         self._stats_stop = asyncio.Event()
-        self._stats_task = asyncio.get_running_loop().create_task(export_engine_stats(self.serving, self._stats_stop))
+        loop = asyncio.get_running_loop()
+        self._stats_task = loop.create_task(export_engine_stats(self.serving, self._stats_stop))
         from serving.deployments import node_tuning
 
-        if self.cfg.pin_engine_core_to_worker:
-            node_tuning.pin_engine_core_to_worker()
+        placement = node_tuning.EngineCorePlacement()
+        if placement.active and self.cfg.colocate_engine_core_at is not None:
+            self._placement_task = loop.create_task(node_tuning.place_engine_core_by_load(
+                placement, lambda: self.serving.in_flight, self.cfg.colocate_engine_core_at, self._stats_stop,
+            ))
         if ingress_cfg.deprioritize_ray_control_plane:
             node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
         if ingress_cfg.mode == "direct":

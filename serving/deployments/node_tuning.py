@@ -57,8 +57,10 @@ def deprioritize_ray_control_plane(direct_ingress: bool) -> list[int]:
     return changed
 
 
+
 ENGINE_CORE = "VLLM::EngineCore"
 ENGINE_WORKER = "VLLM::Worker"
+PLACEMENT_INTERVAL_S = 0.5
 
 
 def _named(proc, name: str) -> bool:
@@ -70,46 +72,87 @@ def _named(proc, name: str) -> bool:
         return False
 
 
-def pin_engine_core_to_worker(replica_pid: int | None = None) -> dict[int, set[int]]:
-    """CPU hosts: bind vLLM's scheduler process (EngineCore) to the core its worker is bound to.
+class EngineCorePlacement:
+    """CPU hosts: under load, bind vLLM's scheduler process (EngineCore) to its worker's core.
 
     vLLM on CPU binds its worker to cores (OMP thread binding) and leaves the
     EngineCore free to float. The two run in lockstep: the core schedules a step
     while the worker waits, the worker runs the model while the core waits, and
-    each waits by spinning with sched_yield. On separate cores that spinning takes
-    a core from everything else (frontend, clients, Ray) at every step; on one core
-    a yield hands the CPU straight to the other side. Measured on 2 cores (see
-    loadtests/PERFORMANCE.md): +22% output tokens/s at 16 streams, +32% at 64.
-    Nothing to do when the worker is not bound (GPU hosts, binding turned off).
-    Returns {EngineCore pid: cores} for each process moved.
-    """
-    import psutil
+    each waits by spinning with sched_yield. On separate cores, that spinning holds
+    a second core at every step, which the frontend, the clients and Ray need once
+    many streams are open. On one core, the CPU goes from one side to the other.
+    A handoff on one core is slower, though (~0.15 ms: the scheduler does not
+    always switch at a yield), which costs a single stream 25% of its tokens/s
+    with the tiny model. So the replica follows the load
+    (`ModelConfig.colocate_engine_core_at`). Measured on 2 cores, same server,
+    default vs bound (loadtests/PERFORMANCE.md row 12): 1048 vs 800 tok/s at 1
+    stream, 5452 vs 5128 at 8, 7552 vs 8520 at 16, 11546 vs 15262 at 64.
 
-    try:
-        children = psutil.Process(replica_pid or os.getpid()).children(recursive=True)
-    except psutil.Error:
-        return {}
-    cores = [p for p in children if _named(p, ENGINE_CORE)]
-    workers = sorted((p for p in children if _named(p, ENGINE_WORKER)), key=lambda p: p.pid)
-    if not cores or not workers:
-        return {}
-    try:
-        # The worker's main thread: OMP binds it to the first core of its team.
-        worker_cpus = os.sched_getaffinity(workers[0].pid)
-    except OSError:
-        return {}
-    if worker_cpus >= os.sched_getaffinity(0):
-        return {}
-    target = {min(worker_cpus)}
-    moved = {}
-    for proc in cores:
+    Nothing to do when the worker is not bound to a subset of the cores (GPU
+    hosts, binding turned off): `active` is False then.
+    """
+
+    def __init__(self, replica_pid: int | None = None):
+        import psutil
+
+        self.cores: list[int] = []
+        self.target: set[int] = set()
+        self.free: set[int] = set()
+        self.colocated = False
         try:
-            # Affinity is per thread; threads started later inherit their creator's.
-            for tid in os.listdir(f"/proc/{proc.pid}/task"):
-                os.sched_setaffinity(int(tid), target)
-            moved[proc.pid] = target
-        except (OSError, ValueError) as e:
-            logger.warning("could not bind the vLLM EngineCore (pid %d) to CPU %s: %s", proc.pid, target, e)
-    if moved:
-        logger.info("bound the vLLM EngineCore %s to CPU %s, the core of its worker %d", list(moved), target, workers[0].pid)
-    return moved
+            children = psutil.Process(replica_pid or os.getpid()).children(recursive=True)
+            workers = sorted((p for p in children if _named(p, ENGINE_WORKER)), key=lambda p: p.pid)
+            cores = [p.pid for p in children if _named(p, ENGINE_CORE)]
+            if not workers or not cores:
+                return
+            # The worker's main thread: OMP binds it to the first core of its team.
+            worker_cpus = os.sched_getaffinity(workers[0].pid)
+            self.free = os.sched_getaffinity(cores[0])
+        except (psutil.Error, OSError):
+            return
+        if worker_cpus < self.free:
+            self.cores, self.target = cores, {min(worker_cpus)}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.cores)
+
+    def _bind(self, cpus: set[int]) -> bool:
+        for pid in self.cores:
+            try:
+                # Affinity is per thread; threads started later inherit their creator's.
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    os.sched_setaffinity(int(tid), cpus)
+            except (OSError, ValueError) as e:
+                logger.warning("could not bind the vLLM EngineCore (pid %d) to CPUs %s: %s", pid, sorted(cpus), e)
+                return False
+        return True
+
+    def colocate(self) -> None:
+        if self.active and not self.colocated and self._bind(self.target):
+            self.colocated = True
+            logger.info("vLLM EngineCore %s bound to CPU %s, its worker's core", self.cores, sorted(self.target))
+
+    def release(self) -> None:
+        if self.active and self.colocated and self._bind(self.free):
+            self.colocated = False
+            logger.info("vLLM EngineCore %s released to CPUs %s", self.cores, sorted(self.free))
+
+    def follow(self, in_flight: int, threshold: int) -> None:
+        """Colocate at `threshold` requests in flight or more, release at half of it or fewer."""
+        if in_flight >= threshold:
+            self.colocate()
+        elif in_flight <= threshold // 2:
+            self.release()
+
+
+async def place_engine_core_by_load(placement: EngineCorePlacement, in_flight, threshold: int, stop) -> None:
+    """Until `stop` (an asyncio.Event) is set, apply `placement.follow` to `in_flight()` every 0.5 s."""
+    import asyncio
+
+    while not stop.is_set():
+        placement.follow(in_flight(), threshold)
+        try:
+            await asyncio.wait_for(stop.wait(), PLACEMENT_INTERVAL_S)
+        except asyncio.TimeoutError:
+            pass

@@ -1,12 +1,13 @@
-"""node_tuning renices Ray's control plane, never an engine, and the ingress only in direct mode."""
+"""node_tuning renices Ray's control plane (never an engine, the ingress only in direct mode) and places vLLM's engine core."""
 
+import os
 import subprocess
 import sys
 
 import psutil
 import pytest
 
-from serving.deployments.node_tuning import NICENESS, deprioritize_ray_control_plane
+from serving.deployments.node_tuning import NICENESS, EngineCorePlacement, deprioritize_ray_control_plane
 
 
 @pytest.fixture
@@ -74,30 +75,33 @@ def fake_engine():
     replica.wait()
 
 
-def _threads_affinity(pid):
-    import os
+def _core_affinity(pid):
+    """The set of affinities of all the process's threads."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
 
-    return {tid: os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
-
-def test_engine_core_follows_a_bound_worker(fake_engine):
-    import os
-
-    from serving.deployments.node_tuning import pin_engine_core_to_worker
-
-    allowed = sorted(os.sched_getaffinity(0))
-    worker_cpu = allowed[-1]
+def test_engine_core_follows_the_load_onto_a_bound_workers_core(fake_engine):
+    free = os.sched_getaffinity(0)
+    worker_cpu = max(free)
     os.sched_setaffinity(fake_engine["worker"].pid, {worker_cpu})
-    moved = pin_engine_core_to_worker(fake_engine["replica"])
-    assert moved == {fake_engine["core"].pid: {worker_cpu}}
-    assert set(map(frozenset, _threads_affinity(fake_engine["core"].pid).values())) == {frozenset({worker_cpu})}
+    placement = EngineCorePlacement(fake_engine["replica"])
+    assert placement.active and placement.target == {worker_cpu}
+    core = fake_engine["core"].pid
+
+    placement.follow(in_flight=11, threshold=12)
+    assert _core_affinity(core) == {frozenset(free)}
+    placement.follow(in_flight=12, threshold=12)
+    assert _core_affinity(core) == {frozenset({worker_cpu})}
+    placement.follow(in_flight=7, threshold=12)  # between half and the threshold: stays
+    assert _core_affinity(core) == {frozenset({worker_cpu})}
+    placement.follow(in_flight=6, threshold=12)
+    assert _core_affinity(core) == {frozenset(free)}
+    placement.follow(in_flight=0, threshold=0)  # 0: always
+    assert _core_affinity(core) == {frozenset({worker_cpu})}
 
 
-def test_engine_core_stays_free_when_the_worker_is_not_bound(fake_engine):
-    import os
-
-    from serving.deployments.node_tuning import pin_engine_core_to_worker
-
-    allowed = os.sched_getaffinity(0)
-    assert pin_engine_core_to_worker(fake_engine["replica"]) == {}
-    assert os.sched_getaffinity(fake_engine["core"].pid) == allowed
+def test_nothing_to_place_when_the_worker_is_not_bound(fake_engine):
+    placement = EngineCorePlacement(fake_engine["replica"])
+    assert not placement.active
+    placement.follow(in_flight=100, threshold=1)
+    assert _core_affinity(fake_engine["core"].pid) == {frozenset(os.sched_getaffinity(0))}
