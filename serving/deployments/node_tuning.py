@@ -118,13 +118,26 @@ class EngineCorePlacement:
         return bool(self.cores)
 
     def _bind(self, cpus: set[int]) -> bool:
+        import psutil
+
         for pid in self.cores:
             try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    raise psutil.NoSuchProcess(pid)
                 # Affinity is per thread; threads started later inherit their creator's.
                 for tid in os.listdir(f"/proc/{pid}/task"):
-                    os.sched_setaffinity(int(tid), cpus)
+                    try:
+                        os.sched_setaffinity(int(tid), cpus)
+                    except ProcessLookupError:
+                        pass  # a thread that just ended
+            except (psutil.NoSuchProcess, FileNotFoundError):
+                # The engine died (the health check replaces the replica): nothing left to place.
+                logger.info("vLLM EngineCore %d is gone; engine core placement stops", pid)
+                self.cores = []
+                return False
             except (OSError, ValueError) as e:
                 logger.warning("could not bind the vLLM EngineCore (pid %d) to CPUs %s: %s", pid, sorted(cpus), e)
+                self.cores = []  # do not retry (and warn) every 0.5 s
                 return False
         return True
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -105,3 +106,17 @@ def test_nothing_to_place_when_the_worker_is_not_bound(fake_engine):
     assert not placement.active
     placement.follow(in_flight=100, threshold=1)
     assert _core_affinity(fake_engine["core"].pid) == {frozenset(os.sched_getaffinity(0))}
+
+
+def test_placement_stops_when_the_engine_core_is_gone(fake_engine):
+    os.sched_setaffinity(fake_engine["worker"].pid, {max(os.sched_getaffinity(0))})
+    placement = EngineCorePlacement(fake_engine["replica"])
+    assert placement.active
+    fake_engine["core"].kill()  # left a zombie: its parent, the fake replica, does not reap it
+    deadline = time.monotonic() + 5
+    while fake_engine["core"].status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    placement.follow(in_flight=20, threshold=12)
+    assert not placement.active and not placement.colocated
+    placement.follow(in_flight=0, threshold=12)  # no error, nothing to do
