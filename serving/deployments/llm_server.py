@@ -80,15 +80,15 @@ class LLMServer:
             timeout_s=self.app_cfg.limits.request_timeout_s,
             log_prompts=self.app_cfg.observability.log_prompts,
         )
-        self._stats_stop = asyncio.Event()
+        self._background_stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        self._stats_task = loop.create_task(export_engine_stats(self.serving, self._stats_stop))
+        self._stats_task = loop.create_task(export_engine_stats(self.serving, self._background_stop))
         from serving.deployments import node_tuning
 
         placement = node_tuning.EngineCorePlacement()
         if placement.active and self.cfg.colocate_engine_core_at is not None:
             self._placement_task = loop.create_task(node_tuning.place_engine_core_by_load(
-                placement, lambda: self.serving.in_flight, self.cfg.colocate_engine_core_at, self._stats_stop,
+                placement, lambda: self.serving.in_flight, self.cfg.colocate_engine_core_at, self._background_stop,
             ))
         if ingress_cfg.deprioritize_ray_control_plane:
             node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
@@ -141,7 +141,7 @@ class LLMServer:
     # -- shutdown -----------------------------------------------------------------
 
     async def _stop_on_loop(self) -> None:
-        stop = getattr(self, "_stats_stop", None)
+        stop = getattr(self, "_background_stop", None)
         if stop is not None:
             stop.set()
         http, self._http = self._http, None

@@ -1,6 +1,6 @@
 """CPU placement on the replica's node: Ray's control plane yields, vLLM's scheduler shares its worker's core.
 
-`pin_engine_core_to_worker` (end of this file) is the larger win on CPU hosts.
+`EngineCorePlacement` (end of this file) is the larger win on CPU hosts.
 Below: keep Ray's control plane off the token path's CPU (its proxy and ingress
 too, in direct mode).
 
@@ -55,7 +55,6 @@ def deprioritize_ray_control_plane(direct_ingress: bool) -> list[int]:
     if changed:
         logger.info("lowered the CPU priority of %d Ray control-plane processes", len(changed))
     return changed
-
 
 
 ENGINE_CORE = "VLLM::EngineCore"
