@@ -85,10 +85,11 @@ class LLMServer:
         self._stats_task = loop.create_task(export_engine_stats(self.serving, self._background_stop))
         from serving.deployments import node_tuning
 
-        placement = node_tuning.EngineCorePlacement()
-        if placement.active and self.cfg.colocate_engine_core_at is not None:
+        threshold = self.cfg.colocate_engine_core_at
+        placement = node_tuning.EngineCorePlacement() if threshold is not None else None
+        if placement is not None and placement.active:
             self._placement_task = loop.create_task(node_tuning.place_engine_core_by_load(
-                placement, lambda: self.serving.in_flight, self.cfg.colocate_engine_core_at, self._background_stop,
+                placement, lambda: self.serving.in_flight, threshold, self._background_stop,
             ))
         if ingress_cfg.deprioritize_ray_control_plane:
             node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
