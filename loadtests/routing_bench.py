@@ -94,7 +94,7 @@ class BenchVLLMEngine(VLLMEngine):
     """The vLLM engine plus a request count, its stats (with vLLM's prefix-cache counters) published per replica."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        from serving.engine import resolve_source
+        from serving.engine.factory import resolve_source
 
         super().__init__(resolve_source(cfg.source), cfg.id, cfg.engine_args)
         self._requests = 0
@@ -297,7 +297,7 @@ def serve_config(model: dict[str, Any], port: int) -> dict[str, Any]:
         "proxy_location": "EveryNode",
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{
-            "name": "routing-bench", "route_prefix": "/", "import_path": "serving.app:build_app",
+            "name": "routing-bench", "route_prefix": "/", "import_path": "serving.deployments.app:build_app",
             "args": {"ingress": {"mode": "proxy", "num_cpus": 0.1}, "models": [model]},
         }],
     }

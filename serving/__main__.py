@@ -1,13 +1,16 @@
-"""Project commands: `python -m serving build-model | check CONFIG`."""
+"""Project commands: `python -m serving build-model | check CONFIG | --version`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from serving import __version__
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving")
+    parser.add_argument("--version", action="version", version=f"serving {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build-model", help="build the embedded tiny model into the cache if missing")
     check = sub.add_parser("check", help="validate a Serve config file against the config models")
@@ -20,10 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {ensure_tiny_llama()}")
         return 0
     if args.command == "check":
-        from serving.config import ConfigError, load_serve_config
+        from serving.config import ConfigError
+        from serving.engine.factory import check_serve_config
 
         try:
-            load_serve_config(args.config)
+            check_serve_config(args.config)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2

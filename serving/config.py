@@ -1,9 +1,10 @@
 """The config: one strict pydantic tree for the `args` of a Serve application.
 
-The same models validate `serve run configs/*.yaml` (via `serving.app:build_app`),
+The same models validate `serve run configs/*.yaml` (via `serving.deployments.app:build_app`),
 `python -m serving check FILE`, the Kubernetes renderer and the tests. Unknown
 keys are errors everywhere, so a misspelled option fails at start-up instead of
-being ignored.
+being ignored. This module imports nothing else of the project: the engine
+layer checks `engine_args` against vLLM (`serving.engine.factory.check_engine_args`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUILTIN_PREFIX = "builtin:"
+# The `import_path` of every Serve application built from this config.
+IMPORT_PATH = "serving.deployments.app:build_app"
 
 
 class Strict(BaseModel):
@@ -43,12 +46,6 @@ class AutoscalingConfig(Strict):
         ):
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
         return self
-
-    def to_serve(self) -> dict[str, Any]:
-        from serving.autoscaling import POLICY
-
-        # The policy scales on requests in flight in each replica (direct ingress included).
-        return {**self.model_dump(exclude_none=True), "policy": {"policy_function": POLICY}}
 
 
 class DeploymentConfig(Strict):
@@ -250,36 +247,18 @@ def load_serve_config(path: str | Path) -> dict[str, Any]:
     for i, app in enumerate(data["applications"]):
         if not isinstance(app, dict):
             raise ConfigError(f"invalid config in {path}: applications[{i}] must be a mapping")
-        if str(app.get("import_path", "")).startswith("serving.app:"):
-            app_cfg = parse_app_args(app.get("args") or {}, f"{path} (applications[{i}].args)")
-            check_engine_args(app_cfg, f"{path} (applications[{i}].args)")
+        if is_our_app(app):
+            parse_app_args(app.get("args") or {}, f"{path} (applications[{i}].args)")
     return data
+
+
+def is_our_app(app: dict[str, Any]) -> bool:
+    return str(app.get("import_path", "")).startswith(IMPORT_PATH.split(":")[0] + ":")
 
 
 def app_configs(data: dict[str, Any]) -> list[AppConfig]:
     return [
         AppConfig.model_validate(app.get("args") or {})
         for app in data["applications"]
-        if isinstance(app, dict) and str(app.get("import_path", "")).startswith("serving.app:")
+        if isinstance(app, dict) and is_our_app(app)
     ]
-
-
-def check_engine_args(cfg: AppConfig, where: str) -> None:
-    """Reject engine_args keys that vLLM's AsyncEngineArgs does not have (when vLLM is installed)."""
-    vllm_models = [m for m in cfg.models if m.engine == "vllm" and m.engine_args]
-    if not vllm_models:
-        return
-    try:
-        from serving.engine.vllm_engine import engine_arg_names
-
-        known = engine_arg_names()
-    except ImportError:
-        return
-    for i, m in enumerate(cfg.models):
-        if m.engine != "vllm":
-            continue
-        unknown = sorted(set(m.engine_args) - known)
-        if unknown:
-            raise ConfigError(
-                f"invalid config in {where}:\n  models.{i}.engine_args: unknown vLLM engine argument(s) {unknown}"
-            )

@@ -1,38 +1,41 @@
-"""The app factory: one FastAPI app assembled from the routers, with one error mapping."""
+"""The app factory: one FastAPI app assembled from the routers, with one error mapping.
+
+`build_api` is called by every ingress (the proxy-path ingress deployment, each
+LLM-server replica's direct ingress) and by the tests, with the backends and
+the metrics of the place it runs in. This module imports no Ray.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving import __version__
 from serving.api.backend import ModelRegistry
-from serving.api.errors import APIError, error_body, unwrap
+from serving.api.middleware import RequestContext, error_response, internal_error_response, record_error
 from serving.api.routes import chat, completions, health, models
-from serving.api.routes._common import REQUEST_ID_HEADER
 from serving.api.security import Authenticator, RateLimiter, load_api_keys
 from serving.config import AuthConfig, LimitsConfig, ObservabilityConfig
+from serving.errors import APIError, error_body, unwrap
 from serving.observability.logging import configure_access_log
+from serving.observability.metrics import Metrics, NullMetrics
 
 logger = logging.getLogger(__name__)
 
-
-def _error_response(request: Request, err: APIError) -> JSONResponse:
-    headers = dict(err.headers)
-    rid = getattr(request.state, "request_id", None)
-    if rid:
-        headers[REQUEST_ID_HEADER] = rid
-    return JSONResponse(err.body(), status_code=err.status_code, headers=headers)
+# The routes whose requests are counted and logged one by one (RequestContext).
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 def _serve_self_contained_openapi(app: FastAPI) -> None:
     """Hoist the request models' nested `$defs` into components.schemas, where their $refs point."""
     from fastapi.openapi.utils import get_openapi
 
-    def openapi():
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
@@ -44,7 +47,7 @@ def _serve_self_contained_openapi(app: FastAPI) -> None:
             app.openapi_schema = spec
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def build_api(
@@ -52,8 +55,9 @@ def build_api(
     auth: AuthConfig | None = None,
     limits: LimitsConfig | None = None,
     observability: ObservabilityConfig | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="serving: OpenAI-compatible LLM API", version="0.1.0")
+    app = FastAPI(title="serving: OpenAI-compatible LLM API", version=__version__)
     configure_access_log((observability or ObservabilityConfig()).access_log)
     auth = auth or AuthConfig()
     app.state.registry = registry
@@ -63,31 +67,36 @@ def build_api(
     if not app.state.authenticator.enabled:
         logger.warning(
             "no API keys configured (env %s, file %s): the API is open to anyone who can reach it",
-            auth.api_keys_env, auth.api_keys_file,
+            auth.api_keys_env,
+            auth.api_keys_file,
         )
     for module in (health, models, chat, completions):
         app.include_router(module.router)
     _serve_self_contained_openapi(app)
+    app.add_middleware(RequestContext, metrics=metrics or NullMetrics(), metered_paths=GENERATION_PATHS)
 
     @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return _error_response(request, exc)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        record_error(request, exc)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException):
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(str(exc.errors()[0]["msg"]), "invalid_request_error"), status_code=400)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Reached only for errors raised outside RequestContext; it answers the rest itself.
         err = unwrap(exc)
         if isinstance(err, APIError):
-            return _error_response(request, err)
+            record_error(request, err)
+            return error_response(err)
         logger.exception("unhandled error")
-        return JSONResponse(error_body("The server had an error while processing your request.", "server_error"), status_code=500)
+        return internal_error_response()
 
     return app

@@ -1,74 +1,44 @@
-"""Where the routes send a request once they know its model.
+"""The one interface between the HTTP routes and a model, and the registry of models.
 
-A `ModelBackend` answers for one model. `LocalBackend` calls the engine in this
-process; `serving.deployments.handle_backend.HandleBackend` goes through a Ray
-Serve handle to that model's deployment. The routes see only this interface, so
-the same FastAPI app runs in the ingress deployment, in an LLM-server replica,
-and in tests with the simulator.
+A `ModelBackend` answers for one model, with one method per endpoint; whether
+the answer streams is decided by the request (`req.stream`), as in Ray Serve
+LLM's `LLMServer`. There is one implementation per transport:
+
+* `serving.api.openai_serving.OpenAIServing`: the engine in this process;
+* `serving.deployments.handle_backend.HandleBackend`: a Ray Serve handle to the
+  model's deployment (the proxy path, or another model's replica).
+
+The routes see only this interface, so the same FastAPI app runs in the ingress
+deployment, in an LLM-server replica, and in tests with the simulator.
 """
 
 from __future__ import annotations
 
-import abc
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Protocol, Union
 
-from serving.api.errors import ModelNotFoundError
-from serving.api.openai_serving import OpenAIServing
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.errors import ModelNotFoundError
+
+# A whole response body, or SSE bytes whose first chunk has already been produced.
+Generation = Union[dict[str, Any], AsyncIterator[bytes]]
 
 
-class ModelBackend(abc.ABC):
+class ModelBackend(Protocol):
     model_id: str
 
     # `request_id` becomes the engine's request id and the response's id.
 
-    @abc.abstractmethod
-    async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> dict[str, Any]: ...
+    async def chat(self, req: ChatCompletionRequest, request_id: str) -> Generation: ...
 
-    @abc.abstractmethod
-    async def chat_stream(self, req: ChatCompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
-        """Return an iterator of SSE bytes whose first item has already been produced."""
+    async def completions(self, req: CompletionRequest, request_id: str) -> Generation: ...
 
-    @abc.abstractmethod
-    async def completions(self, req: CompletionRequest, request_id: str | None = None) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    async def completions_stream(self, req: CompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]: ...
-
-    @abc.abstractmethod
-    async def ready(self) -> bool: ...
+    async def ready(self) -> bool:
+        """True when the model's engine can serve."""
+        ...
 
     async def stats(self) -> dict[str, float]:
         """The engine's counters (one replica's, when reached through a handle)."""
-        return {}
-
-
-class LocalBackend(ModelBackend):
-    def __init__(self, serving: OpenAIServing) -> None:
-        self.serving = serving
-        self.model_id = serving.model_id
-
-    async def chat(self, req, request_id=None):
-        return await self.serving.chat(req, request_id)
-
-    async def chat_stream(self, req, request_id=None):
-        return await self.serving.chat_stream(req, request_id)
-
-    async def completions(self, req, request_id=None):
-        return await self.serving.completions(req, request_id)
-
-    async def completions_stream(self, req, request_id=None):
-        return await self.serving.completions_stream(req, request_id)
-
-    async def ready(self) -> bool:
-        try:
-            await self.serving.engine.check_health()
-            return True
-        except Exception:
-            return False
-
-    async def stats(self) -> dict[str, float]:
-        return {**await self.serving.engine.stats(), "in_flight": float(self.serving.in_flight)}
+        ...
 
 
 class ModelRegistry:

@@ -11,22 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
-import msgspec
-
-from serving.api.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, unwrap
+from serving.api.backend import Generation
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.streaming import DONE, first_then_rest, sse
+from serving.api.streaming import encode_json as _encode
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
+from serving.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, unwrap
 from serving.observability.logging import access_log
-from serving.observability.metrics import get_metrics
-
-_encode = msgspec.json.Encoder().encode
-DONE = b"data: [DONE]\n\n"
-
-
-def sse(payload: Any) -> bytes:
-    return b"data: " + _encode(payload) + b"\n\n"
+from serving.observability.metrics import Metrics, NullMetrics
 
 
 def generation_params(req: ChatCompletionRequest | CompletionRequest) -> GenerationParams:
@@ -93,21 +87,6 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, An
     }
 
 
-async def first_then_rest(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Pull the first item now (so errors before it become an HTTP error), then stream.
-
-    Returns an iterator that yields that first item followed by the rest.
-    """
-    first = await stream.__anext__()
-
-    async def chained() -> AsyncIterator[bytes]:
-        yield first
-        async for item in stream:
-            yield item
-
-    return chained()
-
-
 class OpenAIServing:
     """One model's OpenAI endpoints in this process, with its admission gate and timeouts.
 
@@ -125,6 +104,7 @@ class OpenAIServing:
         max_in_flight: int | None = None,
         timeout_s: float = 600.0,
         log_prompts: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
         self.model_id = model_id
@@ -133,7 +113,7 @@ class OpenAIServing:
         self.timeout_s = timeout_s
         self.log_prompts = log_prompts
         self.in_flight = 0
-        self.metrics = get_metrics()
+        self.metrics: Metrics = metrics or NullMetrics()
 
     def _record(self, request: EngineRequest, status: str, start: float, first: float | None, last: float | None,
                 queue_wait: float | None, prompt_tokens: int, completion_tokens: int) -> None:
@@ -163,14 +143,33 @@ class OpenAIServing:
             )
         self.in_flight += 1
 
+    # -- the backend interface (serving.api.backend.ModelBackend) -------------------
+
+    async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> Generation:
+        request_id = request_id or uuid.uuid4().hex
+        return await (self._chat_stream(req, request_id) if req.stream else self._chat(req, request_id))
+
+    async def completions(self, req: CompletionRequest, request_id: str | None = None) -> Generation:
+        request_id = request_id or uuid.uuid4().hex
+        return await (self._completions_stream(req, request_id) if req.stream else self._completions(req, request_id))
+
+    async def ready(self) -> bool:
+        try:
+            await self.engine.check_health()
+            return True
+        except Exception:
+            return False
+
+    async def stats(self) -> dict[str, float]:
+        return {**await self.engine.stats(), "in_flight": float(self.in_flight)}
+
     # -- chat -------------------------------------------------------------------
 
     def _chat_engine_request(self, req: ChatCompletionRequest, request_id: str) -> EngineRequest:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         return EngineRequest(request_id=request_id, params=generation_params(req), messages=messages)
 
-    async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> dict[str, Any]:
-        request_id = request_id or uuid.uuid4().hex
+    async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any]:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._chat_engine_request(req, request_id), req.n
         )
@@ -191,8 +190,7 @@ class OpenAIServing:
             "usage": _usage(prompt_tokens, completion_tokens),
         }
 
-    async def chat_stream(self, req: ChatCompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
-        request_id = request_id or uuid.uuid4().hex
+    async def _chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         engine_request = self._chat_engine_request(req, request_id)
         # The fixed head of every chunk, encoded once: per-step work is only the choices.
         head = _encode(
@@ -231,8 +229,7 @@ class OpenAIServing:
             prompt = prompt[0]
         return EngineRequest(request_id=request_id, params=params, prompt=prompt)
 
-    async def completions(self, req: CompletionRequest, request_id: str | None = None) -> dict[str, Any]:
-        request_id = request_id or uuid.uuid4().hex
+    async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any]:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._completion_engine_request(req, request_id), req.n
         )
@@ -253,8 +250,7 @@ class OpenAIServing:
             "usage": _usage(prompt_tokens, completion_tokens),
         }
 
-    async def completions_stream(self, req: CompletionRequest, request_id: str | None = None) -> AsyncIterator[bytes]:
-        request_id = request_id or uuid.uuid4().hex
+    async def _completions_stream(self, req: CompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         engine_request = self._completion_engine_request(req, request_id)
         head = _encode(
             {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": self.model_id}

@@ -22,25 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.api.errors import APIError
+from serving.errors import AuthenticationError, RateLimitError
 from serving.config import AuthConfig, LimitsConfig
 
 logger = logging.getLogger(__name__)
 
-
-class AuthenticationError(APIError):
-    status_code = 401
-    error_type = "invalid_request_error"
-
-
-class RateLimitError(APIError):
-    status_code = 429
-    error_type = "rate_limit_exceeded"
-
-
-class PayloadTooLargeError(APIError):
-    status_code = 413
-    error_type = "invalid_request_error"
 
 
 def load_api_keys(cfg: AuthConfig) -> list[bytes]:

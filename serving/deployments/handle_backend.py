@@ -1,83 +1,70 @@
-"""A model reached through a Ray Serve handle (the proxy path, or another model's replica)."""
+"""`HandleBackend`: the `ModelBackend` interface over a Ray Serve handle to a model's deployment.
+
+Used by the proxy path's ingress and by a replica's direct ingress for the
+other models of its app. Every call is a streaming handle call to the
+LLM-server method of the same name (`LLMServer.chat`, `LLMServer.completions`):
+a streaming request yields SSE bytes, a non-streaming one yields its one body.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, NoReturn
 
-from serving.api.backend import ModelBackend
-from serving.api.errors import EngineUnavailableError, OverloadedError, unwrap
+from serving.api.backend import Generation
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.streaming import first_then_rest
+from serving.errors import EngineUnavailableError, OverloadedError, unwrap
 
 
-def _reraise(exc: BaseException):
+def _reraise(exc: BaseException) -> NoReturn:
     from ray.serve.exceptions import BackPressureError
 
     if isinstance(exc, BackPressureError):
         # Serve's max_queued_requests is full: same answer as the direct path's gate.
-        raise OverloadedError(
-            f"The model is at capacity: {exc}. Retry shortly.", headers={"Retry-After": "1"}
-        ) from None
+        raise OverloadedError(f"The model is at capacity: {exc}. Retry shortly.", headers={"Retry-After": "1"}) from None
     err = unwrap(exc)
     if err is exc:
         raise exc
     raise err from None
 
 
-class HandleBackend(ModelBackend):
-    def __init__(self, model_id: str, deployment_name: str, app_name: str | None = None, handle=None) -> None:
+class HandleBackend:
+    def __init__(self, model_id: str, deployment_name: str, app_name: str | None = None, handle: Any = None) -> None:
         self.model_id = model_id
         self._deployment_name = deployment_name
         self._app_name = app_name
         self._handle = handle
 
     @property
-    def handle(self):
+    def handle(self) -> Any:
         if self._handle is None:
             from ray import serve
 
             self._handle = serve.get_deployment_handle(self._deployment_name, self._app_name)
         return self._handle
 
-    async def _call(self, method: str, req, request_id) -> dict[str, Any]:
+    async def _open(self, gen: Any, stream: bool) -> Generation:
         try:
-            return await getattr(self.handle, method).remote(req, request_id)
-        except Exception as exc:
-            _reraise(exc)
-
-    async def _stream(self, method: str, req, request_id) -> AsyncIterator[bytes]:
-        gen = getattr(self.handle.options(stream=True), method).remote(req, request_id)
-        try:
-            first = await gen.__anext__()
+            if stream:
+                return await first_then_rest(gen, on_close=gen.cancel)  # a disconnect cancels it in the replica
+            body: dict[str, Any] = await gen.__anext__()
         except StopAsyncIteration:
-            raise EngineUnavailableError("the model's replica ended the stream before any output")
+            raise EngineUnavailableError("the model's replica ended the stream before any output") from None
         except Exception as exc:
             _reraise(exc)
+        return body
 
-        async def chained() -> AsyncIterator[bytes]:
-            yield first
-            try:
-                async for chunk in gen:
-                    yield chunk
-            finally:
-                gen.cancel()  # a client disconnect here cancels the request in the replica
+    async def chat(self, req: ChatCompletionRequest, request_id: str) -> Generation:
+        return await self._open(self.handle.options(stream=True).chat.remote(req, request_id), req.stream)
 
-        return chained()
-
-    async def chat(self, req, request_id=None):
-        return await self._call("chat", req, request_id)
-
-    async def chat_stream(self, req, request_id=None):
-        return await self._stream("chat_stream", req, request_id)
-
-    async def completions(self, req, request_id=None):
-        return await self._call("completions", req, request_id)
-
-    async def completions_stream(self, req, request_id=None):
-        return await self._stream("completions_stream", req, request_id)
+    async def completions(self, req: CompletionRequest, request_id: str) -> Generation:
+        return await self._open(self.handle.options(stream=True).completions.remote(req, request_id), req.stream)
 
     async def stats(self) -> dict[str, float]:
         try:
-            return await asyncio.wait_for(self.handle.engine_stats.remote(), timeout=5)
+            result: dict[str, float] = await asyncio.wait_for(self.handle.engine_stats.remote(), timeout=5)
+            return result
         except Exception:
             return {}
 

@@ -6,6 +6,7 @@ token goes engine core -> this process -> socket with no Ray hop. Ray Serve
 handle calls (the proxy path, and forwarding from another model's replica) are
 bridged onto that loop. Serve's health check probes the engine, so a dead engine
 gets the replica replaced; `__del__` drains HTTP and stops the engine processes.
+The replica records metrics through `RayMetrics`, handed to the API layer.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from serving.api.app import build_api
-from serving.api.backend import LocalBackend, ModelRegistry
+from serving.api.backend import ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.config import AppConfig, IngressConfig, ModelConfig
-from serving.deployments.engine_loop import EngineLoop
+from serving.deployments import node_tuning
+from serving.deployments.direct.engine_loop import EngineLoop
 from serving.deployments.handle_backend import HandleBackend
-from serving.engine import make_engine
-from serving.observability.metrics import export_engine_stats
+from serving.deployments.metrics import RayMetrics, export_engine_stats
+from serving.engine.factory import make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class LLMServer:
 
     async def _start(self, ingress_cfg: IngressConfig, peers: dict[str, str], app_name: str | None) -> None:
         """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
+        self.metrics = RayMetrics()
         self.engine = make_engine(self.cfg)
         info = await self.engine.start()
         d = self.cfg.deployment
@@ -79,12 +83,15 @@ class LLMServer:
             max_in_flight=d.max_ongoing_requests + max(0, d.max_queued_requests),
             timeout_s=self.app_cfg.limits.request_timeout_s,
             log_prompts=self.app_cfg.observability.log_prompts,
+            metrics=self.metrics,
         )
         self._background_stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        self._stats_task = loop.create_task(export_engine_stats(self.serving, self._background_stop))
-        from serving.deployments import node_tuning
-
+        self._stats_task = loop.create_task(
+            export_engine_stats(
+                self.metrics, self.cfg.id, self.engine.stats, lambda: self.serving.in_flight, self._background_stop
+            )
+        )
         threshold = self.cfg.colocate_engine_core_at
         placement = node_tuning.EngineCorePlacement() if threshold is not None else None
         if placement is not None and placement.active:
@@ -94,15 +101,18 @@ class LLMServer:
         if ingress_cfg.deprioritize_ray_control_plane:
             node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
         if ingress_cfg.mode == "direct":
-            from serving.deployments.direct_http import DirectHTTPServer
+            from serving.deployments.direct.http_server import DirectHTTPServer
 
-            backends = [
-                LocalBackend(self.serving) if model_id == self.cfg.id else HandleBackend(model_id, name, app_name)
+            backends: list[ModelBackend] = [
+                self.serving if model_id == self.cfg.id else HandleBackend(model_id, name, app_name)
                 for model_id, name in peers.items()
             ]
             api = build_api(
                 ModelRegistry(backends, created=int(time.time())),
-                self.app_cfg.auth, self.app_cfg.limits, self.app_cfg.observability,
+                self.app_cfg.auth,
+                self.app_cfg.limits,
+                self.app_cfg.observability,
+                metrics=self.metrics,
             )
             self._http = await DirectHTTPServer.start(
                 api, ingress_cfg.host, ingress_cfg.port, self.cfg.deployment.graceful_shutdown_timeout_s
@@ -110,18 +120,21 @@ class LLMServer:
 
     # -- handle calls (bridged onto the engine loop) --------------------------------
 
-    async def chat(self, req, request_id=None):
-        return await self._loop.run(self.serving.chat(req, request_id))
+    # One method per endpoint, as `ModelBackend`; always a streaming handle call
+    # (`HandleBackend`): SSE chunks for a streaming request, else its one body.
 
-    async def chat_stream(self, req, request_id=None) -> AsyncIterator[bytes]:
-        async for chunk in coalesce(self._loop.stream(lambda: self.serving.chat_stream(req, request_id))):
+    async def chat(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator[Any]:
+        if not req.stream:
+            yield await self._loop.run(self.serving.chat(req, request_id))
+            return
+        async for chunk in coalesce(self._loop.stream(lambda: self.serving.chat(req, request_id))):
             yield chunk
 
-    async def completions(self, req, request_id=None):
-        return await self._loop.run(self.serving.completions(req, request_id))
-
-    async def completions_stream(self, req, request_id=None) -> AsyncIterator[bytes]:
-        async for chunk in coalesce(self._loop.stream(lambda: self.serving.completions_stream(req, request_id))):
+    async def completions(self, req: CompletionRequest, request_id: str) -> AsyncIterator[Any]:
+        if not req.stream:
+            yield await self._loop.run(self.serving.completions(req, request_id))
+            return
+        async for chunk in coalesce(self._loop.stream(lambda: self.serving.completions(req, request_id))):
             yield chunk
 
     async def ready(self) -> bool:
@@ -129,10 +142,10 @@ class LLMServer:
         return True
 
     async def engine_stats(self) -> dict[str, float]:
-        return await self._loop.run(LocalBackend(self.serving).stats())
+        return await self._loop.run(self.serving.stats())
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Requests in flight in this replica, direct HTTP and handle calls alike (serving/autoscaling.py)."""
+        """Requests in flight in this replica, direct HTTP and handle calls alike (serving/deployments/autoscaling.py)."""
         serving = getattr(self, "serving", None)
         return {"in_flight": float(serving.in_flight if serving else 0)}
 

@@ -14,7 +14,7 @@ are on the data path, so they are left alone.
 
 Ray's own workers (controller, proxy, replicas) start at nice 15; Ray's daemons
 and agents at 0. In direct mode the LLM-server replica runs at
-`ingress.replica_niceness` (0) instead (serving/app.py), so the order under load
+`ingress.replica_niceness` (0) instead (serving/deployments/app.py), so the order under load
 is: engine and replica (0), Ray's daemons and agents (10), Ray's workers (15).
 """
 

@@ -48,7 +48,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from serving.api.errors import (
+from serving.errors import (
     EngineError,
     EngineUnavailableError,
     InvalidRequestError,

@@ -14,7 +14,7 @@ import gc
 import logging
 from typing import Any, AsyncIterator
 
-from serving.api.errors import (
+from serving.errors import (
     EngineError,
     EngineUnavailableError,
     InvalidRequestError,

@@ -16,7 +16,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from serving.api.app import build_api
-from serving.api.backend import LocalBackend, ModelRegistry
+from serving.api.backend import ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.engine.simulator import SimulatedEngine, render_chat, tokenize
 
@@ -40,7 +40,7 @@ async def make_server(**engine_args) -> Server:
     engine = SimulatedEngine.from_engine_args({**FAST, **engine_args})
     info = await engine.start()
     serving = OpenAIServing(engine, MODEL, info.max_model_len)
-    return Server(engine, build_api(ModelRegistry([LocalBackend(serving)], created=1700000000)))
+    return Server(engine, build_api(ModelRegistry([serving], created=1700000000)))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.api.app import build_api
-from serving.api.backend import LocalBackend, ModelRegistry
+from serving.api.backend import ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.config import AuthConfig, LimitsConfig
 from serving.engine.simulator import SimulatedEngine
@@ -71,7 +71,7 @@ class Harness:
         info = self.loop.run_until_complete(self.engine.start())
         self.serving = OpenAIServing(self.engine, MODEL, info.max_model_len, max_in_flight=64, timeout_s=5.0)
         self.app = build_api(
-            ModelRegistry([LocalBackend(self.serving)], created=1700000000),
+            ModelRegistry([self.serving], created=1700000000),
             AuthConfig(api_keys_env=KEY_ENV),
             LimitsConfig(max_body_bytes=64_000),
         )

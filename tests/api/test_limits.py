@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from serving.api.app import build_api
-from serving.api.backend import LocalBackend, ModelRegistry
+from serving.api.backend import ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.config import AuthConfig, LimitsConfig
 from serving.engine.simulator import SimulatedEngine
@@ -51,7 +51,7 @@ async def make_server(
     limits = limits or LimitsConfig()
     serving = OpenAIServing(engine, MODEL, info.max_model_len, max_in_flight=max_in_flight, timeout_s=limits.request_timeout_s)
     auth = auth or AuthConfig(api_keys_env=KEY_ENV)
-    return Server(engine, serving, build_api(ModelRegistry([LocalBackend(serving)], created=1700000000), auth, limits))
+    return Server(engine, serving, build_api(ModelRegistry([serving], created=1700000000), auth, limits))
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ CONFIG = {
     "applications": [{
         "name": APP,
         "route_prefix": "/",
-        "import_path": "serving.app:build_app",
+        "import_path": "serving.deployments.app:build_app",
         "args": {
             "ingress": {"mode": "proxy", "port": 8020, "num_cpus": 0.05},
             "models": [{

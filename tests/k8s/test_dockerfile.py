@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import k8s
+from serving_k8s import render as k8s
 from serving.config import app_configs, load_serve_config
 from tests.k8s.conftest import ROOT
 

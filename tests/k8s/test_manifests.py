@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from serving import k8s
+from serving_k8s import render as k8s
 from serving.config import AppConfig, app_configs, load_serve_config
 from tests.k8s.conftest import (
     K8S_DIR,
@@ -479,8 +479,8 @@ def test_manifest_is_up_to_date(target):
     committed = (ROOT / target.output).read_text()
     rendered = k8s.render_target(target)
     assert rendered == committed, (
-        f"{target.output} is out of date with {target.config} / serving/k8s.py; regenerate with:\n"
-        f"  {target.command()}\n(or all of them: python -m serving.k8s render-all)"
+        f"{target.output} is out of date with {target.config} / serving_k8s/render.py; regenerate with:\n"
+        f"  {target.command()}\n(or all of them: python -m serving_k8s render-all)"
     )
 
 

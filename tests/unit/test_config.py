@@ -1,6 +1,6 @@
 """The strict config tree: every mistake fails at load time with a message naming the key and file.
 
-No Ray cluster and no vLLM engine: `serving.app` is imported only for its pure
+No Ray cluster and no vLLM engine: `serving.deployments.app` is imported only for its pure
 option-mapping functions, and vLLM only for the list of AsyncEngineArgs fields.
 """
 
@@ -21,10 +21,11 @@ from serving.config import (
     ConfigError,
     DeploymentConfig,
     ModelConfig,
-    check_engine_args,
     load_serve_config,
     parse_app_args,
 )
+from serving.deployments.autoscaling import autoscaling_config
+from serving.engine.factory import check_engine_args, check_serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_YAML = ROOT / "configs" / "dev.yaml"
@@ -52,7 +53,7 @@ def write_config(tmp_path: Path, args: dict[str, Any], name: str = "serve.yaml")
 def load_error(tmp_path: Path, args: dict[str, Any]) -> tuple[str, Path]:
     path = write_config(tmp_path, args)
     with pytest.raises(ConfigError) as info:
-        load_serve_config(path)
+        check_serve_config(path)
     return str(info.value), path
 
 
@@ -72,7 +73,7 @@ def app_error(args: dict[str, Any]) -> str:
 
 def test_dev_yaml_loads_and_validates():
     data = load_serve_config(DEV_YAML)
-    assert data["applications"][0]["import_path"] == "serving.app:build_app"
+    assert data["applications"][0]["import_path"] == "serving.deployments.app:build_app"
     cfg = parse_app_args(data["applications"][0]["args"])
     assert isinstance(cfg, AppConfig)
     (model,) = cfg.models
@@ -261,7 +262,7 @@ def test_initial_replicas_outside_bounds(initial):
 @pytest.mark.parametrize("initial", [1, 2, 4])
 def test_initial_replicas_inside_bounds(initial):
     auto = AutoscalingConfig(min_replicas=1, max_replicas=4, initial_replicas=initial)
-    assert auto.to_serve()["initial_replicas"] == initial
+    assert autoscaling_config(auto)["initial_replicas"] == initial
 
 
 def test_scale_to_zero_is_allowed():
@@ -402,7 +403,7 @@ def test_deployment_name(model_id, name):
 
 def _options(**model_overrides):
     """The model's own mapping, without the ingress's niceness (tested on its own)."""
-    from serving.app import llm_deployment_options
+    from serving.deployments.app import llm_deployment_options
     from serving.config import IngressConfig
 
     return llm_deployment_options(ModelConfig(**{"id": "tiny-llama", **model_overrides}), IngressConfig(replica_niceness=None))
@@ -419,7 +420,7 @@ def _options(**model_overrides):
     ],
 )
 def test_replica_niceness_reaches_the_replica_env(ingress, model_env, expected):
-    from serving.app import llm_deployment_options
+    from serving.deployments.app import llm_deployment_options
     from serving.config import IngressConfig
 
     model = ModelConfig(id="m", env=model_env)
@@ -436,7 +437,7 @@ def test_replica_niceness_is_bounded():
 
 
 def test_llm_deployment_options_dev_yaml():
-    from serving.app import llm_deployment_options
+    from serving.deployments.app import llm_deployment_options
 
     cfg = parse_app_args(dev_args())
     opts = llm_deployment_options(cfg.models[0], cfg.ingress)
@@ -458,7 +459,7 @@ def test_llm_deployment_options_dev_yaml():
         "metrics_interval_s": 2.0,
         "look_back_period_s": 10.0,
         # replicas report requests in flight, so direct-ingress traffic scales them too
-        "policy": {"policy_function": "serving.autoscaling:in_flight_policy"},
+        "policy": {"policy_function": "serving.deployments.autoscaling:in_flight_policy"},
     }
     assert "initial_replicas" not in opts["autoscaling_config"]
 
@@ -510,7 +511,7 @@ def test_kv_cache_gib_reaches_vllm_as_an_integer(gib):
         model = ModelConfig(id="m", kv_cache_gib=gib)
     except ValueError:
         return  # refused at config time: fine
-    from serving.app import llm_deployment_options
+    from serving.deployments.app import llm_deployment_options
 
     actor = llm_deployment_options(model)["ray_actor_options"]
     env = actor.get("runtime_env", {}).get("env_vars", {})
@@ -522,7 +523,7 @@ def test_kv_cache_gib_reaches_vllm_as_an_integer(gib):
 def test_in_flight_policy_counts_replica_reports_and_handle_queue():
     from types import SimpleNamespace
 
-    from serving.autoscaling import in_flight_policy
+    from serving.deployments.autoscaling import in_flight_policy
 
     cfg = SimpleNamespace(get_target_ongoing_requests=lambda: 4)
     ctx = SimpleNamespace(current_num_replicas=2, target_num_replicas=2, total_num_requests=3,

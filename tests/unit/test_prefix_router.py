@@ -211,7 +211,7 @@ def test_router_config_per_model():
 
 
 def test_deployment_options_carry_the_router():
-    from serving.app import llm_deployment_options
+    from serving.deployments.app import llm_deployment_options
 
     assert "request_router_config" not in llm_deployment_options(ModelConfig(id="m"))
     opts = llm_deployment_options(ModelConfig(id="m", router="prefix_aware"))

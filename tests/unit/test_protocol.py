@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from serving.api.app import build_api
-from serving.api.backend import LocalBackend, ModelBackend, ModelRegistry
-from serving.api.errors import InvalidRequestError
+from serving.api.backend import ModelRegistry
+from serving.errors import InvalidRequestError
 from serving.api.openai_serving import OpenAIServing, generation_params
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.engine.base import (
@@ -342,41 +342,36 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 GENERIC_500 = "The server had an error while processing your request."
 
 
-class DummyBackend(ModelBackend):
+class DummyBackend:
+    """A `ModelBackend` that answers at once, or raises `fail`."""
+
     def __init__(self, model_id: str, fail: BaseException | None = None) -> None:
         self.model_id = model_id
         self.fail = fail
         self.seen: list[Any] = []
 
-    def _maybe_fail(self):
+    async def chat(self, req, request_id):
+        self.seen.append(req)
         if self.fail is not None:
             raise self.fail
+        if req.stream:
 
-    async def chat(self, req, request_id=None):
-        self.seen.append(req)
-        self._maybe_fail()
+            async def gen():
+                yield b'data: {"x":1}\n\n'
+                yield b"data: [DONE]\n\n"
+
+            return gen()
         return {"object": "chat.completion", "model": req.model, "choices": []}
 
-    async def chat_stream(self, req, request_id=None):
-        self.seen.append(req)
-        self._maybe_fail()
-
-        async def gen():
-            yield b'data: {"x":1}\n\n'
-            yield b"data: [DONE]\n\n"
-
-        return gen()
-
-    async def completions(self, req, request_id=None):
-        self.seen.append(req)
-        self._maybe_fail()
-        return {"object": "text_completion", "model": req.model, "choices": []}
-
-    async def completions_stream(self, req, request_id=None):
-        return await self.chat_stream(req)
+    async def completions(self, req, request_id):
+        result = await self.chat(req, request_id)
+        return {**result, "object": "text_completion"} if isinstance(result, dict) else result
 
     async def ready(self) -> bool:
         return self.fail is None
+
+    async def stats(self) -> dict[str, float]:
+        return {}
 
 
 SECRET = "SECRET-internal-detail-db-password"
@@ -601,7 +596,7 @@ class ScriptedEngine(Engine):
 @pytest.fixture()
 def scripted():
     engine = ScriptedEngine()
-    app = build_api(ModelRegistry([LocalBackend(OpenAIServing(engine, "tiny", 64))], created=1))
+    app = build_api(ModelRegistry([OpenAIServing(engine, "tiny", 64)], created=1))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield engine, c
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from serving.api.errors import EngineError, EngineUnavailableError, InvalidRequestError, PromptTooLongError
+from serving.errors import EngineError, EngineUnavailableError, InvalidRequestError, PromptTooLongError
 from serving.engine.base import EngineRequest, GenerationParams
 from serving.engine.simulator import (
     PrefixCache,

@@ -1,14 +1,16 @@
-from fastapi import APIRouter, Request
+"""POST /v1/completions."""
 
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from serving.api.dependencies import AdmittedCaller
+from serving.api.pipeline import run_generation
 from serving.api.protocol import CompletionRequest
-from serving.api.routes._common import generate
+from serving.api.routes import json_body_schema
 
 router = APIRouter()
 
 
-@router.post(
-    "/v1/completions",
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
-)
-async def create_completion(request: Request):
-    return await generate(request, CompletionRequest, "completions")
+@router.post("/v1/completions", openapi_extra=json_body_schema(CompletionRequest))
+async def create_completion(request: Request, caller: AdmittedCaller) -> Response:
+    return await run_generation(request, caller, CompletionRequest, lambda b, req, rid: b.completions(req, rid))

@@ -1,19 +1,23 @@
+"""Probes and counters: /health (liveness), /ready (readiness), /stats (needs a key)."""
+
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serving.api.routes._common import authorize
+from serving.api.dependencies import Caller
 
 router = APIRouter()
 
 
 @router.get("/health")
-async def health():
+async def health() -> dict[str, str]:
     """Liveness: the process answers. Never touches an engine."""
     return {"status": "ok"}
 
 
 @router.get("/ready")
-async def ready(request: Request):
+async def ready(request: Request) -> JSONResponse:
     """Readiness: 200 only when every model's engine is up."""
     models = await request.app.state.registry.ready()
     ok = all(models.values())
@@ -21,7 +25,7 @@ async def ready(request: Request):
 
 
 @router.get("/stats")
-async def stats(request: Request):
-    """Engine counters per model, as seen by the process that answers (one replica). Needs a key."""
-    authorize(request)
-    return await request.app.state.registry.stats()
+async def stats(request: Request, _: Caller) -> dict[str, Any]:
+    """Engine counters per model, as seen by the process that answers (one replica)."""
+    result: dict[str, Any] = await request.app.state.registry.stats()
+    return result

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-POLICY = "serving.autoscaling:in_flight_policy"
+from serving.config import AutoscalingConfig
+
+POLICY = "serving.deployments.autoscaling:in_flight_policy"
 IN_FLIGHT = "in_flight"
 
 
@@ -23,3 +25,8 @@ def in_flight_policy(ctx) -> tuple[float, dict[str, Any]]:
     # Requests still queued at handles are in no replica yet; Serve counts those.
     total = max(reported, ctx.total_num_requests)
     return total / ctx.config.get_target_ongoing_requests(), {}
+
+
+def autoscaling_config(cfg: AutoscalingConfig) -> dict[str, Any]:
+    """Serve's `autoscaling_config` for a model: its bounds and delays, scaled on requests in flight."""
+    return {**cfg.model_dump(exclude_none=True), "policy": {"policy_function": POLICY}}

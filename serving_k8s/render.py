@@ -1,10 +1,10 @@
 """Render KubeRay RayService manifests from a Serve config file in configs/.
 
-    python -m serving.k8s render configs/cluster.yaml --kind multi-node -o k8s/rayservice-cluster.yaml
-    python -m serving.k8s render configs/cluster.yaml --kind multi-node --kueue-queue llm-serving \\
+    python -m serving_k8s render configs/cluster.yaml --kind multi-node -o k8s/rayservice-cluster.yaml
+    python -m serving_k8s render configs/cluster.yaml --kind multi-node --kueue-queue llm-serving \\
         -o k8s/rayservice-cluster-kueue.yaml
-    python -m serving.k8s render-all            # regenerate every manifest of TARGETS
-    python -m serving.k8s render-all --check    # exit 1 if a committed manifest is stale
+    python -m serving_k8s render-all            # regenerate every manifest of TARGETS
+    python -m serving_k8s render-all --check    # exit 1 if a committed manifest is stale
 
 The config file is validated with `serving.config` first and embedded verbatim
 as the RayService's `serveConfigV2`, so the cluster runs exactly the file that
@@ -47,7 +47,9 @@ from typing import Any
 
 import yaml
 
-from serving.config import AppConfig, ModelConfig, app_configs, load_serve_config
+from serving import __version__
+from serving.config import AppConfig, ModelConfig, app_configs
+from serving.engine.factory import check_serve_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +122,7 @@ class Target:
 
     def command(self) -> str:
         queue = f" --kueue-queue {self.kueue_queue}" if self.kueue_queue else ""
-        return f"python -m serving.k8s render {self.config} --kind {self.kind}{queue} -o {self.output}"
+        return f"python -m serving_k8s render {self.config} --kind {self.kind}{queue} -o {self.output}"
 
 
 TARGETS = [
@@ -138,7 +140,7 @@ def pyproject() -> dict[str, Any]:
 
 
 def project_version() -> str:
-    return pyproject()["project"]["version"]
+    return __version__
 
 
 def ray_version() -> str:
@@ -182,7 +184,7 @@ def check_name(name: str) -> None:
 def _serve_facts(data: dict[str, Any], where: str) -> tuple[AppConfig, int]:
     apps = app_configs(data)
     if len(apps) != 1:
-        raise RenderError(f"{where}: expected exactly one serving.app application, found {len(apps)}")
+        raise RenderError(f"{where}: expected exactly one serving.deployments.app application, found {len(apps)}")
     http = data.get("http_options") or {}
     if http.get("host") != "0.0.0.0":
         raise RenderError(f"{where}: http_options.host must be 0.0.0.0 so the pod's IP reaches Serve's proxy")
@@ -387,7 +389,7 @@ def build_objects(config: str | Path, kind_name: str, *, name: str | None = None
     path = Path(config)
     if not path.is_absolute():
         path = (Path.cwd() / path) if (Path.cwd() / path).exists() else REPO_ROOT / path
-    data = load_serve_config(path)
+    data = check_serve_config(path)
     where = str(config)
     cfg, serve_port = _serve_facts(data, where)
     shape = _worker_shape(cfg, where)
@@ -478,10 +480,10 @@ def render(config: str | Path, kind_name: str, *, name: str | None = None, image
     objects = build_objects(config, kind_name, name=name, image=image, kueue_queue=kueue_queue)
     shown = _display(config)
     queue = f" --kueue-queue {kueue_queue}" if kueue_queue else ""
-    command = command or f"python -m serving.k8s render {shown} --kind {kind_name}{queue}"
+    command = command or f"python -m serving_k8s render {shown} --kind {kind_name}{queue}"
     header = (
         f"# GENERATED from {shown} by:\n#   {command}\n"
-        "# Do not edit: change the config or serving/k8s.py and regenerate (tests/k8s checks for drift).\n"
+        "# Do not edit: change the config or serving_k8s/render.py and regenerate (tests/k8s checks for drift).\n"
     )
     return header + dump(objects)
 
@@ -514,7 +516,7 @@ def _write_or_check(text: str, output: Path, check: bool, command: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.k8s", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m serving_k8s", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("render", help="render one config into a RayService manifest")
     r.add_argument("config")
@@ -531,9 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "render-all":
             ok = all([_write_or_check(render_target(t), REPO_ROOT / t.output, args.check,
-                                      "python -m serving.k8s render-all") for t in TARGETS])
+                                      "python -m serving_k8s render-all") for t in TARGETS])
             return 0 if ok else 1
-        parts = [f"python -m serving.k8s render {args.config} --kind {args.kind}"]
+        parts = [f"python -m serving_k8s render {args.config} --kind {args.kind}"]
         for flag, value in (("--name", args.name), ("--image", args.image), ("--kueue-queue", args.kueue_queue),
                             ("-o", args.output)):
             if value:

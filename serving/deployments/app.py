@@ -1,4 +1,9 @@
-"""`serving.app:build_app` is the `import_path` of every config in configs/."""
+"""The Serve application builder: `serving.deployments.app:build_app` is the `import_path` of every config.
+
+It turns the validated config into one LLM-server deployment per model (with
+its resources, queue bounds, autoscaling and router) and the proxy path's
+ingress deployment bound to them.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serving.config import AppConfig, IngressConfig, ModelConfig, check_engine_args, parse_app_args
+from serving.config import AppConfig, IngressConfig, ModelConfig, parse_app_args
+from serving.deployments.autoscaling import autoscaling_config
 from serving.deployments.ingress import ingress_deployment
 from serving.deployments.llm_server import LLMServer
+from serving.engine.factory import check_engine_args
 from serving.routing import request_router_config
 
 
@@ -41,7 +48,7 @@ def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = N
         "ray_actor_options": actor,
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
-        "autoscaling_config": d.autoscaling.to_serve(),
+        "autoscaling_config": autoscaling_config(d.autoscaling),
         "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
         "max_surge_percent": d.max_surge_percent,
         "health_check_period_s": d.health_check_period_s,

@@ -1,8 +1,15 @@
-"""OpenAI error bodies and the one mapping from our exceptions to HTTP statuses.
+"""The errors every layer raises, and the one way they become OpenAI error bodies.
 
-Every route, every backend and the engine raise `APIError` (or a subclass); the
-app factory installs one handler that turns it into
-`{"error": {"message", "type", "param", "code"}}` with the matching status.
+This module imports nothing of the project, so the engine, the API, the
+deployments and the config can all use it without pointing upwards. Each class
+carries what the HTTP layer and the metrics need:
+
+* `status_code` and `error_type`: the HTTP status and OpenAI's `error.type`;
+* `reason`: a stable, low-cardinality label for the rejection/failure metrics
+  (renaming a class keeps its label; a new class must choose one).
+
+The app factory (`serving.api.app`) installs one handler that turns an `APIError`
+into `{"error": {"message", "type", "param", "code"}}` with the matching status.
 Anything else becomes a 500 with a generic message: no traceback reaches a client.
 """
 
@@ -12,8 +19,9 @@ from typing import Any
 
 
 class APIError(Exception):
-    status_code = 500
-    error_type = "server_error"
+    status_code: int = 500
+    error_type: str = "server_error"
+    reason: str = "server_error"
 
     def __init__(
         self,
@@ -37,23 +45,29 @@ class APIError(Exception):
 
     # Ray pickles exceptions raised in a replica; subclasses have other __init__
     # signatures, so rebuild from the fields rather than by calling __init__.
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.message, dict(self.__dict__)))
 
 
-def _rebuild(cls, message, state):
+def _rebuild(cls: type[APIError], message: str, state: dict[str, Any]) -> APIError:
     exc = cls.__new__(cls)
     Exception.__init__(exc, message)
     exc.__dict__.update(state)
     return exc
 
 
+# -- client errors (4xx) ----------------------------------------------------------
+
+
 class InvalidRequestError(APIError):
     status_code = 400
     error_type = "invalid_request_error"
+    reason = "invalid_request"
 
 
 class PromptTooLongError(InvalidRequestError):
+    reason = "context_length"
+
     def __init__(self, prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
         super().__init__(
             f"This model's maximum context length is {max_model_len} tokens. However, you "
@@ -67,6 +81,7 @@ class PromptTooLongError(InvalidRequestError):
 class ModelNotFoundError(APIError):
     status_code = 404
     error_type = "invalid_request_error"
+    reason = "model_not_found"
 
     def __init__(self, model: str) -> None:
         super().__init__(
@@ -76,11 +91,33 @@ class ModelNotFoundError(APIError):
         )
 
 
+class AuthenticationError(APIError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    reason = "auth"
+
+
+class RateLimitError(APIError):
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    reason = "rate_limit"
+
+
+class PayloadTooLargeError(APIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    reason = "body_too_large"
+
+
+# -- server side (5xx) ------------------------------------------------------------
+
+
 class EngineUnavailableError(APIError):
     """The engine is dead, starting or draining: the client may retry elsewhere/later."""
 
     status_code = 503
     error_type = "service_unavailable"
+    reason = "engine_unavailable"
 
 
 class OverloadedError(APIError):
@@ -88,11 +125,13 @@ class OverloadedError(APIError):
 
     status_code = 503
     error_type = "service_unavailable"
+    reason = "queue_full"
 
 
 class RequestTimeoutError(APIError):
     status_code = 504
     error_type = "timeout"
+    reason = "timeout"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="request_timeout")
@@ -101,6 +140,7 @@ class RequestTimeoutError(APIError):
 class EngineError(APIError):
     status_code = 500
     error_type = "server_error"
+    reason = "engine_error"
 
 
 def error_body(

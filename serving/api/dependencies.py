@@ -1,0 +1,31 @@
+"""FastAPI dependencies of the routes: who the caller is, and whether it may send now.
+
+    caller: Caller                    # any /v1 route and /stats: a valid API key or 401
+    caller: AdmittedCaller            # generation routes: also the rate-limit buckets, or 429
+
+The caller's identity is a digest of its key (`serving.api.security`), never the key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+
+def authenticate(request: Request) -> str:
+    """The caller's identity from its API key, or a 401."""
+    identity: str = request.app.state.authenticator.identify(request.headers.get("authorization"))
+    return identity
+
+
+Caller = Annotated[str, Depends(authenticate)]
+
+
+def admitted_caller(request: Request, caller: Caller) -> str:
+    """An authenticated caller that its request and token budgets admit now, or a 429."""
+    request.app.state.limiter.admit(caller)
+    return caller
+
+
+AdmittedCaller = Annotated[str, Depends(admitted_caller)]

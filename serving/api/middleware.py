@@ -1,0 +1,130 @@
+"""`RequestContext`: the request id, the metrics and the failure log of every HTTP request, in one place.
+
+A pure ASGI middleware (no per-request task or body buffering, unlike
+Starlette's `BaseHTTPMiddleware`), outermost in the app:
+
+* Request id. A valid client `X-Request-Id` is kept; otherwise one is made.
+  Every response of every route carries it, error responses included. The
+  engine's request id adds a short suffix, so a client reusing an id cannot
+  collide with a request of its own still in flight.
+* Metrics and the access log, for the generation routes: one `request_done`
+  per request with its model (set by the pipeline once the model is known),
+  HTTP status and, for refusals and failures, the error's stable `reason`.
+* The last resort: an exception no handler took becomes a generic 500 (no
+  traceback reaches the client), still with its request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any, Awaitable, Callable, MutableMapping
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from serving.errors import APIError, error_body, unwrap
+from serving.observability.logging import access_log
+from serving.observability.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_HEADER = REQUEST_ID_HEADER.lower().encode()
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+def engine_request_id(request: Request) -> str:
+    rid: str = request.state.engine_request_id
+    return rid
+
+
+def set_model(request: Request, model_id: str) -> None:
+    request.state.model = model_id
+
+
+def record_error(request: Request, err: BaseException) -> None:
+    """Called by the app's error handlers: the middleware labels the response with it."""
+    request.state.error = err
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status_code, headers=dict(err.headers))
+
+
+def internal_error_response() -> JSONResponse:
+    return JSONResponse(
+        error_body("The server had an error while processing your request.", "server_error"), status_code=500
+    )
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics, metered_paths: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.metered_paths = metered_paths
+
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == _HEADER), None)
+        given_id = given.decode("latin-1") if given else None
+        if given_id and _VALID_REQUEST_ID.fullmatch(given_id):
+            rid, engine_id = given_id, f"{given_id}-{uuid.uuid4().hex[:8]}"
+        else:
+            rid = engine_id = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["engine_request_id"] = engine_id
+        id_header = (_HEADER, rid.encode())
+        metered = scope["path"] in self.metered_paths
+        started = False
+
+        async def send_with_context(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), id_header]
+                if metered:
+                    self._observe(scope, state, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_context)
+        except Exception as exc:
+            if started:
+                raise  # the response is under way: nothing more can be answered
+            err = unwrap(exc)
+            if isinstance(err, APIError):
+                response = error_response(err)
+            else:
+                logger.exception("unhandled error")
+                response = internal_error_response()
+            state["error"] = err
+            await response(scope, receive, send_with_context)
+
+    def _observe(self, scope: Scope, state: dict[str, Any], status: int) -> None:
+        model = state.get("model", "-")
+        route = scope["path"]
+        if status < 400:
+            self.metrics.request_done(model, route, status)
+            return
+        err = state.get("error")
+        reason = err.reason if isinstance(err, APIError) else ("server_error" if status >= 500 else None)
+        self.metrics.request_done(model, route, status, reason)
+        access_log(
+            "rejected" if status < 500 else "failed",
+            request_id=state["request_id"],
+            model=model,
+            route=route,
+            status=status,
+            error=type(err).__name__ if err is not None else None,
+        )

@@ -1,0 +1,119 @@
+"""The request pipeline of the generation routes: from an admitted caller to a backend's answer.
+
+Every step, cheap first, in the order a request meets them:
+
+1. request id: `serving.api.middleware.RequestContext` (every route);
+2. API key, 401: the `authenticate` dependency (`serving.api.dependencies`);
+3. requests-per-minute and tokens-per-minute buckets, 429: the `admitted_caller` dependency;
+4. body size, 413, read as it arrives (`read_body`);
+5. JSON and schema validation, 400/415 (`parse_json_model`);
+6. model lookup, 404 (`ModelRegistry.get`);
+7. the token estimate charged against tokens-per-minute;
+8. the backend, one method per endpoint: a JSON body, or SSE whose first chunk
+   is already produced (so errors before it are HTTP errors, not 200 streams).
+
+Nothing here runs per token. Errors raise `serving.errors.APIError`s; the app
+factory turns them into OpenAI error bodies and the middleware counts them.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from serving.api.backend import Generation, ModelBackend
+from serving.api.middleware import engine_request_id, set_model
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.streaming import SSE_HEADERS
+from serving.errors import InvalidRequestError, PayloadTooLargeError
+
+M = TypeVar("M", bound=BaseModel)
+GenerationRequest = TypeVar("GenerationRequest", ChatCompletionRequest, CompletionRequest)
+
+_UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLargeError(f"The request body is larger than {max_bytes} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"The request body is larger than {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
+    if content_type and "json" not in content_type.split(";")[0].strip().lower():
+        raise InvalidRequestError(f"Content-Type must be application/json, got '{content_type}'", status_code=415)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The request body is not valid UTF-8.") from None
+    try:
+        # Strict JSON parsing: "5" is not an integer and "true" not a boolean (as OpenAI),
+        # and the Rust parser refuses absurd nesting and numbers instead of recursing.
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        if err["type"] == "json_invalid":
+            detail = err.get("ctx", {}).get("error", err["msg"])
+            raise InvalidRequestError(f"The request body is not valid JSON: {detail}.") from None
+        if err["type"] == "model_type" and not err["loc"]:
+            raise InvalidRequestError("The request body must be a JSON object.") from None
+        # Drop pydantic's union-branch names (messages.0.content.str -> messages.0.content).
+        loc = [
+            str(p) for p in err["loc"] if p not in _UNION_BRANCHES and not str(p).startswith(("list[", "function-"))
+        ]
+        param = ".".join(loc) or None
+        if err["type"] == "extra_forbidden":
+            raise InvalidRequestError(
+                f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
+            ) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        code = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': {msg}" if param else msg, param=param, code=code
+        ) from None
+    except RecursionError:
+        raise InvalidRequestError("The request body is nested too deeply.") from None
+
+
+def estimated_tokens(req: ChatCompletionRequest | CompletionRequest) -> int:
+    """What a request may cost, charged up front against tokens-per-minute (as OpenAI does)."""
+    if isinstance(req, ChatCompletionRequest):
+        prompt_chars = sum(len(m.text()) for m in req.messages)
+    else:
+        prompt_chars = len(req.prompt) if isinstance(req.prompt, (str, list)) else 0
+    return prompt_chars // 4 + (req.requested_max_tokens or 256) * req.n
+
+
+def respond(result: Generation) -> Response:
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    stream: AsyncIterator[bytes] = result
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def run_generation(
+    request: Request,
+    caller: str,
+    request_model: type[GenerationRequest],
+    call: Callable[[ModelBackend, GenerationRequest, str], Awaitable[Generation]],
+) -> Response:
+    """Steps 4-8 above for an admitted `caller`: `call` picks the backend's endpoint method."""
+    state = request.app.state
+    raw = await read_body(request, state.limits.max_body_bytes)
+    req = parse_json_model(raw, request.headers.get("content-type", ""), request_model)
+    backend = state.registry.get(req.model)
+    set_model(request, backend.model_id)  # only known ids become metric labels
+    state.limiter.charge_tokens(caller, estimated_tokens(req))
+    return respond(await call(backend, req, engine_request_id(request)))
+
+

@@ -1,0 +1,165 @@
+"""`RayMetrics`: the `serving.observability.metrics.Metrics` interface on Ray's metrics API.
+
+Ray exports these on every node's Prometheus endpoint (names in `METRIC_NAMES`).
+The Ray metric objects are created lazily in the process that records, so a
+`RayMetrics` made at build time can be pickled into a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable
+
+from ray.util import metrics as ray_metrics
+
+from serving.observability.metrics import (
+    E2E_BUCKETS,
+    ENGINE_GAUGES,
+    ENGINE_STATS_INTERVAL_S,
+    ITL_BUCKETS,
+    QUEUE_BUCKETS,
+    TTFT_BUCKETS,
+    Metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _RayInstruments:
+    def __init__(self) -> None:
+        self.requests = ray_metrics.Counter(
+            "serving_requests",
+            description="Requests by model, route and HTTP status.",
+            tag_keys=("model", "route", "status"),
+        )
+        self.rejections = ray_metrics.Counter(
+            "serving_rejections",
+            description="Requests refused or failed, by the error's reason.",
+            tag_keys=("model", "reason"),
+        )
+        self.ttft = ray_metrics.Histogram(
+            "serving_ttft_seconds",
+            description="Time to first token, measured where the engine runs.",
+            boundaries=TTFT_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.itl = ray_metrics.Histogram(
+            "serving_itl_seconds",
+            description="Inter-token latency: each request's mean gap per output token.",
+            boundaries=ITL_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.e2e = ray_metrics.Histogram(
+            "serving_e2e_latency_seconds",
+            description="Request latency from arrival to last token.",
+            boundaries=E2E_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.queue_wait = ray_metrics.Histogram(
+            "serving_queue_wait_seconds",
+            description="Time a request waited in the engine's queue before it was scheduled.",
+            boundaries=QUEUE_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.prompt_tokens = ray_metrics.Counter(
+            "serving_prompt_tokens", description="Prompt tokens.", tag_keys=("model",)
+        )
+        self.completion_tokens = ray_metrics.Counter(
+            "serving_completion_tokens", description="Completion tokens.", tag_keys=("model",)
+        )
+        self.in_flight = ray_metrics.Gauge(
+            "serving_in_flight",
+            description="Requests in flight per model and replica.",
+            tag_keys=("model", "replica"),
+        )
+        self.engine = {
+            stat: ray_metrics.Gauge(
+                f"serving_engine_{stat}",
+                description=f"The engine's own {stat.replace('_', ' ')} (per replica).",
+                tag_keys=("model", "replica"),
+            )
+            for stat in ENGINE_GAUGES
+        }
+
+
+_instruments: _RayInstruments | None = None
+
+
+def _ray() -> _RayInstruments:
+    global _instruments
+    if _instruments is None:
+        _instruments = _RayInstruments()
+    return _instruments
+
+
+class RayMetrics:
+    """Stateless handle on the process-wide Ray instruments (made on first use)."""
+
+    def request_done(self, model: str, route: str, status: int, reason: str | None = None) -> None:
+        m = _ray()
+        m.requests.inc(1, tags={"model": model, "route": route, "status": str(status)})
+        if reason:
+            m.rejections.inc(1, tags={"model": model, "reason": reason})
+
+    def generation_done(
+        self,
+        model: str,
+        ttft: float | None,
+        itl: float | None,
+        e2e: float,
+        queue_wait: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        m = _ray()
+        tags = {"model": model}
+        if ttft is not None:
+            m.ttft.observe(ttft, tags=tags)
+        if itl is not None:
+            m.itl.observe(itl, tags=tags)
+        m.e2e.observe(e2e, tags=tags)
+        if queue_wait is not None:
+            m.queue_wait.observe(queue_wait, tags=tags)
+        if prompt_tokens:
+            m.prompt_tokens.inc(prompt_tokens, tags=tags)
+        if completion_tokens:
+            m.completion_tokens.inc(completion_tokens, tags=tags)
+
+    def engine_stats(self, model: str, replica: str, stats: dict[str, float], in_flight: int) -> None:
+        m = _ray()
+        tags = {"model": model, "replica": replica}
+        for stat, gauge in m.engine.items():
+            if stat in stats:
+                gauge.set(stats[stat], tags=tags)
+        m.in_flight.set(in_flight, tags=tags)
+
+
+def replica_tag() -> str:
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:
+        return f"pid-{os.getpid()}"
+
+
+async def export_engine_stats(
+    metrics: Metrics,
+    model_id: str,
+    stats: Callable[[], Any],
+    in_flight: Callable[[], int],
+    stop: asyncio.Event,
+) -> None:
+    """Refresh the per-replica gauges from the engine's own counters until `stop` is set."""
+    replica = replica_tag()
+    while not stop.is_set():
+        try:
+            metrics.engine_stats(model_id, replica, await stats(), in_flight())
+        except Exception:  # metrics must never take a replica down
+            logger.debug("engine stats export failed", exc_info=True)
+        try:
+            await asyncio.wait_for(stop.wait(), ENGINE_STATS_INTERVAL_S)
+        except asyncio.TimeoutError:
+            pass
