@@ -38,12 +38,10 @@ class AutoscalingConfig(Strict):
     look_back_period_s: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingConfig":
+    def _bounds(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
-        if self.initial_replicas is not None and not (
-            self.min_replicas <= self.initial_replicas <= self.max_replicas
-        ):
+        if self.initial_replicas is not None and not (self.min_replicas <= self.initial_replicas <= self.max_replicas):
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
         return self
 
@@ -59,7 +57,9 @@ class DeploymentConfig(Strict):
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0)
     max_surge_percent: int = Field(
-        100, ge=0, le=100,
+        100,
+        ge=0,
+        le=100,
         description="Extra replicas during a redeploy: >0 keeps old replicas serving until their "
         "replacements are ready (needs spare resources); 0 stops old replicas first.",
     )
@@ -74,7 +74,7 @@ class DeploymentConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _target_fits(self) -> "DeploymentConfig":
+    def _target_fits(self) -> DeploymentConfig:
         target = self.autoscaling.target_ongoing_requests
         if target > self.max_ongoing_requests:
             raise ValueError(
@@ -101,7 +101,9 @@ class ModelConfig(Strict):
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replicas.")
     colocate_engine_core_at: int | None = Field(
-        12, ge=0, description="CPU hosts: from this many requests in flight in a replica, bind vLLM's scheduler "
+        12,
+        ge=0,
+        description="CPU hosts: from this many requests in flight in a replica, bind vLLM's scheduler "
         "process to its worker's core, so their lockstep spins on one core, not two; released at half of it. "
         "0 = always, null = never (serving/deployments/node_tuning.py). No effect on GPU.",
     )
@@ -111,10 +113,16 @@ class ModelConfig(Strict):
         description="Request routing among the model's replicas (proxy path and handle calls); see serving/routing.",
     )
     router_imbalance_threshold: int = Field(
-        2, ge=0, description="prefix_aware: leave the sticky replica when its queue exceeds the least-loaded one's by more..."
+        2,
+        ge=0,
+        description="prefix_aware: leave the sticky replica when its queue exceeds the least-loaded one's by more...",
     )
-    router_load_factor: float = Field(1.5, ge=1, description="prefix_aware: ...and would exceed this many times the mean queue.")
-    router_prefix_chars: int = Field(512, ge=1, description="prefix_aware: how many leading prompt characters form the key.")
+    router_load_factor: float = Field(
+        1.5, ge=1, description="prefix_aware: ...and would exceed this many times the mean queue."
+    )
+    router_prefix_chars: int = Field(
+        512, ge=1, description="prefix_aware: how many leading prompt characters form the key."
+    )
 
     @field_validator("id")
     @classmethod
@@ -157,11 +165,15 @@ class IngressConfig(Strict):
     port: int = Field(8000, ge=1, le=65535)
     num_cpus: float = Field(0.1, ge=0, description="CPU reservation of the ingress deployment (proxy mode).")
     deprioritize_ray_control_plane: bool = Field(
-        True, description="Replicas renice Ray's background processes on their node (nice +10) so they do not "
+        True,
+        description="Replicas renice Ray's background processes on their node (nice +10) so they do not "
         "take CPU from the engine under load (serving/deployments/node_tuning.py).",
     )
     replica_niceness: int | None = Field(
-        0, ge=0, le=19, description="direct mode: the niceness of the LLM-server replica and its engine "
+        0,
+        ge=0,
+        le=19,
+        description="direct mode: the niceness of the LLM-server replica and its engine "
         "processes. Ray starts every worker at nice 15 (RAY_worker_niceness), below its own agents and any "
         "client on the node; in direct mode the replica is the whole data path. null keeps Ray's default.",
     )
@@ -191,7 +203,9 @@ class ObservabilityConfig(Strict):
     """Request logs (metrics are always on: they cost one observation per request)."""
 
     access_log: Literal["file", "stderr", "off"] = "file"
-    log_prompts: bool = Field(False, description="Put prompt text in the request log lines (off: prompts are user data).")
+    log_prompts: bool = Field(
+        False, description="Put prompt text in the request log lines (off: prompts are user data)."
+    )
 
 
 class AppConfig(Strict):
@@ -202,7 +216,7 @@ class AppConfig(Strict):
     observability: ObservabilityConfig = ObservabilityConfig()
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "AppConfig":
+    def _unique_ids(self) -> AppConfig:
         ids = [m.id for m in self.models]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:

@@ -102,12 +102,20 @@ class Kind:
 
 KINDS = {
     # One GPU node: head + one worker with the GPU; nothing to scale.
-    "single-gpu": Kind("single-gpu", autoscaling=False, head_cpu="1", head_memory="4Gi",
-                       head_on_gpu_node=True, model_cache_gib=10),
+    "single-gpu": Kind(
+        "single-gpu", autoscaling=False, head_cpu="1", head_memory="4Gi", head_on_gpu_node=True, model_cache_gib=10
+    ),
     # GPU worker pods added and removed by the KubeRay in-tree autoscaler. An idle
     # GPU pod is kept 2 minutes: a new one costs node provisioning plus model load.
-    "multi-node": Kind("multi-node", autoscaling=True, head_cpu="2", head_memory="8Gi",
-                       head_on_gpu_node=False, model_cache_gib=40, idle_timeout_s=120),
+    "multi-node": Kind(
+        "multi-node",
+        autoscaling=True,
+        head_cpu="2",
+        head_memory="8Gi",
+        head_on_gpu_node=False,
+        model_cache_gib=40,
+        idle_timeout_s=120,
+    ),
 }
 
 
@@ -313,8 +321,9 @@ def _head(name: str, image: str, kind: Kind, serve_port: int) -> dict[str, Any]:
     }
 
 
-def _worker(name: str, image: str, kind: Kind, shape: dict[str, Any], cfg: AppConfig, serve_port: int,
-            fixed_pods: int | None) -> dict[str, Any]:
+def _worker(
+    name: str, image: str, kind: Kind, shape: dict[str, Any], cfg: AppConfig, serve_port: int, fixed_pods: int | None
+) -> dict[str, Any]:
     direct = cfg.ingress.mode == "direct"
     ports = [_port("serve", serve_port), _port("metrics", METRICS_PORT)]
     if direct:
@@ -371,8 +380,10 @@ def _worker(name: str, image: str, kind: Kind, shape: dict[str, Any], cfg: AppCo
                 "tolerations": [dict(t) for t in GPU_TOLERATIONS],
                 "containers": [container],
                 "volumes": [
-                    {"name": "dshm", "emptyDir": {
-                        "medium": "Memory", "sizeLimit": f"{WORKER_OBJECT_STORE_GIB + SHM_EXTRA_GIB}Gi"}},
+                    {
+                        "name": "dshm",
+                        "emptyDir": {"medium": "Memory", "sizeLimit": f"{WORKER_OBJECT_STORE_GIB + SHM_EXTRA_GIB}Gi"},
+                    },
                     {"name": "model-cache", "emptyDir": {"sizeLimit": f"{kind.model_cache_gib}Gi"}},
                 ],
             },
@@ -380,8 +391,14 @@ def _worker(name: str, image: str, kind: Kind, shape: dict[str, Any], cfg: AppCo
     }
 
 
-def build_objects(config: str | Path, kind_name: str, *, name: str | None = None, image: str | None = None,
-                  kueue_queue: str | None = None) -> list[dict[str, Any]]:
+def build_objects(
+    config: str | Path,
+    kind_name: str,
+    *,
+    name: str | None = None,
+    image: str | None = None,
+    kueue_queue: str | None = None,
+) -> list[dict[str, Any]]:
     """The Kubernetes objects for `config`: the RayService and, in direct mode, its direct-ingress Service."""
     if kind_name not in KINDS:
         raise RenderError(f"unknown kind {kind_name!r} (known: {', '.join(KINDS)})")
@@ -448,7 +465,7 @@ def build_objects(config: str | Path, kind_name: str, *, name: str | None = None
                     # The RayCluster behind a RayService has a generated name that
                     # changes on upgrades, so select the worker pods by the labels of
                     # their template instead of by ray.io/cluster.
-                    "selector": {**_labels(name, WORKER_COMPONENT), "ray.io/node-type": "worker"},
+                    "selector": _labels(name, WORKER_COMPONENT) | {"ray.io/node-type": "worker"},
                     "ports": [{"name": "http", "port": cfg.ingress.port, "targetPort": "direct", "protocol": "TCP"}],
                 },
             }
@@ -474,8 +491,15 @@ def dump(objects: list[dict[str, Any]]) -> str:
     )
 
 
-def render(config: str | Path, kind_name: str, *, name: str | None = None, image: str | None = None,
-           kueue_queue: str | None = None, command: str | None = None) -> str:
+def render(
+    config: str | Path,
+    kind_name: str,
+    *,
+    name: str | None = None,
+    image: str | None = None,
+    kueue_queue: str | None = None,
+    command: str | None = None,
+) -> str:
     """The manifest text for `config` (what `render` writes and what the drift test compares)."""
     objects = build_objects(config, kind_name, name=name, image=image, kueue_queue=kueue_queue)
     shown = _display(config)
@@ -503,8 +527,11 @@ def _write_or_check(text: str, output: Path, check: bool, command: str) -> bool:
     current = output.read_text() if output.exists() else None
     if check:
         if current != text:
-            diff = "".join(difflib.unified_diff((current or "").splitlines(True), text.splitlines(True),
-                                                str(output), "rendered", n=1))
+            diff = "".join(
+                difflib.unified_diff(
+                    (current or "").splitlines(True), text.splitlines(True), str(output), "rendered", n=1
+                )
+            )
             print(f"{output} is out of date; regenerate with:\n  {command}\n{diff}", file=sys.stderr)
             return False
         print(f"{output}: up to date")
@@ -532,16 +559,32 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "render-all":
-            ok = all([_write_or_check(render_target(t), REPO_ROOT / t.output, args.check,
-                                      "python -m serving_k8s render-all") for t in TARGETS])
+            ok = all(
+                [
+                    _write_or_check(
+                        render_target(t), REPO_ROOT / t.output, args.check, "python -m serving_k8s render-all"
+                    )
+                    for t in TARGETS
+                ]
+            )
             return 0 if ok else 1
         parts = [f"python -m serving_k8s render {args.config} --kind {args.kind}"]
-        for flag, value in (("--name", args.name), ("--image", args.image), ("--kueue-queue", args.kueue_queue),
-                            ("-o", args.output)):
+        for flag, value in (
+            ("--name", args.name),
+            ("--image", args.image),
+            ("--kueue-queue", args.kueue_queue),
+            ("-o", args.output),
+        ):
             if value:
                 parts.append(f"{flag} {value}")
-        text = render(args.config, args.kind, name=args.name, image=args.image, kueue_queue=args.kueue_queue,
-                      command=" ".join(parts))
+        text = render(
+            args.config,
+            args.kind,
+            name=args.name,
+            image=args.image,
+            kueue_queue=args.kueue_queue,
+            command=" ".join(parts),
+        )
     except (RenderError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ deployment, in an LLM-server replica, and in tests with the simulator.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Protocol, Union
+from typing import Any, AsyncIterator, Protocol, Sequence, Union
 
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.errors import ModelNotFoundError
@@ -44,7 +44,7 @@ class ModelBackend(Protocol):
 class ModelRegistry:
     """Model id -> backend, in the order the config lists the models."""
 
-    def __init__(self, backends: list[ModelBackend], created: int) -> None:
+    def __init__(self, backends: Sequence[ModelBackend], created: int) -> None:
         self._backends = {b.model_id: b for b in backends}
         self.created = created
 

@@ -27,7 +27,7 @@ def generation_params(req: ChatCompletionRequest | CompletionRequest) -> Generat
     if isinstance(req, ChatCompletionRequest):
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         fmt = req.response_format
-        json_schema = fmt.json_schema.schema_ if fmt and fmt.type == "json_schema" else None
+        json_schema = fmt.json_schema.schema_ if fmt and fmt.type == "json_schema" and fmt.json_schema else None
         json_object = bool(fmt and fmt.type == "json_object")
     else:
         logprobs, json_schema, json_object = req.logprobs, None, False
@@ -37,7 +37,7 @@ def generation_params(req: ChatCompletionRequest | CompletionRequest) -> Generat
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=req.top_k,
         n=req.n,
-        stop=req.stop,
+        stop=req.stop_sequences,
         seed=req.seed,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
@@ -65,8 +65,7 @@ def _chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
                 "logprob": t.logprob,
                 "bytes": list(t.token.encode("utf-8", "replace")),
                 "top_logprobs": [
-                    {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8", "replace"))}
-                    for tok, lp in t.top
+                    {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8", "replace"))} for tok, lp in t.top
                 ],
             }
             for t in items
@@ -85,6 +84,10 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, An
         "top_logprobs": [dict(t.top) for t in items],
         "text_offset": offsets,
     }
+
+
+# A whole generation: texts, finish reasons and logprobs per choice, prompt and completion tokens.
+Collected = tuple[list[str], list[str | None], list[list[TokenLogprob]], int, int]
 
 
 class OpenAIServing:
@@ -115,17 +118,35 @@ class OpenAIServing:
         self.in_flight = 0
         self.metrics: Metrics = metrics or NullMetrics()
 
-    def _record(self, request: EngineRequest, status: str, start: float, first: float | None, last: float | None,
-                queue_wait: float | None, prompt_tokens: int, completion_tokens: int) -> None:
+    def _record(
+        self,
+        request: EngineRequest,
+        status: str,
+        start: float,
+        first: float | None,
+        last: float | None,
+        queue_wait: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
         """One metrics observation set and one log line per request (never per token)."""
         end = time.perf_counter()
         ttft = first - start if first is not None else None
-        itl = (last - first) / (completion_tokens - 1) if first is not None and last is not None and completion_tokens > 1 else None
+        itl = (
+            (last - first) / (completion_tokens - 1)
+            if first is not None and last is not None and completion_tokens > 1
+            else None
+        )
         if status == "ok":
-            self.metrics.generation_done(self.model_id, ttft, itl, end - start, queue_wait, prompt_tokens, completion_tokens)
+            self.metrics.generation_done(
+                self.model_id, ttft, itl, end - start, queue_wait, prompt_tokens, completion_tokens
+            )
         fields = {
-            "request_id": request.request_id, "model": self.model_id, "status": status,
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "request_id": request.request_id,
+            "model": self.model_id,
+            "status": status,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
             "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
             "itl_ms": None if itl is None else round(itl * 1000, 3),
             "e2e_ms": round((end - start) * 1000, 2),
@@ -194,7 +215,12 @@ class OpenAIServing:
         engine_request = self._chat_engine_request(req, request_id)
         # The fixed head of every chunk, encoded once: per-step work is only the choices.
         head = _encode(
-            {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_id}
+            {
+                "id": f"chatcmpl-{request_id}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": self.model_id,
+            }
         )[:-1]
         tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"
         want_logprobs = req.logprobs
@@ -223,11 +249,12 @@ class OpenAIServing:
     def _completion_engine_request(self, req: CompletionRequest, request_id: str) -> EngineRequest:
         params = generation_params(req)
         prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-            return EngineRequest(request_id=request_id, params=params, prompt_token_ids=list(prompt))
-        if isinstance(prompt, list):
-            prompt = prompt[0]
-        return EngineRequest(request_id=request_id, params=params, prompt=prompt)
+        if isinstance(prompt, str):
+            return EngineRequest(request_id=request_id, params=params, prompt=prompt)
+        first = prompt[0]  # the validator allows one prompt per request
+        if isinstance(first, int):
+            return EngineRequest(request_id=request_id, params=params, prompt_token_ids=[int(t) for t in prompt])
+        return EngineRequest(request_id=request_id, params=params, prompt=first)
 
     async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any]:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
@@ -253,7 +280,12 @@ class OpenAIServing:
     async def _completions_stream(self, req: CompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         engine_request = self._completion_engine_request(req, request_id)
         head = _encode(
-            {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": self.model_id}
+            {
+                "id": f"cmpl-{request_id}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": self.model_id,
+            }
         )[:-1]
         tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"
         want_logprobs = req.logprobs is not None
@@ -273,16 +305,16 @@ class OpenAIServing:
 
     # -- shared -----------------------------------------------------------------
 
-    async def _collect(self, request: EngineRequest, n: int):
+    async def _collect(self, request: EngineRequest, n: int) -> Collected:
         self._admit()
         start = time.perf_counter()
-        timing = {"first": None, "last": None, "queue_wait": None}
+        timing: dict[str, float | None] = {"first": None, "last": None, "queue_wait": None}
         status, result = "error", None
         try:
             result = await asyncio.wait_for(self._collect_outputs(request, n, timing), self.timeout_s)
             status = "ok"
             return result
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status = "timeout"
             raise RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.") from None
         except asyncio.CancelledError:
@@ -291,9 +323,18 @@ class OpenAIServing:
         finally:
             self.in_flight -= 1
             prompt_tokens, completion_tokens = (result[3], result[4]) if result else (0, 0)
-            self._record(request, status, start, timing["first"], timing["last"], timing["queue_wait"], prompt_tokens, completion_tokens)
+            self._record(
+                request,
+                status,
+                start,
+                timing["first"],
+                timing["last"],
+                timing["queue_wait"],
+                prompt_tokens,
+                completion_tokens,
+            )
 
-    async def _collect_outputs(self, request: EngineRequest, n: int, timing: dict):
+    async def _collect_outputs(self, request: EngineRequest, n: int, timing: dict[str, float | None]) -> Collected:
         parts: list[list[str]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
@@ -316,13 +357,19 @@ class OpenAIServing:
         texts = ["".join(p) for p in parts]
         return texts, finish, logprobs, prompt_tokens, completion_tokens
 
-    async def _stream(self, request: EngineRequest, render, include_usage: bool, head: bytes) -> AsyncIterator[bytes]:
+    async def _stream(
+        self,
+        request: EngineRequest,
+        render: Callable[[EngineOutput, set[int]], bytes],
+        include_usage: bool,
+        head: bytes,
+    ) -> AsyncIterator[bytes]:
         self._admit()
         # The timeout cancels whichever task is pulling this stream at that moment
         # (the first item is pulled by the route, the rest by the response):
         # a timer per request instead of a wait_for per token.
         current = asyncio.current_task
-        puller = {"task": current(), "timed_out": False}
+        puller: dict[str, Any] = {"task": current(), "timed_out": False}
 
         def on_timeout() -> None:
             puller["timed_out"] = True
@@ -357,7 +404,9 @@ class OpenAIServing:
                 status = "cancelled"
                 raise  # a client disconnect: the engine already aborted the request
             status = "timeout"
-            current().uncancel()
+            task = current()
+            if task is not None:
+                task.uncancel()
             err = RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.")
             if not sent:
                 raise err from None
@@ -373,9 +422,9 @@ class OpenAIServing:
         except Exception as exc:
             if not sent:
                 raise
-            err = unwrap(exc)
-            err = err if isinstance(err, APIError) else EngineError("the stream failed")
-            yield sse(err.body())
+            failure = unwrap(exc)
+            api_err = failure if isinstance(failure, APIError) else EngineError("the stream failed")
+            yield sse(api_err.body())
             yield DONE
             return
         finally:
@@ -383,5 +432,11 @@ class OpenAIServing:
             self.in_flight -= 1
             self._record(request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens)
         if include_usage:
-            yield b"data: " + head + b',"choices":[],"usage":' + _encode(_usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+            yield (
+                b"data: "
+                + head
+                + b',"choices":[],"usage":'
+                + _encode(_usage(prompt_tokens, completion_tokens))
+                + b"}\n\n"
+            )
         yield DONE

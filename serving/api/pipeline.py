@@ -68,9 +68,7 @@ def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
         if err["type"] == "model_type" and not err["loc"]:
             raise InvalidRequestError("The request body must be a JSON object.") from None
         # Drop pydantic's union-branch names (messages.0.content.str -> messages.0.content).
-        loc = [
-            str(p) for p in err["loc"] if p not in _UNION_BRANCHES and not str(p).startswith(("list[", "function-"))
-        ]
+        loc = [str(p) for p in err["loc"] if p not in _UNION_BRANCHES and not str(p).startswith(("list[", "function-"))]
         param = ".".join(loc) or None
         if err["type"] == "extra_forbidden":
             raise InvalidRequestError(
@@ -115,5 +113,3 @@ async def run_generation(
     set_model(request, backend.model_id)  # only known ids become metric labels
     state.limiter.charge_tokens(caller, estimated_tokens(req))
     return respond(await call(backend, req, engine_request_id(request)))
-
-

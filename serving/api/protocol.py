@@ -34,7 +34,7 @@ class ChatMessage(_Strict):
     name: str | None = None
 
     @model_validator(mode="after")
-    def _content_present(self) -> "ChatMessage":
+    def _content_present(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a '{self.role}' message needs content")
         return self
@@ -77,7 +77,7 @@ class ResponseFormat(_Strict):
     json_schema: JSONSchemaFormat | None = None
 
     @model_validator(mode="after")
-    def _schema_when_needed(self) -> "ResponseFormat":
+    def _schema_when_needed(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("response_format of type 'json_schema' needs 'json_schema'")
         return self
@@ -115,15 +115,25 @@ class _SamplingFields(_Strict):
             raise ValueError("stop sequences must not be empty")
         return stops
 
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """The completion-token limit the request asks for (endpoint-specific fields)."""
+        raise NotImplementedError
+
+    @property
+    def stop_sequences(self) -> list[str] | None:
+        """`stop` as a list (the validator has turned a single string into one)."""
+        return [self.stop] if isinstance(self.stop, str) else self.stop
+
     @model_validator(mode="after")
-    def _min_tokens_fit(self):
+    def _min_tokens_fit(self) -> _SamplingFields:
         limit = self.requested_max_tokens
         if limit is not None and self.min_tokens > limit:
             raise ValueError(f"min_tokens ({self.min_tokens}) must be <= the maximum number of tokens ({limit})")
         return self
 
     @model_validator(mode="after")
-    def _stream_options_need_stream(self):
+    def _stream_options_need_stream(self) -> _SamplingFields:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self
@@ -141,7 +151,7 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
-    def _logprobs_consistent(self) -> "ChatCompletionRequest":
+    def _logprobs_consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
@@ -158,7 +168,7 @@ class CompletionRequest(_SamplingFields):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_empty(cls, prompt):
+    def _prompt_not_empty(cls, prompt: str | list[str] | list[int]) -> str | list[str] | list[int]:
         if isinstance(prompt, list):
             if len(prompt) == 0:
                 raise ValueError("prompt must not be empty")
@@ -167,7 +177,7 @@ class CompletionRequest(_SamplingFields):
         return prompt
 
     @model_validator(mode="after")
-    def _echo_unsupported(self) -> "CompletionRequest":
+    def _echo_unsupported(self) -> CompletionRequest:
         if self.echo:
             raise ValueError("echo is not supported")
         return self

@@ -22,11 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.errors import AuthenticationError, RateLimitError
 from serving.config import AuthConfig, LimitsConfig
+from serving.errors import AuthenticationError, RateLimitError
 
 logger = logging.getLogger(__name__)
-
 
 
 def load_api_keys(cfg: AuthConfig) -> list[bytes]:
@@ -56,9 +55,7 @@ class Authenticator:
             return "anonymous"
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise AuthenticationError(
-                "Missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
-            )
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key")
         presented = token.strip().encode()
         match = False
         for key in self._keys:  # every key is compared: the time does not depend on which matched

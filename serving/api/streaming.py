@@ -27,9 +27,7 @@ def sse(payload: Any) -> bytes:
     return b"data: " + encode_json(payload) + b"\n\n"
 
 
-async def first_then_rest(
-    stream: AsyncIterator[T], on_close: Callable[[], object] | None = None
-) -> AsyncIterator[T]:
+async def first_then_rest(stream: AsyncIterator[T], on_close: Callable[[], object] | None = None) -> AsyncIterator[T]:
     """Pull the first item now (its errors raise here), then return an iterator of it and the rest.
 
     `on_close` runs when the returned iterator ends or is closed early (a client

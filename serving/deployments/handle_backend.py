@@ -22,7 +22,9 @@ def _reraise(exc: BaseException) -> NoReturn:
 
     if isinstance(exc, BackPressureError):
         # Serve's max_queued_requests is full: same answer as the direct path's gate.
-        raise OverloadedError(f"The model is at capacity: {exc}. Retry shortly.", headers={"Retry-After": "1"}) from None
+        raise OverloadedError(
+            f"The model is at capacity: {exc}. Retry shortly.", headers={"Retry-After": "1"}
+        ) from None
     err = unwrap(exc)
     if err is exc:
         raise exc

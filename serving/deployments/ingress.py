@@ -8,6 +8,7 @@ deployments are still bound as arguments so they belong to this app's graph.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ray import serve
 
@@ -15,17 +16,24 @@ from serving.api.app import build_api
 from serving.api.backend import ModelRegistry
 from serving.config import AppConfig
 from serving.deployments.handle_backend import HandleBackend
+from serving.deployments.metrics import RayMetrics
 
 
-def ingress_deployment(cfg: AppConfig):
+def ingress_deployment(cfg: AppConfig) -> Any:
     """The ingress class for the app's models (each reached through its LLM deployment)."""
     backends = [HandleBackend(m.id, m.deployment_name) for m in cfg.models]
-    api = build_api(ModelRegistry(backends, created=int(time.time())), cfg.auth, cfg.limits, cfg.observability)
+    api = build_api(
+        ModelRegistry(backends, created=int(time.time())),
+        cfg.auth,
+        cfg.limits,
+        cfg.observability,
+        metrics=RayMetrics(),  # makes its Ray instruments in the ingress replica, on first use
+    )
 
     @serve.deployment(name="ingress", ray_actor_options={"num_cpus": cfg.ingress.num_cpus}, max_ongoing_requests=1024)
     @serve.ingress(api)
     class Ingress:
-        def __init__(self, *llm_deployments):
+        def __init__(self, *llm_deployments: Any) -> None:
             pass
 
     return Ingress

@@ -14,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 from serving.api.app import build_api
-from serving.api.backend import ModelBackend, ModelRegistry
+from serving.api.backend import Generation, ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments import node_tuning
 from serving.deployments.direct.engine_loop import EngineLoop
+from serving.deployments.direct.http_server import DirectHTTPServer
 from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics, export_engine_stats
+from serving.engine.base import Engine
 from serving.engine.factory import make_engine
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,19 @@ async def coalesce(stream: AsyncIterator[bytes], window_s: float = COALESCE_WIND
         yield b"".join(buf)
 
 
+async def _sse_stream(call: Awaitable[Generation]) -> AsyncIterator[bytes]:
+    result = await call
+    if isinstance(result, dict):
+        raise TypeError("a streaming request got a whole body")
+    return result
+
+
 class LLMServer:
-    async def __init__(self, model: dict, app: dict, peers: dict[str, str], app_name: str | None = None):
-        self._http = None
-        self.engine = None
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self, model: dict[str, Any], app: dict[str, Any], peers: dict[str, str], app_name: str | None = None
+    ) -> None:
+        self._http: DirectHTTPServer | None = None
+        self.engine: Engine | None = None
         self.cfg = ModelConfig.model_validate(model)
         self.app_cfg = AppConfig.model_validate(app)
         ingress_cfg = self.app_cfg.ingress
@@ -73,11 +84,11 @@ class LLMServer:
     async def _start(self, ingress_cfg: IngressConfig, peers: dict[str, str], app_name: str | None) -> None:
         """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
         self.metrics = RayMetrics()
-        self.engine = make_engine(self.cfg)
-        info = await self.engine.start()
+        self.engine = engine = make_engine(self.cfg)
+        info = await engine.start()
         d = self.cfg.deployment
         self.serving = OpenAIServing(
-            self.engine,
+            engine,
             self.cfg.id,
             info.max_model_len,
             max_in_flight=d.max_ongoing_requests + max(0, d.max_queued_requests),
@@ -89,20 +100,23 @@ class LLMServer:
         loop = asyncio.get_running_loop()
         self._stats_task = loop.create_task(
             export_engine_stats(
-                self.metrics, self.cfg.id, self.engine.stats, lambda: self.serving.in_flight, self._background_stop
+                self.metrics, self.cfg.id, engine.stats, lambda: self.serving.in_flight, self._background_stop
             )
         )
         threshold = self.cfg.colocate_engine_core_at
         placement = node_tuning.EngineCorePlacement() if threshold is not None else None
-        if placement is not None and placement.active:
-            self._placement_task = loop.create_task(node_tuning.place_engine_core_by_load(
-                placement, lambda: self.serving.in_flight, threshold, self._background_stop,
-            ))
+        if threshold is not None and placement is not None and placement.active:
+            self._placement_task = loop.create_task(
+                node_tuning.place_engine_core_by_load(
+                    placement,
+                    lambda: self.serving.in_flight,
+                    threshold,
+                    self._background_stop,
+                )
+            )
         if ingress_cfg.deprioritize_ray_control_plane:
             node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
         if ingress_cfg.mode == "direct":
-            from serving.deployments.direct.http_server import DirectHTTPServer
-
             backends: list[ModelBackend] = [
                 self.serving if model_id == self.cfg.id else HandleBackend(model_id, name, app_name)
                 for model_id, name in peers.items()
@@ -124,21 +138,22 @@ class LLMServer:
     # (`HandleBackend`): SSE chunks for a streaming request, else its one body.
 
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator[Any]:
-        if not req.stream:
-            yield await self._loop.run(self.serving.chat(req, request_id))
-            return
-        async for chunk in coalesce(self._loop.stream(lambda: self.serving.chat(req, request_id))):
-            yield chunk
+        async for item in self._answer(req.stream, lambda: self.serving.chat(req, request_id)):
+            yield item
 
     async def completions(self, req: CompletionRequest, request_id: str) -> AsyncIterator[Any]:
-        if not req.stream:
-            yield await self._loop.run(self.serving.completions(req, request_id))
+        async for item in self._answer(req.stream, lambda: self.serving.completions(req, request_id)):
+            yield item
+
+    async def _answer(self, stream: bool, call: Callable[[], Coroutine[Any, Any, Generation]]) -> AsyncIterator[Any]:
+        if not stream:
+            yield await self._loop.run(call())
             return
-        async for chunk in coalesce(self._loop.stream(lambda: self.serving.completions(req, request_id))):
+        async for chunk in coalesce(self._loop.stream(lambda: _sse_stream(call()))):
             yield chunk
 
     async def ready(self) -> bool:
-        await self._loop.run(self.engine.check_health())
+        await self._loop.run(self.serving.engine.check_health())
         return True
 
     async def engine_stats(self) -> dict[str, float]:
@@ -150,7 +165,7 @@ class LLMServer:
         return {"in_flight": float(serving.in_flight if serving else 0)}
 
     async def check_health(self) -> None:
-        await self._loop.run(self.engine.check_health())
+        await self._loop.run(self.serving.engine.check_health())
 
     # -- shutdown -----------------------------------------------------------------
 

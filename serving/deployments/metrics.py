@@ -161,5 +161,5 @@ async def export_engine_stats(
             logger.debug("engine stats export failed", exc_info=True)
         try:
             await asyncio.wait_for(stop.wait(), ENGINE_STATS_INTERVAL_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

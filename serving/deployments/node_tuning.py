@@ -166,5 +166,5 @@ async def place_engine_core_by_load(placement: EngineCorePlacement, in_flight, t
         placement.follow(in_flight(), threshold)
         try:
             await asyncio.wait_for(stop.wait(), PLACEMENT_INTERVAL_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

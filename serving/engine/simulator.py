@@ -48,12 +48,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from serving.errors import (
-    EngineError,
-    EngineUnavailableError,
-    InvalidRequestError,
-    PromptTooLongError,
-)
 from serving.engine.base import (
     ChoiceDelta,
     Engine,
@@ -61,6 +55,12 @@ from serving.engine.base import (
     EngineOutput,
     EngineRequest,
     TokenLogprob,
+)
+from serving.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    PromptTooLongError,
 )
 
 _WORDS = (
@@ -127,7 +127,7 @@ def tokenize(text: str, chars_per_token: int = 4) -> list[str]:
     """The simulator's tokenizer: runs of up to `chars_per_token` non-space characters."""
     pattern = _TOKEN_RE_CACHE.get(chars_per_token)
     if pattern is None:
-        pattern = _TOKEN_RE_CACHE[chars_per_token] = re.compile(r"\S{1,%d}" % chars_per_token)
+        pattern = _TOKEN_RE_CACHE[chars_per_token] = re.compile(rf"\S{{1,{chars_per_token}}}")
     return pattern.findall(text)
 
 
@@ -143,7 +143,7 @@ def block_hashes(tokens: list, block_size: int) -> list[int]:
     hashes = []
     h = 0
     for start in range(0, len(tokens) - block_size + 1, block_size):
-        h = hash((h, tuple(tokens[start:start + block_size])))
+        h = hash((h, tuple(tokens[start : start + block_size])))
         hashes.append(h)
     return hashes
 
@@ -226,13 +226,11 @@ class SimulatedEngine(Engine):
         )
 
     @classmethod
-    def from_engine_args(cls, engine_args: dict[str, Any]) -> "SimulatedEngine":
+    def from_engine_args(cls, engine_args: dict[str, Any]) -> SimulatedEngine:
         known = {f.name for f in dataclasses.fields(SimulatorConfig)}
         for key in engine_args:
             if key not in known:
-                raise ValueError(
-                    f"unknown simulator engine_args key '{key}' (known: {', '.join(sorted(known))})"
-                )
+                raise ValueError(f"unknown simulator engine_args key '{key}' (known: {', '.join(sorted(known))})")
         return cls(SimulatorConfig(**engine_args))
 
     # -- lifecycle --------------------------------------------------------------
@@ -358,7 +356,7 @@ class SimulatedEngine(Engine):
                     c.text += token
                     finish = None
                     if stops:
-                        window = c.text[-(len(token) + hold):]
+                        window = c.text[-(len(token) + hold) :]
                         base = len(c.text) - len(window)
                         cut = min((base + window.find(s) for s in stops if s in window), default=-1)
                         if cut >= 0:
@@ -375,7 +373,7 @@ class SimulatedEngine(Engine):
                         ):
                             finish = "stop"
                     end = len(c.text) if finish else max(c.emitted, len(c.text) - hold)
-                    piece = c.text[c.emitted:end]
+                    piece = c.text[c.emitted : end]
                     c.emitted = end
                     logprobs = None
                     if p.logprobs is not None:

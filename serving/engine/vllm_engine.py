@@ -14,12 +14,6 @@ import gc
 import logging
 from typing import Any, AsyncIterator
 
-from serving.errors import (
-    EngineError,
-    EngineUnavailableError,
-    InvalidRequestError,
-    PromptTooLongError,
-)
 from serving.engine.base import (
     ChoiceDelta,
     Engine,
@@ -28,6 +22,12 @@ from serving.engine.base import (
     EngineRequest,
     GenerationParams,
     TokenLogprob,
+)
+from serving.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    PromptTooLongError,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ _VLLM_STATS = {
 }
 
 
-def _config_objects(args_cls, args: dict[str, Any]) -> dict[str, Any]:
+def _config_objects(args_cls: Any, args: dict[str, Any]) -> dict[str, Any]:
     """Turn YAML mappings into vLLM's config dataclasses (e.g. structured_outputs_config).
 
     vLLM's CLI parses these from JSON; AsyncEngineArgs itself only converts some.
@@ -63,8 +63,9 @@ def _config_objects(args_cls, args: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, dict):
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            out[f.name] = type(default)(**value)
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            config_cls: Any = type(default)
+            out[f.name] = config_cls(**value)
     return out
 
 
@@ -73,10 +74,10 @@ class VLLMEngine(Engine):
         self._model_path = model_path
         self._served_name = served_model_name
         self._engine_args = dict(engine_args)
-        self._llm = None
-        self._tokenizer = None
+        self._llm: Any = None  # vllm's AsyncLLM, once started
+        self._tokenizer: Any = None
         self._max_model_len = 0
-        self._collectors = None
+        self._collectors: list[Any] | None = None
 
     async def start(self) -> EngineInfo:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -100,11 +101,9 @@ class VLLMEngine(Engine):
     def _prompt_ids(self, request: EngineRequest) -> list[int]:
         if request.messages is not None:
             try:
-                ids = self._tokenizer.apply_chat_template(
-                    request.messages, tokenize=True, add_generation_prompt=True
-                )
+                ids = self._tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
             except Exception as exc:  # a template may reject a message order
-                raise InvalidRequestError(f"cannot apply the chat template: {exc}", param="messages")
+                raise InvalidRequestError(f"cannot apply the chat template: {exc}", param="messages") from None
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             return list(ids)
@@ -165,9 +164,7 @@ class VLLMEngine(Engine):
         want_logprobs = request.params.logprobs is not None
         top_k = request.params.logprobs or 0
         try:
-            stream = self._llm.generate(
-                {"prompt_token_ids": ids}, sampling, request.request_id
-            )
+            stream = self._llm.generate({"prompt_token_ids": ids}, sampling, request.request_id)
             async for out in stream:
                 choices = [
                     ChoiceDelta(
@@ -197,7 +194,7 @@ class VLLMEngine(Engine):
     def _logprobs(self, output, top_k: int) -> list[TokenLogprob]:
         result = []
         decode = self._tokenizer.convert_ids_to_tokens
-        for token_id, position in zip(output.token_ids, output.logprobs or []):
+        for token_id, position in zip(output.token_ids, output.logprobs or [], strict=False):
             chosen = position.get(token_id)
             ranked = sorted(position.items(), key=lambda kv: kv[1].rank or 0)
             top = [
@@ -235,7 +232,7 @@ class VLLMEngine(Engine):
         stats["unfinished_requests"] = float(self._llm.get_num_unfinished_requests())
         return stats
 
-    def _stat_collectors(self) -> list:
+    def _stat_collectors(self) -> list[Any]:
         if self._collectors is None:
             from prometheus_client import REGISTRY
 

@@ -59,4 +59,3 @@ def access_log(event: str, **fields) -> None:
     if logger.disabled or not logger.handlers:
         return
     logger.info(event, extra={"fields": fields})
-

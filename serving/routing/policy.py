@@ -44,9 +44,7 @@ def _role_and_text(message: Any) -> tuple[str, str]:
         role = getattr(message, "role", "")
         content = message.text() if hasattr(message, "text") else getattr(message, "content", "")
     if isinstance(content, list):  # content parts
-        content = "".join(
-            (p.get("text", "") if isinstance(p, Mapping) else getattr(p, "text", "")) for p in content
-        )
+        content = "".join((p.get("text", "") if isinstance(p, Mapping) else getattr(p, "text", "")) for p in content)
     return str(role or ""), str(content or "")
 
 
@@ -106,6 +104,7 @@ def bounded_load_choice(
     Hot: `load - min_load > threshold` and `load + 1 > load_factor * (total + 1) / n`.
     Unknown loads (None/missing) count as 0.
     """
+
     def load(rid: str) -> int:
         value = loads.get(rid)
         return 0 if value is None else value
@@ -113,7 +112,7 @@ def bounded_load_choice(
     current = [load(r) for r in ranked]
     floor = min(current)
     bound = load_factor * (sum(current) + 1) / len(current)
-    chosen = next(r for r, q in zip(ranked, current) if q - floor <= threshold or q + 1 <= bound)
+    chosen = next(r for r, q in zip(ranked, current, strict=True) if q - floor <= threshold or q + 1 <= bound)
     position = {r: i for i, r in enumerate(ranked)}
     rest = sorted((r for r in ranked if r != chosen), key=lambda r: (load(r), position[r]))
     return [chosen, *rest]
@@ -138,9 +137,7 @@ class PrefixAwarePolicy:
 
     def order(self, key: bytes, loads: Mapping[str, int | None]) -> list[str]:
         """Replica ids (the keys of `loads`) in preference order for `key`."""
-        return bounded_load_choice(
-            rendezvous_order(key, loads), loads, self.imbalance_threshold, self.load_factor
-        )
+        return bounded_load_choice(rendezvous_order(key, loads), loads, self.imbalance_threshold, self.load_factor)
 
 
 class RoundRobinPolicy:

@@ -16,7 +16,7 @@ Serve's power-of-two choices.
 from __future__ import annotations
 
 import random
-from typing import List, Optional
+from typing import List
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
@@ -44,8 +44,8 @@ class PrefixAwareRouter(RequestRouter):
             self._policy = PrefixAwarePolicy()
         return self._policy
 
-    async def _queue_lens(self, replicas: List[RunningReplica]) -> dict[str, Optional[int]]:
-        loads: dict[str, Optional[int]] = {}
+    async def _queue_lens(self, replicas: List[RunningReplica]) -> dict[str, int | None]:
+        loads: dict[str, int | None] = {}
         missing = []
         for r in replicas:
             q = self._replica_queue_len_cache.get(r.replica_id) if self._use_replica_queue_len_cache else None
@@ -61,7 +61,7 @@ class PrefixAwareRouter(RequestRouter):
     async def choose_replicas(
         self,
         candidate_replicas: List[RunningReplica],
-        pending_request: Optional[PendingRequest] = None,
+        pending_request: PendingRequest | None = None,
     ) -> List[List[RunningReplica]]:
         if not candidate_replicas:
             return []

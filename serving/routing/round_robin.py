@@ -6,7 +6,7 @@ prompt; a replica that turns the request away (full) passes it on to the others.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
@@ -20,7 +20,7 @@ class RoundRobinRouter(RequestRouter):
     async def choose_replicas(
         self,
         candidate_replicas: List[RunningReplica],
-        pending_request: Optional[PendingRequest] = None,
+        pending_request: PendingRequest | None = None,
     ) -> List[List[RunningReplica]]:
         if not candidate_replicas:
             return []

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar
 
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
     uvloop = None
 
+T = TypeVar("T")
 _END = object()
 
 
@@ -31,11 +32,11 @@ class EngineLoop:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    async def run(self, coro: Awaitable[Any]) -> Any:
+    async def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Await `coro` on the engine loop from any other loop; cancelling cancels it there."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    async def stream(self, open_stream: Callable[[], Awaitable[AsyncIterator[Any]]]) -> AsyncIterator[Any]:
+    async def stream(self, open_stream: Callable[[], Awaitable[AsyncIterator[T]]]) -> AsyncIterator[T]:
         """Iterate, from the calling loop, an async iterator that lives on the engine loop.
 
         `open_stream` runs on the engine loop; its errors (before or during the
@@ -49,7 +50,7 @@ class EngineLoop:
             try:
                 async for item in await open_stream():
                     consumer.call_soon_threadsafe(put, item)
-            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+            except BaseException as exc:
                 consumer.call_soon_threadsafe(put, exc if isinstance(exc, Exception) else asyncio.CancelledError())
                 return
             consumer.call_soon_threadsafe(put, _END)

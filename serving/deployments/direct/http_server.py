@@ -44,7 +44,7 @@ class DirectHTTPServer:
         self._task = task
 
     @classmethod
-    async def start(cls, app, host: str, port: int, graceful_timeout_s: float) -> "DirectHTTPServer":
+    async def start(cls, app, host: str, port: int, graceful_timeout_s: float) -> DirectHTTPServer:
         config = uvicorn.Config(
             app,
             loop="none",
