@@ -1,7 +1,7 @@
 """The LLM-server deployment: one replica owns one engine for one model.
 
 The engine client and, in `direct` ingress mode, the HTTP server that speaks the
-whole OpenAI API live on the replica's own uvloop thread (`engine_loop.py`), so a
+whole OpenAI API live on the replica's own uvloop thread (`direct/engine_loop.py`), so a
 token goes engine core -> this process -> socket with no Ray hop. Ray Serve
 handle calls (the proxy path, and forwarding from another model's replica) are
 bridged onto that loop. Serve's health check probes the engine, so a dead engine
