@@ -38,7 +38,8 @@ def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = N
     if ingress.mode == "direct" and ingress.replica_niceness is not None:
         # Ray renices each worker to RAY_worker_niceness (15) when its core worker starts,
         # and the engine processes inherit it: under load the engine then loses the CPU to
-        # Ray's agents and to anything else on the node (loadtests/PERFORMANCE.md, row 7).
+        # Ray's agents and to anything else on the node (loadtests/PERFORMANCE.md,
+        # "Replica niceness: Ray starts workers at nice 15").
         # In proxy mode Serve's proxy stays at 15, so the replica keeps Ray's default too.
         env.setdefault("RAY_worker_niceness", str(ingress.replica_niceness))
     if env:

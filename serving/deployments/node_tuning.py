@@ -84,8 +84,9 @@ class EngineCorePlacement:
     always switch at a yield), which costs a single stream 25% of its tokens/s
     with the tiny model. So the replica follows the load
     (`ModelConfig.colocate_engine_core_at`). Measured on 2 cores, same server,
-    default vs bound (loadtests/PERFORMANCE.md row 12): 1048 vs 800 tok/s at 1
-    stream, 5452 vs 5128 at 8, 7552 vs 8520 at 16, 11546 vs 15262 at 64.
+    default vs bound (loadtests/PERFORMANCE.md, "Engine core placement:
+    EngineCore on its worker's core under load"): 1048 vs 800 tok/s at 1 stream,
+    5452 vs 5128 at 8, 7552 vs 8520 at 16, 11546 vs 15262 at 64.
 
     Nothing to do when the worker is not bound to a subset of the cores (GPU
     hosts, binding turned off): `active` is False then.

@@ -1,9 +1,10 @@
 """A uvloop event loop on a thread of its own: the engine client and the direct HTTP server run here.
 
 Why not Serve's user-code loop: it is a plain asyncio loop with Serve's
-instrumentation on it. Profiling the direct path (loadtests/PERFORMANCE.md)
-showed the event loop itself is the hot spot per token (socket writes, engine
-output dispatch); plain vLLM's server runs on uvloop. Handle calls from Serve
+instrumentation on it. Profiling the direct path (loadtests/PERFORMANCE.md,
+"Own uvloop thread for the engine client and HTTP server") showed the event
+loop itself is the hot spot per token (socket writes, engine output dispatch);
+plain vLLM's server runs on uvloop. Handle calls from Serve
 (proxy path, other models) reach this loop through `run()` and `stream()`.
 """
 
