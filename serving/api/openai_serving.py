@@ -20,7 +20,7 @@ from serving.api.streaming import encode_json as _encode
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
 from serving.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, unwrap
 from serving.observability.logging import access_log
-from serving.observability.metrics import Metrics, NullMetrics
+from serving.observability.metrics import GenerationDone, Metrics, NullMetrics
 
 
 def generation_params(req: ChatCompletionRequest | CompletionRequest) -> GenerationParams:
@@ -139,7 +139,7 @@ class OpenAIServing:
         )
         if status == "ok":
             self.metrics.generation_done(
-                self.model_id, ttft, itl, end - start, queue_wait, prompt_tokens, completion_tokens
+                GenerationDone(self.model_id, ttft, itl, end - start, queue_wait, prompt_tokens, completion_tokens)
             )
         fields = {
             "request_id": request.request_id,

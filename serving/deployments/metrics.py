@@ -21,6 +21,7 @@ from serving.observability.metrics import (
     ITL_BUCKETS,
     QUEUE_BUCKETS,
     TTFT_BUCKETS,
+    GenerationDone,
     Metrics,
 )
 
@@ -94,7 +95,7 @@ def _ray() -> _RayInstruments:
     return _instruments
 
 
-class RayMetrics:
+class RayMetrics(Metrics):
     """Stateless handle on the process-wide Ray instruments (made on first use)."""
 
     def request_done(self, model: str, route: str, status: int, reason: str | None = None) -> None:
@@ -103,29 +104,20 @@ class RayMetrics:
         if reason:
             m.rejections.inc(1, tags={"model": model, "reason": reason})
 
-    def generation_done(
-        self,
-        model: str,
-        ttft: float | None,
-        itl: float | None,
-        e2e: float,
-        queue_wait: float | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> None:
+    def generation_done(self, done: GenerationDone) -> None:
         m = _ray()
-        tags = {"model": model}
-        if ttft is not None:
-            m.ttft.observe(ttft, tags=tags)
-        if itl is not None:
-            m.itl.observe(itl, tags=tags)
-        m.e2e.observe(e2e, tags=tags)
-        if queue_wait is not None:
-            m.queue_wait.observe(queue_wait, tags=tags)
-        if prompt_tokens:
-            m.prompt_tokens.inc(prompt_tokens, tags=tags)
-        if completion_tokens:
-            m.completion_tokens.inc(completion_tokens, tags=tags)
+        tags = {"model": done.model}
+        if done.ttft is not None:
+            m.ttft.observe(done.ttft, tags=tags)
+        if done.itl is not None:
+            m.itl.observe(done.itl, tags=tags)
+        m.e2e.observe(done.e2e, tags=tags)
+        if done.queue_wait is not None:
+            m.queue_wait.observe(done.queue_wait, tags=tags)
+        if done.prompt_tokens:
+            m.prompt_tokens.inc(done.prompt_tokens, tags=tags)
+        if done.completion_tokens:
+            m.completion_tokens.inc(done.completion_tokens, tags=tags)
 
     def engine_stats(self, model: str, replica: str, stats: dict[str, float], in_flight: int) -> None:
         m = _ray()

@@ -16,6 +16,7 @@ Rejections and failures are labelled by the error's stable `reason`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 ENGINE_STATS_INTERVAL_S = 2.0
@@ -43,45 +44,38 @@ METRIC_NAMES = {
 ENGINE_GAUGES = ("running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits")
 
 
+@dataclass(frozen=True, slots=True)
+class GenerationDone:
+    """One generation that ran to its end, as measured where the engine runs (seconds, tokens)."""
+
+    model: str
+    ttft: float | None
+    itl: float | None  # the request's mean gap per output token
+    e2e: float
+    queue_wait: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class Metrics(Protocol):
-    """The observations the request path makes (one implementation per backend)."""
+    """The observations the request path makes (one implementation per backend).
+
+    The bodies here do nothing, so an implementation that subclasses it may
+    leave out what it does not record (`NullMetrics` records nothing).
+    """
 
     def request_done(self, model: str, route: str, status: int, reason: str | None = None) -> None:
         """One finished HTTP request; `reason` (an error's stable label) when it was refused or failed."""
+        return None
 
-    def generation_done(
-        self,
-        model: str,
-        ttft: float | None,
-        itl: float | None,
-        e2e: float,
-        queue_wait: float | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> None:
+    def generation_done(self, done: GenerationDone) -> None:
         """One generation that ran to its end."""
+        return None
 
     def engine_stats(self, model: str, replica: str, stats: dict[str, float], in_flight: int) -> None:
         """The engine's own counters and the replica's requests in flight (a periodic snapshot)."""
+        return None
 
 
-class NullMetrics:
+class NullMetrics(Metrics):
     """Records nothing: the default where no metrics backend is wired in."""
-
-    def request_done(self, model: str, route: str, status: int, reason: str | None = None) -> None:
-        pass
-
-    def generation_done(
-        self,
-        model: str,
-        ttft: float | None,
-        itl: float | None,
-        e2e: float,
-        queue_wait: float | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> None:
-        pass
-
-    def engine_stats(self, model: str, replica: str, stats: dict[str, float], in_flight: int) -> None:
-        pass

@@ -24,7 +24,7 @@ class RecordingMetrics:
     def request_done(self, model, route, status, reason=None):
         self.requests.append((model, route, status, reason))
 
-    def generation_done(self, *args):
+    def generation_done(self, done):
         self.generations += 1
 
     def engine_stats(self, *args):
