@@ -30,6 +30,7 @@ import aiohttp
 
 from loadtests import cpu
 from loadtests.servers import ROOT, PlainVLLMProcess, ServeProcess, engine_processes
+from loadtests.sse import SSEReader
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while platform engineers measure latency "
@@ -71,7 +72,9 @@ def make_prompt(rng: random.Random, words: int = 30) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)) + f" {rng.randint(0, 10**6)}"
 
 
-async def stream_chat(session: aiohttp.ClientSession, url: str, model: str, prompt: str, max_tokens: int) -> RequestResult:
+async def stream_chat(
+    session: aiohttp.ClientSession, url: str, model: str, prompt: str, max_tokens: int
+) -> RequestResult:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -89,24 +92,25 @@ async def stream_chat(session: aiohttp.ClientSession, url: str, model: str, prom
             if resp.status != 200:
                 text = await resp.text()
                 return RequestResult(start, time.perf_counter(), None, None, 0, f"HTTP {resp.status}: {text[:200]}")
-            buf = b""
+            reader = SSEReader()
             async for data in resp.content.iter_any():
                 now = time.perf_counter()
-                buf += data
-                while b"\n\n" in buf:
-                    event, buf = buf.split(b"\n\n", 1)
-                    if event == b"data: [DONE]":
+                # Payloads are looked at as bytes: decoding every chunk's JSON would cost
+                # the client CPU that the servers it measures share with it.
+                for event in reader.feed(data):
+                    payload = event.data
+                    if event.done:
                         done = True
                         continue
-                    if b'"error"' in event[:16]:
-                        return RequestResult(start, now, None, None, 0, event.decode(errors="replace")[:200])
-                    if b'"usage":{' in event:
-                        tokens = json.loads(event[6:])["usage"]["completion_tokens"]
-                    if b'"content":"' in event and b'"content":""' not in event:
+                    if b'"error"' in payload[:10]:
+                        return RequestResult(start, now, None, None, 0, payload.decode(errors="replace")[:200])
+                    if b'"usage":{' in payload:
+                        tokens = event.json()["usage"]["completion_tokens"]
+                    if b'"content":"' in payload and b'"content":""' not in payload:
                         if first is None:
                             first = now
                         last = now
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return RequestResult(start, time.perf_counter(), None, None, 0, f"{type(exc).__name__}: {exc}")
     end = time.perf_counter()
     if not done:
@@ -124,7 +128,16 @@ def pct(values: list[float], q: float) -> float | None:
     return values[idx]
 
 
-async def run_level(url: str, model: str, concurrency: int, warmup_s: float, duration_s: float, max_tokens: int, seed: int, headers: dict | None = None) -> LevelResult:
+async def run_level(
+    url: str,
+    model: str,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    max_tokens: int,
+    seed: int,
+    headers: dict | None = None,
+) -> LevelResult:
     rng = random.Random(seed)
     results: list[RequestResult] = []
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
@@ -173,12 +186,23 @@ async def run_level(url: str, model: str, concurrency: int, warmup_s: float, dur
     )
 
 
-async def run_server(url: str, model: str, levels: list[int], warmup_s: float, duration_s: float, max_tokens: int, api_key: str | None = None) -> list[LevelResult]:
+async def run_server(
+    url: str,
+    model: str,
+    levels: list[int],
+    warmup_s: float,
+    duration_s: float,
+    max_tokens: int,
+    api_key: str | None = None,
+) -> list[LevelResult]:
     out = []
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     for c in levels:
         res = await run_level(url, model, c, warmup_s, duration_s, max_tokens, seed=c, headers=headers)
-        print(f"  c={c:<3} {res.output_tok_s:>8.1f} tok/s  ttft p50 {res.ttft_p50_ms} ms  itl p50 {res.itl_p50_ms} ms  errors {res.errors}", flush=True)
+        print(
+            f"  c={c:<3} {res.output_tok_s:>8.1f} tok/s  ttft p50 {res.ttft_p50_ms} ms  itl p50 {res.itl_p50_ms} ms  errors {res.errors}",
+            flush=True,
+        )
         print(f"        machine: {res.machine_cpu}; cpu: {cpu.describe(res.busiest_processes)}", flush=True)
         out.append(res)
     return out
@@ -213,8 +237,12 @@ def start_plain(model_cfg, port: int, log_dir: Path) -> PlainVLLMProcess:
     from serving.engine.factory import resolve_source
 
     return PlainVLLMProcess(
-        resolve_source(model_cfg.source), model_cfg.id, model_cfg.engine_args, port,
-        log_dir / "plain.log", env=replica_env(model_cfg),
+        resolve_source(model_cfg.source),
+        model_cfg.id,
+        model_cfg.engine_args,
+        port,
+        log_dir / "plain.log",
+        env=replica_env(model_cfg),
     ).start()
 
 
@@ -237,7 +265,7 @@ def ratio(a, b):
 
 def table(ours: list[dict], plain: list[dict]) -> str:
     lines = ["| conc | server | " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
-    for o, p in zip(ours, plain):
+    for o, p in zip(ours, plain, strict=False):
         for name, row in (("ours", o), ("plain vLLM", p)):
             lines.append(f"| {row['concurrency']} | {name} | " + " | ".join(str(row[k]) for k, _ in COLUMNS) + " |")
         lines.append(
@@ -252,13 +280,18 @@ def table(ours: list[dict], plain: list[dict]) -> str:
 def targets(ours: list[dict], plain: list[dict]) -> list[str]:
     """The issue's targets, checked on one run; returns the misses."""
     misses = []
-    for o, p in zip(ours, plain):
+    for o, p in zip(ours, plain, strict=False):
         c = o["concurrency"]
         if o["errors"]:
             misses.append(f"c={c}: {o['errors']} errors")
         if c >= 16 and (ratio(o["output_tok_s"], p["output_tok_s"]) or 0) < 0.90:
             misses.append(f"c={c}: tok/s ratio {ratio(o['output_tok_s'], p['output_tok_s'])} < 0.90")
-        if c == 1 and o["ttft_p50_ms"] is not None and p["ttft_p50_ms"] is not None and o["ttft_p50_ms"] > p["ttft_p50_ms"] + 10:
+        if (
+            c == 1
+            and o["ttft_p50_ms"] is not None
+            and p["ttft_p50_ms"] is not None
+            and o["ttft_p50_ms"] > p["ttft_p50_ms"] + 10
+        ):
             misses.append(f"c=1: TTFT p50 {o['ttft_p50_ms']} > plain {p['ttft_p50_ms']} + 10 ms")
         if o["itl_p50_ms"] and p["itl_p50_ms"] and o["itl_p50_ms"] > 1.25 * p["itl_p50_ms"]:
             misses.append(f"c={c}: ITL p50 {o['itl_p50_ms']} > 1.25 x plain {p['itl_p50_ms']}")
@@ -281,7 +314,7 @@ def chart(runs: list[dict], path: Path) -> None:
             axes[0].plot(xs, [r["output_tok_s"] for r in rows], style, label=label)
             axes[1].plot(xs, [r["ttft_p50_ms"] or 0 for r in rows], style, label=label)
             axes[2].plot(xs, [r["itl_p50_ms"] or 0 for r in rows], style, label=label)
-    for ax, title in zip(axes, ("output tokens/s", "TTFT p50 (ms)", "ITL p50 (ms)")):
+    for ax, title in zip(axes, ("output tokens/s", "TTFT p50 (ms)", "ITL p50 (ms)"), strict=False):
         ax.set_title(title)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent streams")
@@ -297,7 +330,7 @@ async def amain(args) -> int:
     cfg, model_cfg = load_model_config(config_path)
     levels = [int(c) for c in args.concurrency.split(",")]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any load)
     strays = engine_processes()
     if strays and not (args.our_url and args.only == "ours"):
         msg = f"bench: vLLM engine processes already running ({[p.pid for p in strays]}): results would be skewed"
@@ -310,7 +343,10 @@ async def amain(args) -> int:
         """What else uses the CPU before a server starts (a previous server still exiting?)."""
         busy, top = cpu.machine_busy(3.0, exclude={os.getpid()})
         run.setdefault("background_cpu_pct", {})[label] = busy
-        print(f"before {label}: other processes used {busy}% of a core" + (f": {cpu.describe(top, 5)}" if top else ""), flush=True)
+        print(
+            f"before {label}: other processes used {busy}% of a core" + (f": {cpu.describe(top, 5)}" if top else ""),
+            flush=True,
+        )
 
     runs = []
     for rep in range(args.repeat):
@@ -322,7 +358,18 @@ async def amain(args) -> int:
             server = None if args.our_url else start_ours(config_path, url, out)
             try:
                 print(f"ours: {url}", flush=True)
-                run["ours"] = [asdict(r) for r in await run_server(f"{url}/v1/chat/completions", model_cfg.id, levels, args.warmup, args.duration, args.output_tokens, args.api_key)]
+                run["ours"] = [
+                    asdict(r)
+                    for r in await run_server(
+                        f"{url}/v1/chat/completions",
+                        model_cfg.id,
+                        levels,
+                        args.warmup,
+                        args.duration,
+                        args.output_tokens,
+                        args.api_key,
+                    )
+                ]
             finally:
                 if server:
                     server.stop()
@@ -332,7 +379,17 @@ async def amain(args) -> int:
             url = args.plain_url or f"http://127.0.0.1:{args.plain_port}"
             try:
                 print(f"plain vLLM: {url}", flush=True)
-                run["plain"] = [asdict(r) for r in await run_server(f"{url}/v1/chat/completions", model_cfg.id, levels, args.warmup, args.duration, args.output_tokens)]
+                run["plain"] = [
+                    asdict(r)
+                    for r in await run_server(
+                        f"{url}/v1/chat/completions",
+                        model_cfg.id,
+                        levels,
+                        args.warmup,
+                        args.duration,
+                        args.output_tokens,
+                    )
+                ]
             finally:
                 if server:
                     server.stop()
@@ -360,7 +417,9 @@ async def amain(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default=str(ROOT / "configs" / "dev.yaml"))
     p.add_argument("--concurrency", default="1,16,64")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up at each concurrency")

@@ -38,7 +38,8 @@ from locust import FastHttpUser, LoadTestShape, events, stats, task
 from locust.exception import StopUser
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from loadtests import scenarios  # noqa: E402
+from loadtests import scenarios
+from loadtests.sse import SSEError, SSEReader
 
 logger = logging.getLogger("loadtests")
 
@@ -83,7 +84,7 @@ class RunSetup:
         self.error: str | None = None
         self.stopping = False
 
-    def ensure(self, user: "OpenAIUser") -> None:
+    def ensure(self, user: OpenAIUser) -> None:
         opts = user.environment.parsed_options
         key = (user.host, opts.scenario, opts.seed, opts.model, opts.models, opts.tokens_per_word, opts.api_key)
         with self._lock:
@@ -170,10 +171,10 @@ def read_sse(resp) -> tuple[float | None, list[float], dict | None, int]:
     the stream to its end (so the keep-alive connection goes back to the pool clean).
     """
     raw = resp._response  # geventhttpclient response: readline() returns as soon as a line is buffered
+    reader = SSEReader()
     first = None
     times: list[float] = []
     usage = None
-    done = False
     problem = None
     nbytes = 0
     while True:
@@ -182,35 +183,28 @@ def read_sse(resp) -> tuple[float | None, list[float], dict | None, int]:
             break
         now = time.perf_counter()
         nbytes += len(line)
-        if problem:
-            continue
-        line = line.strip()
-        if not line or line.startswith(b":"):
-            continue
-        if line.startswith(b"event:") and b"error" in line:
-            problem = f"SSE {line.decode(errors='replace')}"
-            continue
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            done = True
-            continue
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            problem = f"bad SSE JSON: {data[:200]!r}"
-            continue
-        if "error" in chunk:
-            err = chunk["error"]
-            problem = f"SSE error event: {err.get('message', err) if isinstance(err, dict) else err}"
-            continue
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        if _has_output(chunk):
-            if first is None:
-                first = now
-            times.append(now)
+        for event in reader.feed(line):
+            if problem or event.done:
+                continue
+            if event.event == "error":
+                problem = f"SSE event: error: {event.data.decode(errors='replace')[:200]}"
+                continue
+            try:
+                chunk = event.json()
+            except SSEError as exc:
+                problem = f"bad SSE JSON: {exc}"
+                continue
+            if "error" in chunk:
+                err = chunk["error"]
+                problem = f"SSE error event: {err.get('message', err) if isinstance(err, dict) else err}"
+                continue
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if _has_output(chunk):
+                if first is None:
+                    first = now
+                times.append(now)
+    done = reader.done
     if problem:
         raise StreamFailure(problem)
     if not done:
@@ -321,7 +315,7 @@ class OpenAIUser(FastHttpUser):
                 tokens = len(times)
             self.metrics(req.model, "ttft", (first - started) * 1000)
             if opts.itl_mode == "chunk":
-                for a, b in zip(times, times[1:]):
+                for a, b in zip(times, times[1:], strict=False):
                     self.metrics(req.model, "itl", (b - a) * 1000)
             elif tokens > 1 and len(times) > 1:
                 self.metrics(req.model, "itl", (times[-1] - times[0]) * 1000 / (tokens - 1))

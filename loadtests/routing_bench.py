@@ -32,7 +32,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import tempfile
 import time
@@ -41,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from loadtests.servers import ServeProcess
+from loadtests.sse import aiter_events
 from serving.config import ModelConfig
 from serving.engine.simulator import SimulatedEngine, render_chat, tokenize
 from serving.engine.vllm_engine import VLLMEngine
@@ -178,8 +179,9 @@ def vllm_token_counter():
 # -- client ---------------------------------------------------------------------------------
 
 
-async def run_load(base_url: str, prompts: list[str], plan: list[tuple[int, str]], concurrency: int,
-                   max_tokens: int, timeout_s: float) -> dict[str, Any]:
+async def run_load(
+    base_url: str, prompts: list[str], plan: list[tuple[int, str]], concurrency: int, max_tokens: int, timeout_s: float
+) -> dict[str, Any]:
     import httpx
 
     queue: asyncio.Queue = asyncio.Queue()
@@ -200,7 +202,9 @@ async def run_load(base_url: str, prompts: list[str], plan: list[tuple[int, str]
             body = {
                 "model": MODEL,
                 "messages": [{"role": "system", "content": prompts[idx]}, {"role": "user", "content": user}],
-                "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+                "max_tokens": max_tokens,
+                "stream": True,
+                "ignore_eos": True,
                 "stream_options": {"include_usage": True},
             }
             t0 = time.perf_counter()
@@ -210,10 +214,10 @@ async def run_load(base_url: str, prompts: list[str], plan: list[tuple[int, str]
                     if r.status_code != 200:
                         errors.append(f"{r.status_code}: {(await r.aread())[:200]!r}")
                         continue
-                    async for line in r.aiter_lines():
-                        if not line.startswith("data: ") or line == "data: [DONE]":
+                    async for event in aiter_events(r.aiter_bytes()):
+                        if event.done:
                             continue
-                        data = json.loads(line[6:])
+                        data = event.json()
                         if "error" in data:
                             errors.append(str(data["error"])[:200])
                             break
@@ -258,7 +262,9 @@ def sim_model(router: str, stats_dir: Path, replicas: int) -> dict[str, Any]:
     base = yaml.safe_load((ROOT / "configs" / "sim-cluster.yaml").read_text())
     model = dict(base["applications"][0]["args"]["models"][0])
     model.update(
-        id=MODEL, engine="loadtests.routing_bench:BenchSimEngine", router=router,
+        id=MODEL,
+        engine="loadtests.routing_bench:BenchSimEngine",
+        router=router,
         env={STATS_ENV: str(stats_dir)},
     )
     model["deployment"] = {
@@ -296,97 +302,15 @@ def serve_config(model: dict[str, Any], port: int) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{
-            "name": "routing-bench", "route_prefix": "/", "import_path": "serving.deployments.app:build_app",
-            "args": {"ingress": {"mode": "proxy", "num_cpus": 0.1}, "models": [model]},
-        }],
+        "applications": [
+            {
+                "name": "routing-bench",
+                "route_prefix": "/",
+                "import_path": "serving.deployments.app:build_app",
+                "args": {"ingress": {"mode": "proxy", "num_cpus": 0.1}, "models": [model]},
+            }
+        ],
     }
-
-
-def _engine_descendants(pid: int) -> list:
-    import psutil
-
-    found = []
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return found
-    for p in children:
-        try:
-            text = p.name() + " " + " ".join(p.cmdline())
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if "VLLM::EngineCore" in text or "VLLM::Worker" in text:
-            found.append(p)
-    return found
-
-
-class Server:
-    """`serve run` on a temp config, as a user starts it; stopped with SIGTERM.
-
-    SIGTERM because a `serve run` started from a background shell ignores
-    SIGINT. Only engine processes descended from *this* `serve run` are
-    checked for leaks (other servers on the machine are not ours to touch).
-    """
-
-    def __init__(self, config: dict[str, Any], port: int, log: Path) -> None:
-        self.config = config
-        self.ready_url = f"http://127.0.0.1:{port}/ready"
-        self.log_path = log
-        self.proc = None
-
-    def __enter__(self) -> "Server":
-        import subprocess
-        import sys
-
-        import httpx
-
-        from loadtests.servers import start_in_own_group
-
-        fd, path = tempfile.mkstemp(prefix="routing-bench-", suffix=".yaml")
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(self.config, f)
-        self.path = Path(path)
-        self._log = open(self.log_path, "w")
-        serve = str(Path(sys.executable).with_name("serve"))
-        self.proc = subprocess.Popen(
-            [serve, "run", str(self.path)], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            preexec_fn=start_in_own_group,
-        )
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.__exit__()
-                raise RuntimeError(f"serve run exited with {self.proc.returncode}; log: {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.ready_url, timeout=2).status_code == 200:
-                    return self
-            time.sleep(1)
-        self.__exit__()
-        raise TimeoutError(f"not ready after 600 s; log: {self.log_path}")
-
-    def __exit__(self, *exc) -> None:
-        import subprocess
-
-        ours = _engine_descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        self.path.unlink(missing_ok=True)
-        deadline = time.monotonic() + 30
-        while any(p.is_running() for p in ours) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leaked = [p for p in ours if p.is_running()]
-        for p in leaked:
-            with contextlib.suppress(Exception):
-                p.kill()
-        if leaked:
-            raise RuntimeError(f"vLLM engine processes of this server outlived it: {[p.pid for p in leaked]}")
 
 
 def wait_for_replicas(folder: Path, n: int, timeout_s: float = 600) -> None:
@@ -412,20 +336,27 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
             model["router_load_factor"] = args.router_load_factor
         plan = requests_plan(n, len(prompts), seed=args.seed)
         log = log_dir / f"serve-{target}-{router}.log"
-        with Server(serve_config(model, args.port), args.port, log):
+        ready = f"http://127.0.0.1:{args.port}/ready"
+        with ServeProcess.from_dict(serve_config(model, args.port), ready, log).start(timeout_s=600):
             wait_for_replicas(stats_dir, replicas)
             warmup = args.warmup if args.warmup is not None else 3 * conc
             if warmup:
                 # Steady state: the first cold prefills of every prompt are not measured.
-                asyncio.run(run_load(
-                    f"http://127.0.0.1:{args.port}", prompts, requests_plan(warmup, len(prompts), seed=args.seed + 1),
-                    conc, args.max_tokens, args.timeout_s,
-                ))
+                asyncio.run(
+                    run_load(
+                        f"http://127.0.0.1:{args.port}",
+                        prompts,
+                        requests_plan(warmup, len(prompts), seed=args.seed + 1),
+                        conc,
+                        args.max_tokens,
+                        args.timeout_s,
+                    )
+                )
             time.sleep(1.0)
             before = read_stats(stats_dir)
-            load = asyncio.run(run_load(
-                f"http://127.0.0.1:{args.port}", prompts, plan, conc, args.max_tokens, args.timeout_s
-            ))
+            load = asyncio.run(
+                run_load(f"http://127.0.0.1:{args.port}", prompts, plan, conc, args.max_tokens, args.timeout_s)
+            )
             time.sleep(1.5)  # the replicas' last stats writes
             after = read_stats(stats_dir)
     finally:
@@ -436,8 +367,11 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
 
     per_replica = sorted((int(delta(pid, "requests")) for pid in after), reverse=True)
     replica_hit_rates = sorted(
-        (round(delta(pid, "prefix_cache_hits") / delta(pid, "prefix_cache_queries"), 3)
-         for pid in after if delta(pid, "prefix_cache_queries")),
+        (
+            round(delta(pid, "prefix_cache_hits") / delta(pid, "prefix_cache_queries"), 3)
+            for pid in after
+            if delta(pid, "prefix_cache_queries")
+        ),
         reverse=True,
     )
     queries = sum(delta(pid, "prefix_cache_queries") for pid in after)
@@ -445,15 +379,25 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
     ok = len(load["ttfts"])
     fair = sum(per_replica) / max(1, replicas)
     return {
-        "target": target, "router": router, "replicas": replicas, "warmup_requests": warmup,
-        "router_settings": {k: v for k, v in model.items() if k.startswith("router_")}, "concurrency": conc,
-        "requests": n, "ok": ok, "errors": len(load["errors"]), "error_samples": load["errors"][:3],
+        "target": target,
+        "router": router,
+        "replicas": replicas,
+        "warmup_requests": warmup,
+        "router_settings": {k: v for k, v in model.items() if k.startswith("router_")},
+        "concurrency": conc,
+        "requests": n,
+        "ok": ok,
+        "errors": len(load["errors"]),
+        "error_samples": load["errors"][:3],
         "prefix_cache_hit_rate": hits / queries if queries else float("nan"),
-        "prefix_cache_queries": queries, "prefix_cache_hits": hits,
-        "ttft_p50_s": percentile(load["ttfts"], 50), "ttft_p99_s": percentile(load["ttfts"], 99),
+        "prefix_cache_queries": queries,
+        "prefix_cache_hits": hits,
+        "ttft_p50_s": percentile(load["ttfts"], 50),
+        "ttft_p99_s": percentile(load["ttfts"], 99),
         "ttft_mean_s": statistics.fmean(load["ttfts"]) if load["ttfts"] else float("nan"),
         "latency_p50_s": percentile(load["latencies"], 50),
-        "requests_per_s": ok / load["wall_s"], "output_tokens_per_s": load["tokens"] / load["wall_s"],
+        "requests_per_s": ok / load["wall_s"],
+        "output_tokens_per_s": load["tokens"] / load["wall_s"],
         "wall_s": load["wall_s"],
         "requests_per_replica": per_replica,
         "hit_rate_per_replica": replica_hit_rates,
@@ -480,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=8, help="distinct system prompts")
     p.add_argument("--system-tokens", type=int, default=1500, help="tokens per system prompt")
     p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--router-threshold", type=int, default=None, help="prefix_aware: override router_imbalance_threshold")
+    p.add_argument(
+        "--router-threshold", type=int, default=None, help="prefix_aware: override router_imbalance_threshold"
+    )
     p.add_argument("--router-load-factor", type=float, default=None, help="prefix_aware: override router_load_factor")
     p.add_argument("--sim-replicas", type=int, default=8)
     p.add_argument("--sim-concurrency", type=int, default=24)
@@ -488,10 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vllm-replicas", type=int, default=2)
     p.add_argument("--vllm-concurrency", type=int, default=8)
     p.add_argument("--vllm-requests", type=int, default=160)
-    p.add_argument("--vllm-kv-mib", type=int, default=10, help="KV cache per vLLM replica (1 MiB ~ 1000 tokens of the tiny model)")
+    p.add_argument(
+        "--vllm-kv-mib", type=int, default=10, help="KV cache per vLLM replica (1 MiB ~ 1000 tokens of the tiny model)"
+    )
     p.add_argument("--port", type=int, default=8040, help="Serve proxy port of the benchmarked cluster")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=None, help="unmeasured requests first (default 3 x concurrency; 0: measure the cold start)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="unmeasured requests first (default 3 x concurrency; 0: measure the cold start)",
+    )
     p.add_argument("--timeout-s", type=float, default=120)
     p.add_argument("--short", action="store_true", help="a quick run: fewer requests")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default loadtests/results/routing-<time>.json)")
@@ -508,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="routing-bench-logs-"))
     out = args.out or RESULTS / f"routing-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    report: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "runs": []}
+    report: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "runs": [],
+    }
     for target in targets:
         counter = sim_token_counter() if target == "sim" else vllm_token_counter()
         prompts = system_prompts(args.prompts, args.system_tokens, counter)
@@ -521,9 +477,11 @@ def main(argv: list[str] | None = None) -> int:
             report["runs"].append(row)
             out.write_text(json.dumps(report, indent=2))
         replicas = rows[0]["replicas"] if rows else 0
-        print(f"\n== {target}: {replicas} replicas, {args.prompts} system prompts x ~{args.system_tokens} tokens,"
-              f" concurrency {rows[0]['concurrency'] if rows else 0}, {rows[0]['requests'] if rows else 0} requests,"
-              f" max_tokens {args.max_tokens}")
+        print(
+            f"\n== {target}: {replicas} replicas, {args.prompts} system prompts x ~{args.system_tokens} tokens,"
+            f" concurrency {rows[0]['concurrency'] if rows else 0}, {rows[0]['requests'] if rows else 0} requests,"
+            f" max_tokens {args.max_tokens}"
+        )
         print(table(rows), flush=True)
     print(f"\nwrote {out}")
     return 0

@@ -304,7 +304,9 @@ def format_table(summary: dict, meta: dict) -> str:
             f"scenario {meta.get('scenario')} | {meta.get('users')} users @ {meta.get('spawn_rate')}/s | "
             f"{meta.get('duration_s')}s | {meta.get('host')}"
         )
-    head = f"{'request':<34} {'reqs':>7} {'fails':>6} {'rps':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'avg ms':>8}"
+    head = (
+        f"{'request':<34} {'reqs':>7} {'fails':>6} {'rps':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'avg ms':>8}"
+    )
     lines += [head, "-" * len(head)]
     by_name = {r["Name"]: r for r in summary["rows"] if is_request(r)}
     for name, p in summary["latency_ms"].items():
@@ -408,7 +410,9 @@ def write_chart(history: list[dict], path: Path, title: str) -> bool:
         prev = (x, total)
     if tok_x:  # 5-point moving average: per-second token deltas are lumpy
         k = 5
-        tok_y = [sum(tok_y[max(0, i - k + 1) : i + 1]) / len(tok_y[max(0, i - k + 1) : i + 1]) for i in range(len(tok_y))]
+        tok_y = [
+            sum(tok_y[max(0, i - k + 1) : i + 1]) / len(tok_y[max(0, i - k + 1) : i + 1]) for i in range(len(tok_y))
+        ]
         ax.plot(tok_x, tok_y, color="tab:green", label="output tokens/s (5 s avg)")
     ax.set_ylim(bottom=0)
     ax.set_ylabel("output tokens/s")

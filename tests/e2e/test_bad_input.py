@@ -1,8 +1,8 @@
 """Malformed requests against the real dev server: the right 4xx, OpenAI's error body, and it keeps serving.
 
 `CASES` is the table (its length is asserted below, so the count is visible):
-every case goes to the direct ingress (:8000), the ones marked `proxy` also
-through Ray Serve's proxy -> ingress deployment path (:8001). For each:
+every case goes to the direct ingress, the ones marked `proxy` also
+through Ray Serve's proxy -> ingress deployment path. For each:
 
 * the status is the expected one (a handful of cases may legitimately be
   served, e.g. NUL bytes or lone surrogates in a string: those accept 200 or
@@ -89,11 +89,22 @@ CASES: list[Case] = [
     Case("json-number-body", 400, b"42"),
     Case("json-null-body", 400, b"null"),
     Case("trailing-garbage", 400, json.dumps(VALID_CHAT).encode() + b" trailing"),
-    Case("invalid-utf8", 400, b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "\xff\xfe\xc3("}]}', proxy=True),
+    Case(
+        "invalid-utf8",
+        400,
+        b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "\xff\xfe\xc3("}]}',
+        proxy=True,
+    ),
     Case("nesting-too-deep", 400, raw_chat(b'"user": ' + b"[" * 100_000 + b"]" * 100_000), proxy=True),
     Case("integer-with-5000-digits", 400, raw_chat(b'"seed": ' + b"9" * 5000)),
     Case("nan-temperature", 400, raw_chat(b'"temperature": NaN'), param="temperature"),
-    Case("content-type-text-plain", 415, json.dumps(VALID_CHAT).encode(), headers={"content-type": "text/plain"}, proxy=True),
+    Case(
+        "content-type-text-plain",
+        415,
+        json.dumps(VALID_CHAT).encode(),
+        headers={"content-type": "text/plain"},
+        proxy=True,
+    ),
     Case("content-type-form", 415, b"model=tiny-llama", headers={"content-type": "application/x-www-form-urlencoded"}),
     Case("body-over-limit", 413, OVER_LIMIT, path=COMPLETIONS_PATH, proxy=True),
     # -- model ------------------------------------------------------------------------
@@ -116,9 +127,18 @@ CASES: list[Case] = [
     Case("content-number", 400, chat(messages=[{"role": "user", "content": 42}]), proxy=True),
     Case("content-dict", 400, chat(messages=[{"role": "user", "content": {"text": "hi"}}])),
     Case("content-null-for-user", 400, chat(messages=[{"role": "user", "content": None}])),
-    Case("content-part-unknown-type", 400, chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])),
+    Case(
+        "content-part-unknown-type",
+        400,
+        chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
+    ),
     Case("content-part-without-text", 400, chat(messages=[{"role": "user", "content": [{"type": "text"}]}])),
-    Case("message-unknown-field", 400, chat(messages=[{"role": "user", "content": "x", "mood": "happy"}]), code="unknown_parameter"),
+    Case(
+        "message-unknown-field",
+        400,
+        chat(messages=[{"role": "user", "content": "x", "mood": "happy"}]),
+        code="unknown_parameter",
+    ),
     Case("name-int", 400, chat(messages=[{"role": "user", "content": "x", "name": 7}])),
     # -- max_tokens -------------------------------------------------------------------
     Case("max-tokens-string", 400, chat(max_tokens="5"), param="max_tokens", proxy=True),
@@ -128,7 +148,13 @@ CASES: list[Case] = [
     Case("max-completion-tokens-negative", 400, chat(max_completion_tokens=-1), param="max_completion_tokens"),
     Case("max-tokens-over-context", 400, chat(max_tokens=10**9), code="context_length_exceeded", proxy=True),
     Case("max-tokens-over-int64", 400, chat(max_tokens=2**70), code="context_length_exceeded"),
-    Case("max-tokens-over-context-completions", 400, completion(max_tokens=MAX_MODEL_LEN), path=COMPLETIONS_PATH, code="context_length_exceeded"),
+    Case(
+        "max-tokens-over-context-completions",
+        400,
+        completion(max_tokens=MAX_MODEL_LEN),
+        path=COMPLETIONS_PATH,
+        code="context_length_exceeded",
+    ),
     # -- sampling ---------------------------------------------------------------------
     Case("temperature-string", 400, chat(temperature="hot"), param="temperature"),
     Case("temperature-numeric-string", 400, chat(temperature="0.7"), param="temperature"),
@@ -159,23 +185,78 @@ CASES: list[Case] = [
     # -- stream, logprobs -------------------------------------------------------------
     Case("stream-string", 400, chat(stream="true"), param="stream"),
     Case("stream-options-without-stream", 400, chat(stream_options={"include_usage": True})),
-    Case("stream-options-unknown-field", 400, chat(stream=True, stream_options={"include_usage": True, "x": 1}), code="unknown_parameter"),
+    Case(
+        "stream-options-unknown-field",
+        400,
+        chat(stream=True, stream_options={"include_usage": True, "x": 1}),
+        code="unknown_parameter",
+    ),
     Case("logprobs-string", 400, chat(logprobs="true"), param="logprobs"),
     Case("top-logprobs-above-20", 400, chat(logprobs=True, top_logprobs=21), param="top_logprobs"),
     Case("top-logprobs-negative", 400, chat(logprobs=True, top_logprobs=-1), param="top_logprobs"),
     # -- response_format --------------------------------------------------------------
     Case("response-format-string", 400, chat(response_format="json"), param="response_format"),
-    Case("response-format-unknown-type", 400, chat(response_format={"type": "xml"}), param="response_format.type", proxy=True),
+    Case(
+        "response-format-unknown-type",
+        400,
+        chat(response_format={"type": "xml"}),
+        param="response_format.type",
+        proxy=True,
+    ),
     Case("response-format-json-schema-missing", 400, chat(response_format={"type": "json_schema"})),
-    Case("response-format-schema-not-object", 400, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": ["type", "object"]}}), param="response_format.json_schema.schema"),
-    Case("response-format-schema-string", 400, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}), param="response_format.json_schema.schema"),
-    Case("response-format-invalid-schema", 400, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": 5}}}), param="response_format.json_schema.schema"),
-    Case("response-format-schema-too-deep", 400, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": deep_schema(600)}})),
-    Case("response-format-bad-name", 400, chat(response_format={"type": "json_schema", "json_schema": {"name": "has space", "schema": {"type": "object"}}}), param="response_format.json_schema.name"),
+    Case(
+        "response-format-schema-not-object",
+        400,
+        chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": ["type", "object"]}}),
+        param="response_format.json_schema.schema",
+    ),
+    Case(
+        "response-format-schema-string",
+        400,
+        chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}),
+        param="response_format.json_schema.schema",
+    ),
+    Case(
+        "response-format-invalid-schema",
+        400,
+        chat(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object", "properties": 5}},
+            }
+        ),
+        param="response_format.json_schema.schema",
+    ),
+    Case(
+        "response-format-schema-too-deep",
+        400,
+        chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": deep_schema(600)}}),
+    ),
+    Case(
+        "response-format-bad-name",
+        400,
+        chat(
+            response_format={"type": "json_schema", "json_schema": {"name": "has space", "schema": {"type": "object"}}}
+        ),
+        param="response_format.json_schema.name",
+    ),
     # -- unknown arguments ------------------------------------------------------------
     Case("unknown-argument", 400, chat(frobnicate=1), code="unknown_parameter", param="frobnicate", proxy=True),
-    Case("unknown-argument-tools", 400, chat(tools=[{"type": "function", "function": {"name": "f"}}]), code="unknown_parameter", param="tools"),
-    Case("unknown-argument-completions", 400, completion(suffix="x"), path=COMPLETIONS_PATH, code="unknown_parameter", param="suffix"),
+    Case(
+        "unknown-argument-tools",
+        400,
+        chat(tools=[{"type": "function", "function": {"name": "f"}}]),
+        code="unknown_parameter",
+        param="tools",
+    ),
+    Case(
+        "unknown-argument-completions",
+        400,
+        completion(suffix="x"),
+        path=COMPLETIONS_PATH,
+        code="unknown_parameter",
+        param="suffix",
+    ),
     # -- strings the engine must survive: served or refused, never a 5xx --------------
     Case("nul-in-content", OK_OR_4XX, chat(messages=[{"role": "user", "content": "a\u0000b"}]), proxy=True),
     Case("nul-in-prompt", OK_OR_4XX, completion(prompt="a\u0000b"), path=COMPLETIONS_PATH),
@@ -183,23 +264,60 @@ CASES: list[Case] = [
     Case("lone-surrogate-in-content", OK_OR_4XX, chat(messages=[{"role": "user", "content": "a\ud800b"}]), proxy=True),
     Case("lone-surrogate-in-prompt", OK_OR_4XX, completion(prompt="a\udfffb"), path=COMPLETIONS_PATH, proxy=True),
     Case("lone-surrogate-in-stop", OK_OR_4XX, chat(stop=["\ud800"])),
-    Case("lone-surrogate-in-content-part", OK_OR_4XX, chat(messages=[{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}])),
+    Case(
+        "lone-surrogate-in-content-part",
+        OK_OR_4XX,
+        chat(messages=[{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]),
+    ),
     Case("lone-surrogate-in-model", "4xx", chat(model="\ud800")),
     Case("lone-surrogate-in-unknown-key", 400, raw_chat(b'"\\ud800": 1')),
     # -- completions prompts ----------------------------------------------------------
-    Case("prompt-missing", 400, completion(prompt=DROP), path=COMPLETIONS_PATH, code="missing_required_parameter", param="prompt"),
+    Case(
+        "prompt-missing",
+        400,
+        completion(prompt=DROP),
+        path=COMPLETIONS_PATH,
+        code="missing_required_parameter",
+        param="prompt",
+    ),
     Case("prompt-int", 400, completion(prompt=5), path=COMPLETIONS_PATH),
     Case("prompt-empty-list", 400, completion(prompt=[]), path=COMPLETIONS_PATH, proxy=True),
     Case("prompt-mixed-list", 400, completion(prompt=[1, "a"]), path=COMPLETIONS_PATH),
     Case("prompt-nested-ids", 400, completion(prompt=[[1, 2]]), path=COMPLETIONS_PATH),
     Case("prompt-float-ids", 400, completion(prompt=[1.5, 2]), path=COMPLETIONS_PATH),
-    Case("prompt-ids-out-of-vocab", 400, completion(prompt=[1, 999999]), path=COMPLETIONS_PATH, param="prompt", proxy=True),
+    Case(
+        "prompt-ids-out-of-vocab",
+        400,
+        completion(prompt=[1, 999999]),
+        path=COMPLETIONS_PATH,
+        param="prompt",
+        proxy=True,
+    ),
     Case("prompt-ids-negative", 400, completion(prompt=[-1]), path=COMPLETIONS_PATH, param="prompt"),
     Case("prompt-ids-over-int64", 400, completion(prompt=[2**64]), path=COMPLETIONS_PATH),
-    Case("prompt-ids-out-of-vocab-stream", 400, completion(prompt=[999999], stream=True), path=COMPLETIONS_PATH, param="prompt"),
+    Case(
+        "prompt-ids-out-of-vocab-stream",
+        400,
+        completion(prompt=[999999], stream=True),
+        path=COMPLETIONS_PATH,
+        param="prompt",
+    ),
     Case("prompt-batched", 400, completion(prompt=["a", "b"]), path=COMPLETIONS_PATH),
-    Case("prompt-too-long", 400, completion(prompt=LONG_TEXT), path=COMPLETIONS_PATH, code="context_length_exceeded", proxy=True),
-    Case("prompt-ids-too-long", 400, completion(prompt=[100] * (MAX_MODEL_LEN + 10)), path=COMPLETIONS_PATH, code="context_length_exceeded"),
+    Case(
+        "prompt-too-long",
+        400,
+        completion(prompt=LONG_TEXT),
+        path=COMPLETIONS_PATH,
+        code="context_length_exceeded",
+        proxy=True,
+    ),
+    Case(
+        "prompt-ids-too-long",
+        400,
+        completion(prompt=[100] * (MAX_MODEL_LEN + 10)),
+        path=COMPLETIONS_PATH,
+        code="context_length_exceeded",
+    ),
     Case("completions-logprobs-above-5", 400, completion(logprobs=6), path=COMPLETIONS_PATH, param="logprobs"),
     Case("completions-logprobs-negative", 400, completion(logprobs=-1), path=COMPLETIONS_PATH, param="logprobs"),
     Case("completions-echo-unsupported", 400, completion(echo=True), path=COMPLETIONS_PATH),

@@ -4,18 +4,39 @@ import json
 import subprocess
 import sys
 
+from loadtests.servers import ROOT, free_port
 from tests.e2e.conftest import API_KEY, DIRECT_URL
-from tests.serve_process import ROOT
 
 
 def test_short_benchmark_writes_results(dev_server, tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.bench", "--config", str(ROOT / "configs" / "dev.yaml"),
-         "--concurrency", "16", "--warmup", "1", "--duration", "3",
-         "--our-url", DIRECT_URL, "--api-key", API_KEY, "--plain-port", "8610",
-         "--allow-other-engines", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--config",
+            str(ROOT / "configs" / "dev.yaml"),
+            "--concurrency",
+            "16",
+            "--warmup",
+            "1",
+            "--duration",
+            "3",
+            "--our-url",
+            DIRECT_URL,
+            "--api-key",
+            API_KEY,
+            "--plain-port",
+            str(free_port()),
+            "--allow-other-engines",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())

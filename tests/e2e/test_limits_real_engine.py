@@ -5,21 +5,21 @@ import time
 
 import httpx
 import pytest
-import yaml
 
-from tests.serve_process import ROOT, ServeProcess, write_config
+from loadtests import sse
+from loadtests.servers import free_ports
+from tests.e2e.conftest import dev_config, start_stack
 
-URL = "http://127.0.0.1:8040"
+DIRECT_PORT, PROXY_PORT = free_ports(2)
+URL = f"http://127.0.0.1:{DIRECT_PORT}"
 KEY_A, KEY_B = "sk-limits-a", "sk-limits-b"
 MODEL = "tiny-llama"
 
 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory):
-    config = yaml.safe_load((ROOT / "configs" / "dev.yaml").read_text())
-    config["http_options"]["port"] = 8041
+    config = dev_config(DIRECT_PORT, PROXY_PORT)
     args = config["applications"][0]["args"]
-    args["ingress"]["port"] = 8040
     # The timeout must outlast the set-up of the 3 streams and the 4th request by far: with 1.5 s, CI once
     # saw a stream time out (freeing its place) just before the 4th request, which then got 200.
     args["limits"] = {"requests_per_minute": 5, "request_timeout_s": 6}
@@ -28,9 +28,8 @@ def limited_server(tmp_path_factory):
     model["deployment"]["max_queued_requests"] = 1  # 2 running + 1 queued
     model["deployment"]["autoscaling"]["target_ongoing_requests"] = 2
     log = tmp_path_factory.mktemp("serve") / "serve-limits.log"
-    server = ServeProcess(write_config(config), f"{URL}/ready", log, env={"SERVING_API_KEYS": f"{KEY_A},{KEY_B}"}).start()
-    yield server
-    server.stop()
+    with start_stack(config, log, env={"SERVING_API_KEYS": f"{KEY_A},{KEY_B}"}) as server:
+        yield server
 
 
 def auth(key):
@@ -38,8 +37,14 @@ def auth(key):
 
 
 def body(max_tokens, stream=False, n=1):
-    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": stream, "n": n}
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": stream,
+        "n": n,
+    }
 
 
 async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server):
@@ -48,12 +53,13 @@ async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server
 
         async def long_stream(i):
             events = []
-            async with client.stream("POST", f"{URL}/v1/chat/completions", json=body(1900, True, n=16), headers=auth(KEY_A)) as r:
+            async with client.stream(
+                "POST", f"{URL}/v1/chat/completions", json=body(1900, True, n=16), headers=auth(KEY_A)
+            ) as r:
                 assert r.status_code == 200
-                async for line in r.aiter_lines():
-                    if line.startswith("data: "):
-                        events.append(line)
-                        admitted[i].set()
+                async for event in sse.aiter_events(r.aiter_bytes()):
+                    events.append(event.json())
+                    admitted[i].set()
             return events
 
         # 3 streams of 16 x 1900 tokens: ~90k tokens, over 10 s of generation here, so each outlasts
@@ -72,8 +78,8 @@ async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server
         assert elapsed < 0.1, f"503 took {elapsed * 1000:.0f} ms"
         # the long streams pass request_timeout_s: an error event, then [DONE]
         for events in await asyncio.gather(*streams):
-            assert events[-1] == "data: [DONE]"
-            assert '"code":"request_timeout"' in events[-2]
+            assert events[-1] == sse.DONE
+            assert events[-2]["error"]["code"] == "request_timeout", events[-2]
         stats = (await client.get(f"{URL}/stats", headers=auth(KEY_B))).json()[MODEL]
         assert stats["unfinished_requests"] == 0 and stats["in_flight"] == 0
 
@@ -81,8 +87,18 @@ async def test_full_queue_answers_503_at_once_and_timeouts_cancel(limited_server
 def test_requests_per_minute_per_key(limited_server):
     # 5 requests per minute per key (the /stats call does not count)
     for _ in range(5):
-        assert httpx.post(f"{URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, headers=auth(KEY_B), timeout=30).status_code == 200
-    r = httpx.post(f"{URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, headers=auth(KEY_B), timeout=30)
+        assert (
+            httpx.post(
+                f"{URL}/v1/completions",
+                json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+                headers=auth(KEY_B),
+                timeout=30,
+            ).status_code
+            == 200
+        )
+    r = httpx.post(
+        f"{URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, headers=auth(KEY_B), timeout=30
+    )
     assert r.status_code == 429
     assert int(r.headers["retry-after"]) >= 1
     assert r.json()["error"]["code"] == "rate_limit_exceeded"

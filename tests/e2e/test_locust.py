@@ -14,8 +14,6 @@ import pytest
 
 from tests.e2e.conftest import API_KEY, DIRECT_URL
 
-pytestmark = pytest.mark.e2e
-
 ROOT = Path(__file__).resolve().parents[2]
 DURATION_S = 15
 
@@ -126,7 +124,9 @@ def test_impossible_slo_exits_1(load_run, tmp_path):
 
 def test_unreachable_host_is_not_a_pass(tmp_path):
     # Nothing listens there: setup fails, no request succeeds, the run is reported unusable.
-    proc = run_py("--duration", "3s", "--users", "1", "--host", "http://127.0.0.1:9", "--out", str(tmp_path), "--no-chart")
+    proc = run_py(
+        "--duration", "3s", "--users", "1", "--host", "http://127.0.0.1:9", "--out", str(tmp_path), "--no-chart"
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
 
 

@@ -12,7 +12,7 @@ from tests.e2e.conftest import AUTH, DIRECT_URL, PROXY_URL
 
 MODEL = "tiny-llama"
 DASHBOARD = Path(__file__).resolve().parents[2] / "observability" / "grafana-dashboard.json"
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)')
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)")
 
 
 def scrape(server) -> dict[str, list[tuple[dict, float]]]:
@@ -81,11 +81,16 @@ def test_request_metrics_count_what_was_sent(dev_server):
     base_auth = total(before, METRIC_NAMES["rejections"], reason="auth")
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "ignore_eos": True}
-    for i in range(3):
+    for _i in range(3):
         assert httpx.post(f"{DIRECT_URL}{route}", json=body, headers=AUTH, timeout=30).status_code == 200
-    for i in range(2):
-        assert httpx.post(f"{DIRECT_URL}{route}", json={**body, "stream": True}, headers=AUTH, timeout=30).status_code == 200
-    assert httpx.post(f"{DIRECT_URL}{route}", json={**body, "model": "nope"}, headers=AUTH, timeout=30).status_code == 404
+    for _i in range(2):
+        assert (
+            httpx.post(f"{DIRECT_URL}{route}", json={**body, "stream": True}, headers=AUTH, timeout=30).status_code
+            == 200
+        )
+    assert (
+        httpx.post(f"{DIRECT_URL}{route}", json={**body, "model": "nope"}, headers=AUTH, timeout=30).status_code == 404
+    )
     assert httpx.post(f"{DIRECT_URL}{route}", json=body, timeout=30).status_code == 401
 
     def arrived(s):

@@ -2,8 +2,7 @@
 
 `tiny-llama` and `tiny-llama-short` are the same weights under two ids with
 different engine settings (max_model_len 2048 vs 512), each its own
-deployment. Served on ports of their own (direct 8010, proxy 8011) so the dev
-server's 8000/8001 stay free. Through the direct port, whichever replica the
+deployment. Served on free ports of their own, beside the dev server. Through the direct port, whichever replica the
 kernel hands the connection to answers for both ids (the other model's
 requests are forwarded through a Ray Serve handle); through the proxy port the
 ingress deployment routes by model.
@@ -11,42 +10,29 @@ ingress deployment routes by model.
 
 from __future__ import annotations
 
-import copy
-
 import httpx
 import openai
 import pytest
-import yaml
 from openai import OpenAI
 
-from tests.serve_process import ROOT, ServeProcess, write_config
+from loadtests.servers import ROOT, free_ports
+from tests.e2e.conftest import dev_config, start_stack
 
-pytestmark = pytest.mark.e2e
-
-DIRECT_PORT, PROXY_PORT = 8010, 8011
+DIRECT_PORT, PROXY_PORT = free_ports(2)
 DIRECT_URL, PROXY_URL = f"http://127.0.0.1:{DIRECT_PORT}", f"http://127.0.0.1:{PROXY_PORT}"
 LONG, SHORT = "tiny-llama", "tiny-llama-short"
 NO_EOS = {"ignore_eos": True}
 
 
 def multi_model_config() -> dict:
-    data = copy.deepcopy(yaml.safe_load((ROOT / "configs" / "multi-model.yaml").read_text()))
-    data["http_options"]["port"] = PROXY_PORT
-    data["http_options"]["host"] = "127.0.0.1"
-    args = data["applications"][0]["args"]
-    args["ingress"]["port"] = DIRECT_PORT
-    args["ingress"]["host"] = "127.0.0.1"
-    return data
+    return dev_config(DIRECT_PORT, PROXY_PORT, ROOT / "configs" / "multi-model.yaml")
 
 
 @pytest.fixture(scope="module")
 def multi_server(tmp_path_factory):
-    config = write_config(multi_model_config())
     log = tmp_path_factory.mktemp("serve") / "serve-multi-model.log"
-    server = ServeProcess(config, f"{DIRECT_URL}/ready", log).start(timeout_s=600)
-    yield server
-    server.stop()
-    config.unlink(missing_ok=True)
+    with start_stack(multi_model_config(), log, timeout_s=600) as server:
+        yield server
 
 
 @pytest.fixture(scope="module", params=["direct", "proxy"])
@@ -93,10 +79,16 @@ def test_each_model_answers(client, model):
 @pytest.mark.parametrize("model", [LONG, SHORT])
 def test_each_model_streams(client, model):
     for _ in range(2):
-        chunks = list(client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "count"}], max_tokens=6, stream=True,
-            stream_options={"include_usage": True}, extra_body=NO_EOS,
-        ))
+        chunks = list(
+            client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "count"}],
+                max_tokens=6,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=NO_EOS,
+            )
+        )
         assert all(c.model == model for c in chunks)
         assert chunks[-1].usage.completion_tokens == 6
 

@@ -1,10 +1,11 @@
 """The OpenAI API end to end: `serve run configs/dev.yaml`, the real vLLM CPU engine, the official SDK.
 
-Tests taking `any_client` run twice: through the direct ingress (:8000) and
-through Ray Serve's proxy -> ingress deployment -> LLM deployment (:8001).
+Tests taking `any_client` run twice: through the direct ingress and
+through Ray Serve's proxy -> ingress deployment -> LLM deployment.
 """
 
 import json
+import re
 
 import httpx
 import jsonschema
@@ -12,6 +13,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from loadtests import sse
 from serving.models.tiny_llama import model_dir
 from tests.e2e.conftest import AUTH, DIRECT_URL
 
@@ -44,10 +46,19 @@ def test_models(any_client):
 
 
 def test_chat_usage_matches_tokens(any_client, tokenizer):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
     r = any_client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=12, temperature=0.7, user="u1",
-        presence_penalty=0.5, frequency_penalty=0.5, extra_body=NO_EOS,
+        model=MODEL,
+        messages=messages,
+        max_tokens=12,
+        temperature=0.7,
+        user="u1",
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        extra_body=NO_EOS,
     )
     assert r.object == "chat.completion" and r.model == MODEL
     assert r.choices[0].message.role == "assistant" and isinstance(r.choices[0].message.content, str)
@@ -67,8 +78,12 @@ def test_max_completion_tokens(client):
 def test_chat_stream_with_usage(any_client, tokenizer):
     messages = [{"role": "user", "content": "Write a short poem about the sea."}]
     stream = any_client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=16, stream=True,
-        stream_options={"include_usage": True}, extra_body=NO_EOS,
+        model=MODEL,
+        messages=messages,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=NO_EOS,
     )
     chunks = list(stream)
     content_chunks = [c for c in chunks if c.choices]
@@ -89,11 +104,9 @@ def test_stream_sse_framing(dev_server):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
-    events = [e for e in raw.split("\n\n") if e]
-    assert all(e.startswith("data: ") for e in events)
-    assert events[-1] == "data: [DONE]"
-    for e in events[:-1]:
-        json.loads(e[len("data: "):])
+    assert re.fullmatch(r"(data: [^\n]+\n\n)+", raw), raw[:300]
+    events = sse.parse(raw)
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
 
 
 def test_completions(any_client, tokenizer):
@@ -106,7 +119,12 @@ def test_completions(any_client, tokenizer):
 
 def test_completions_stream(any_client):
     stream = any_client.completions.create(
-        model=MODEL, prompt="Hello", max_tokens=9, stream=True, stream_options={"include_usage": True}, extra_body=NO_EOS
+        model=MODEL,
+        prompt="Hello",
+        max_tokens=9,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=NO_EOS,
     )
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -128,7 +146,13 @@ def test_n_two_choices(client):
 
 
 def test_same_seed_same_text(any_client):
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=24, temperature=0.9, extra_body=NO_EOS)
+    kw = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        max_tokens=24,
+        temperature=0.9,
+        extra_body=NO_EOS,
+    )
     a = any_client.chat.completions.create(seed=42, **kw).choices[0].message.content
     b = any_client.chat.completions.create(seed=42, **kw).choices[0].message.content
     c = any_client.chat.completions.create(seed=7, **kw).choices[0].message.content
@@ -169,7 +193,9 @@ def test_json_schema_output(any_client):
 
 def test_json_object_output_starts_an_object(client):
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "JSON please"}], max_tokens=30,
+        model=MODEL,
+        messages=[{"role": "user", "content": "JSON please"}],
+        max_tokens=30,
         response_format={"type": "json_object"},
     )
     assert r.choices[0].message.content.lstrip().startswith("{")
@@ -177,12 +203,17 @@ def test_json_object_output_starts_an_object(client):
 
 def test_chat_logprobs(client):
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5, logprobs=True, top_logprobs=3, extra_body=NO_EOS
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body=NO_EOS,
     )
     content = r.choices[0].logprobs.content
     assert len(content) == 5
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
-    assert "".join(t.token for t in content) != "" 
+    assert "".join(t.token for t in content) != ""
 
 
 def test_completion_logprobs(client):
@@ -212,7 +243,10 @@ def test_unknown_model_is_404(any_client):
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
         ({"top_logprobs": 3}, None),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, "response_format.json_schema.schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+            "response_format.json_schema.schema",
+        ),
     ],
 )
 def test_invalid_parameters_are_400(any_client, kwargs, param):
@@ -238,11 +272,15 @@ def test_prompt_longer_than_context_is_400(any_client):
 
 def test_unrecognized_argument_is_400(client):
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={"tempreature": 1})
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={"tempreature": 1}
+        )
     assert "tempreature" in exc.value.body["message"]
 
 
 def test_broken_json_is_400(dev_server):
-    r = httpx.post(f"{DIRECT_URL}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json", **AUTH})
+    r = httpx.post(
+        f"{DIRECT_URL}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json", **AUTH}
+    )
     assert r.status_code == 400
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}

@@ -11,10 +11,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
-pytestmark = pytest.mark.e2e
-
 
 def test_engine_and_replica_run_at_normal_priority(dev_server):
     replica = dev_server.descendants("ServeReplica:llm:llm-tiny-llama")
@@ -46,7 +42,10 @@ def test_engine_core_joins_the_workers_core_under_load_and_leaves_after(dev_serv
 
     def one_stream():
         stream = client.chat.completions.create(
-            model="tiny-llama", messages=[{"role": "user", "content": "count"}], max_tokens=1500, stream=True,
+            model="tiny-llama",
+            messages=[{"role": "user", "content": "count"}],
+            max_tokens=1500,
+            stream=True,
             extra_body={"ignore_eos": True},
         )
         return sum(1 for _ in stream)

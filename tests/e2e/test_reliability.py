@@ -15,7 +15,11 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 
 @pytest.mark.parametrize("url", [DIRECT_URL, PROXY_URL])
 def test_api_keys_required_on_v1_routes(dev_server, url):
-    for path, method, body in [("/v1/models", "GET", None), ("/v1/chat/completions", "POST", CHAT), ("/v1/completions", "POST", {"model": MODEL, "prompt": "x"})]:
+    for path, method, body in [
+        ("/v1/models", "GET", None),
+        ("/v1/chat/completions", "POST", CHAT),
+        ("/v1/completions", "POST", {"model": MODEL, "prompt": "x"}),
+    ]:
         for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": f"Basic {API_KEY}"}):
             r = httpx.request(method, url + path, json=body, headers=headers, timeout=10)
             assert r.status_code == 401, (path, headers, r.text)
@@ -36,15 +40,27 @@ def test_sdk_without_key_gets_authentication_error(dev_server):
 
 
 def test_request_id_is_returned_and_used(dev_server):
-    r = httpx.post(f"{DIRECT_URL}/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-Id": "trace-abc.123"}, timeout=30)
+    r = httpx.post(
+        f"{DIRECT_URL}/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-Id": "trace-abc.123"}, timeout=30
+    )
     assert r.status_code == 200
     assert r.headers["x-request-id"] == "trace-abc.123"
     assert r.json()["id"].startswith("chatcmpl-trace-abc.123-")
     # an invalid id is replaced by a generated one
-    r = httpx.post(f"{DIRECT_URL}/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-Id": "bad id with spaces"}, timeout=30)
+    r = httpx.post(
+        f"{DIRECT_URL}/v1/chat/completions",
+        json=CHAT,
+        headers={**AUTH, "X-Request-Id": "bad id with spaces"},
+        timeout=30,
+    )
     assert r.headers["x-request-id"] != "bad id with spaces" and len(r.headers["x-request-id"]) == 32
     # errors carry it too
-    r = httpx.post(f"{DIRECT_URL}/v1/chat/completions", json={**CHAT, "model": "nope"}, headers={**AUTH, "X-Request-Id": "err-1"}, timeout=30)
+    r = httpx.post(
+        f"{DIRECT_URL}/v1/chat/completions",
+        json={**CHAT, "model": "nope"},
+        headers={**AUTH, "X-Request-Id": "err-1"},
+        timeout=30,
+    )
     assert r.status_code == 404 and r.headers["x-request-id"] == "err-1"
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from serving_k8s import render as k8s
 from serving.config import app_configs, load_serve_config
+from serving_k8s import render as k8s
 from tests.k8s.conftest import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"

@@ -1,7 +1,7 @@
 """The manifests in k8s/ against KubeRay's and Kubernetes' schemas, and the rules no schema expresses.
 
-Fast and offline: no cluster, no Ray. KubeRay's CRD schemas are read from
-../shared/kuberay (the tests that need them skip when it is absent);
+Fast and offline: no cluster, no Ray. KubeRay's CRD schemas are test data in
+tests/k8s/data/kuberay-v1.7.0 (source and license in its README);
 Kubernetes' own schemas come with the kubernetes-validate package.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from serving_k8s import render as k8s
 from serving.config import AppConfig, app_configs, load_serve_config
+from serving_k8s import render as k8s
 from tests.k8s.conftest import (
     K8S_DIR,
     K8S_VERSION,
@@ -86,18 +86,35 @@ def _first_rayservice() -> dict[str, Any]:
     [
         (lambda rs: rs["spec"]["rayClusterConfig"]["headGroupSpec"].update(rayStartParam={}), "rayStartParam"),
         (lambda rs: rs["spec"].update(serveConfig="x"), "serveConfig"),
-        (lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-         .update(imagePullPolice="Always"), "imagePullPolice"),
-        (lambda rs: rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
-         "is not of type 'string'"),
+        (
+            lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][
+                0
+            ].update(imagePullPolice="Always"),
+            "imagePullPolice",
+        ),
+        (
+            lambda rs: rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+            "is not of type 'string'",
+        ),
         (lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
-        (lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(maxReplicas="4"),
-         "is not of type 'integer'"),
-        (lambda rs: rs["spec"]["rayClusterConfig"].update(autoscalerOptions={"upscalingMode": "Fast"}),
-         "is not one of"),
+        (
+            lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(maxReplicas="4"),
+            "is not of type 'integer'",
+        ),
+        (
+            lambda rs: rs["spec"]["rayClusterConfig"].update(autoscalerOptions={"upscalingMode": "Fast"}),
+            "is not one of",
+        ),
     ],
-    ids=["unknown-field", "unknown-spec-field", "unknown-container-field", "int-start-param", "missing-required",
-         "string-replicas", "bad-enum"],
+    ids=[
+        "unknown-field",
+        "unknown-spec-field",
+        "unknown-container-field",
+        "int-start-param",
+        "missing-required",
+        "string-replicas",
+        "bad-enum",
+    ],
 )
 def test_schema_check_rejects_mistakes(mutate, expected, rayservice_schema):
     rs = copy.deepcopy(_first_rayservice())
@@ -184,8 +201,18 @@ def app_config(rs: dict[str, Any]) -> AppConfig:
 def quantity(value: Any) -> float:
     m = QUANTITY.match(str(value))
     assert m, f"unparsable quantity {value!r}"
-    scale = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[m.group(2)]
+    scale = {
+        None: 1,
+        "m": 1e-3,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }[m.group(2)]
     return float(m.group(1)) * scale
 
 
@@ -219,8 +246,9 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
     for g in groups:
         if not DNS_1123_LABEL.fullmatch(g["groupName"]) or len(g["groupName"]) > 63:
             errors.append(f"groupName {g['groupName']!r} is not a DNS-1123 label")
-    if service is not None and (not DNS_1035.fullmatch(service["metadata"]["name"])
-                                or len(service["metadata"]["name"]) > 63):
+    if service is not None and (
+        not DNS_1035.fullmatch(service["metadata"]["name"]) or len(service["metadata"]["name"]) > 63
+    ):
         errors.append(f"Service name {service['metadata']['name']!r} is not a DNS-1035 label")
 
     # Worker groups: bounds.
@@ -242,14 +270,21 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
     if len(images) != 1:
         errors.append(f"head and workers run different images: {sorted(images)}")
     if cluster.get("rayVersion") != k8s.ray_version():
-        errors.append(f"rayVersion {cluster.get('rayVersion')!r} != the Ray pin of pyproject.toml ({k8s.ray_version()})")
+        errors.append(
+            f"rayVersion {cluster.get('rayVersion')!r} != the Ray pin of pyproject.toml ({k8s.ray_version()})"
+        )
 
     # The head: Ray's control plane only; ports of GCS, dashboard, client, serve, metrics.
     if head.get("rayStartParams", {}).get("num-cpus") != "0":
         errors.append('head rayStartParams must have num-cpus: "0" (no replicas on the head)')
     head_ports = ports_by_name(containers(head["template"])[0])
-    for port_name, port in (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001),
-                            ("serve", serve_port), ("metrics", 8080)):
+    for port_name, port in (
+        ("gcs-server", 6379),
+        ("dashboard", 8265),
+        ("client", 10001),
+        ("serve", serve_port),
+        ("metrics", 8080),
+    ):
         if head_ports.get(port_name) != port:
             errors.append(f"head container must declare port {port_name}={port}, has {head_ports}")
     declared = {p for _, t in pod_templates(rs) for c in containers(t) for p in ports_by_name(c).values()}
@@ -270,21 +305,27 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
         for m in gpu_models:
             expected = k8s.gpus_per_replica(m)
             if gpus != expected:
-                errors.append(f"{g['groupName']}: GPU limit {gpus} != tensor_parallel_size x "
-                              f"pipeline_parallel_size of {m.id} ({expected})")
+                errors.append(
+                    f"{g['groupName']}: GPU limit {gpus} != tensor_parallel_size x "
+                    f"pipeline_parallel_size of {m.id} ({expected})"
+                )
             if m.deployment.num_gpus != expected:
                 errors.append(f"{m.id}: num_gpus {m.deployment.num_gpus:g} != TP x PP ({expected})")
             if quantity(limits.get("cpu", 0)) < m.deployment.num_cpus + expected:
-                errors.append(f"{g['groupName']}: {limits.get('cpu')} CPUs cannot hold a replica "
-                              f"({m.deployment.num_cpus:g}) and its {expected} GPU worker processes")
+                errors.append(
+                    f"{g['groupName']}: {limits.get('cpu')} CPUs cannot hold a replica "
+                    f"({m.deployment.num_cpus:g}) and its {expected} GPU worker processes"
+                )
             object_store = int(g.get("rayStartParams", {}).get("object-store-memory", 0))
             need = (m.deployment.memory_gib or 0) * 2**30 + object_store
             if quantity(limits.get("memory", 0)) < need:
                 errors.append(f"{g['groupName']}: memory limit {limits.get('memory')} < replica memory + object store")
             a = m.deployment.autoscaling
             if g.get("maxReplicas", 0) * gpus < a.max_replicas * m.deployment.num_gpus:
-                errors.append(f"{g['groupName']}: {g.get('maxReplicas')} pods x {gpus} GPUs cannot hold "
-                              f"max_replicas={a.max_replicas} replicas of {m.id}")
+                errors.append(
+                    f"{g['groupName']}: {g.get('maxReplicas')} pods x {gpus} GPUs cannot hold "
+                    f"max_replicas={a.max_replicas} replicas of {m.id}"
+                )
             if g.get("minReplicas", 0) * gpus < a.min_replicas * m.deployment.num_gpus:
                 errors.append(f"{g['groupName']}: minReplicas pods cannot hold min_replicas={a.min_replicas}")
         if gpus:
@@ -296,15 +337,20 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
         grace = g["template"]["spec"].get("terminationGracePeriodSeconds", 30)
         longest = max(m.deployment.graceful_shutdown_timeout_s for m in cfg.models)
         if grace <= longest:
-            errors.append(f"{g['groupName']}: terminationGracePeriodSeconds ({grace}) must exceed the replicas' "
-                          f"graceful_shutdown_timeout_s ({longest:g})")
+            errors.append(
+                f"{g['groupName']}: terminationGracePeriodSeconds ({grace}) must exceed the replicas' "
+                f"graceful_shutdown_timeout_s ({longest:g})"
+            )
         wports = ports_by_name(c)
         if wports.get("serve") != serve_port:
-            errors.append(f"{g['groupName']}: port 'serve' ({wports.get('serve')}) != http_options.port ({serve_port})"
-                          " (KubeRay's serve Service and probe use it)")
+            errors.append(
+                f"{g['groupName']}: port 'serve' ({wports.get('serve')}) != http_options.port ({serve_port})"
+                " (KubeRay's serve Service and probe use it)"
+            )
         if cfg.ingress.mode == "direct" and wports.get("direct") != cfg.ingress.port:
-            errors.append(f"{g['groupName']}: port 'direct' ({wports.get('direct')}) != ingress.port "
-                          f"({cfg.ingress.port})")
+            errors.append(
+                f"{g['groupName']}: port 'direct' ({wports.get('direct')}) != ingress.port ({cfg.ingress.port})"
+            )
         if str(wports.get("metrics")) != g.get("rayStartParams", {}).get("metrics-export-port", "8080"):
             errors.append(f"{g['groupName']}: port 'metrics' != rayStartParams metrics-export-port")
 
@@ -317,7 +363,12 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
             refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
             for key in k8s.SECRET_KEYS:
                 ref = refs.get(key)
-                if not ref or ref.get("name") != k8s.SECRET_NAME or ref.get("key") != key or ref.get("optional") is not True:
+                if (
+                    not ref
+                    or ref.get("name") != k8s.SECRET_NAME
+                    or ref.get("key") != key
+                    or ref.get("optional") is not True
+                ):
                     errors.append(f"{role}: env {key} must come from secret {k8s.SECRET_NAME} key {key}, optional")
 
     # Autoscaling: the in-tree autoscaler when the worker group can grow.
@@ -374,35 +425,62 @@ def _set_serve_config(rs, edit: Callable[[dict], None]):
 
 MUTATIONS: list[tuple[str, Callable[[dict, dict], None], str]] = [
     ("min>max", lambda rs, s: _worker(rs).update(minReplicas=5), "minReplicas (5) > maxReplicas"),
-    ("gpu-limit", lambda rs, s: _worker_container(rs)["resources"]["limits"].update({"nvidia.com/gpu": 1}),
-     "GPU limit 1 != tensor_parallel_size x pipeline_parallel_size"),
-    ("tp-changed", lambda rs, s: _set_serve_config(
-        rs, lambda d: d["applications"][0]["args"]["models"][0]["engine_args"].update(tensor_parallel_size=4)),
-     "GPU limit 2 != tensor_parallel_size"),
+    (
+        "gpu-limit",
+        lambda rs, s: _worker_container(rs)["resources"]["limits"].update({"nvidia.com/gpu": 1}),
+        "GPU limit 1 != tensor_parallel_size x pipeline_parallel_size",
+    ),
+    (
+        "tp-changed",
+        lambda rs, s: _set_serve_config(
+            rs, lambda d: d["applications"][0]["args"]["models"][0]["engine_args"].update(tensor_parallel_size=4)
+        ),
+        "GPU limit 2 != tensor_parallel_size",
+    ),
     ("long-name", lambda rs, s: rs["metadata"].update(name="llm-" + "x" * 44), "<= 47 characters"),
     ("bad-name", lambda rs, s: rs["metadata"].update(name="LLM_cluster"), "DNS-1035"),
-    ("latest", lambda rs, s: _worker_container(rs).update(image="registry.example.com/llm-serving:latest"),
-     "not pinned"),
+    (
+        "latest",
+        lambda rs, s: _worker_container(rs).update(image="registry.example.com/llm-serving:latest"),
+        "not pinned",
+    ),
     ("untagged", lambda rs, s: _worker_container(rs).update(image="registry.example.com/llm-serving"), "not pinned"),
-    ("head-cpus", lambda rs, s: rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"].pop("num-cpus"),
-     "num-cpus"),
-    ("serve-port", lambda rs, s: _set_serve_config(rs, lambda d: d["http_options"].update(port=8002)),
-     "port 'serve'"),
+    (
+        "head-cpus",
+        lambda rs, s: rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"].pop("num-cpus"),
+        "num-cpus",
+    ),
+    ("serve-port", lambda rs, s: _set_serve_config(rs, lambda d: d["http_options"].update(port=8002)), "port 'serve'"),
     ("direct-port", lambda rs, s: _worker_container(rs)["ports"].pop(0), "port 'direct'"),
     ("root", lambda rs, s: _worker(rs)["template"]["spec"]["securityContext"].update(runAsUser=0), "runAsUser"),
-    ("secret-not-optional", lambda rs, s: _worker_container(rs)["env"][0]["valueFrom"]["secretKeyRef"]
-     .update(optional=False), "optional"),
+    (
+        "secret-not-optional",
+        lambda rs, s: _worker_container(rs)["env"][0]["valueFrom"]["secretKeyRef"].update(optional=False),
+        "optional",
+    ),
     ("no-toleration", lambda rs, s: _worker(rs)["template"]["spec"].pop("tolerations"), "toleration"),
     ("small-pod", lambda rs, s: _worker_container(rs)["resources"]["limits"].update(memory="16Gi"), "memory limit"),
     ("few-pods", lambda rs, s: _worker(rs).update(maxReplicas=2), "cannot hold max_replicas=4"),
-    ("no-autoscaler", lambda rs, s: rs["spec"]["rayClusterConfig"].update(enableInTreeAutoscaling=False),
-     "needs enableInTreeAutoscaling"),
-    ("kueue-autoscaler", lambda rs, s: rs["metadata"]["labels"].update({"kueue.x-k8s.io/queue-name": "q"}),
-     "Kueue rejects"),
-    ("short-grace", lambda rs, s: _worker(rs)["template"]["spec"].update(terminationGracePeriodSeconds=60),
-     "terminationGracePeriodSeconds"),
-    ("selector", lambda rs, s: s["spec"]["selector"].update({"app.kubernetes.io/component": "ray-head"}),
-     "does not select"),
+    (
+        "no-autoscaler",
+        lambda rs, s: rs["spec"]["rayClusterConfig"].update(enableInTreeAutoscaling=False),
+        "needs enableInTreeAutoscaling",
+    ),
+    (
+        "kueue-autoscaler",
+        lambda rs, s: rs["metadata"]["labels"].update({"kueue.x-k8s.io/queue-name": "q"}),
+        "Kueue rejects",
+    ),
+    (
+        "short-grace",
+        lambda rs, s: _worker(rs)["template"]["spec"].update(terminationGracePeriodSeconds=60),
+        "terminationGracePeriodSeconds",
+    ),
+    (
+        "selector",
+        lambda rs, s: s["spec"]["selector"].update({"app.kubernetes.io/component": "ray-head"}),
+        "does not select",
+    ),
     ("service-port", lambda rs, s: s["spec"]["ports"][0].update(port=8001), "does not forward"),
 ]
 
@@ -498,8 +576,10 @@ def test_render_cli_check_mode(tmp_path, capsys):
     "edit, message",
     [
         (lambda d: d["applications"][0]["args"]["models"][0]["deployment"].update(num_gpus=1), "must equal"),
-        (lambda d: d["applications"][0]["args"]["models"][0]["engine_args"].pop("distributed_executor_backend"),
-         "distributed_executor_backend"),
+        (
+            lambda d: d["applications"][0]["args"]["models"][0]["engine_args"].pop("distributed_executor_backend"),
+            "distributed_executor_backend",
+        ),
         (lambda d: d["http_options"].update(host="127.0.0.1"), "http_options.host"),
         (lambda d: d["applications"][0]["args"]["ingress"].update(port=8001), "must differ"),
     ],
@@ -525,7 +605,7 @@ def test_renderer_refuses_bad_names():
 
 
 def test_podmonitor_scrapes_the_ray_metrics_port():
-    (path, pm), = objects_of_kind("PodMonitor")
+    ((path, pm),) = objects_of_kind("PodMonitor")
     assert pm["apiVersion"] == "monitoring.coreos.com/v1"
     assert pm["spec"]["selector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}  # KubeRay's label on Ray pods
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
@@ -538,7 +618,7 @@ def test_podmonitor_scrapes_the_ray_metrics_port():
 
 
 def test_secret_example_holds_placeholders_only():
-    (path, secret), = objects_of_kind("Secret")
+    ((path, secret),) = objects_of_kind("Secret")
     assert secret["metadata"]["name"] == k8s.SECRET_NAME
     values = secret.get("stringData") or {}
     assert not secret.get("data"), "use stringData placeholders, not base64 data"

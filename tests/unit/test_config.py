@@ -173,9 +173,7 @@ def test_every_error_is_reported_not_just_the_first(tmp_path):
 
 def test_non_serving_applications_are_not_validated(tmp_path):
     data = dev_data()
-    data["applications"].append(
-        {"name": "other", "import_path": "somewhere.else:app", "args": {"whatever": 1}}
-    )
+    data["applications"].append({"name": "other", "import_path": "somewhere.else:app", "args": {"whatever": 1}})
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(data))
     load_serve_config(path)  # must not raise
@@ -403,10 +401,12 @@ def test_deployment_name(model_id, name):
 
 def _options(**model_overrides):
     """The model's own mapping, without the ingress's niceness (tested on its own)."""
-    from serving.deployments.app import llm_deployment_options
     from serving.config import IngressConfig
+    from serving.deployments.app import llm_deployment_options
 
-    return llm_deployment_options(ModelConfig(**{"id": "tiny-llama", **model_overrides}), IngressConfig(replica_niceness=None))
+    return llm_deployment_options(
+        ModelConfig(**{"id": "tiny-llama", **model_overrides}), IngressConfig(replica_niceness=None)
+    )
 
 
 @pytest.mark.parametrize(
@@ -420,8 +420,8 @@ def _options(**model_overrides):
     ],
 )
 def test_replica_niceness_reaches_the_replica_env(ingress, model_env, expected):
-    from serving.deployments.app import llm_deployment_options
     from serving.config import IngressConfig
+    from serving.deployments.app import llm_deployment_options
 
     model = ModelConfig(id="m", env=model_env)
     env = llm_deployment_options(model, IngressConfig(**ingress))["ray_actor_options"].get("runtime_env", {})
@@ -526,8 +526,13 @@ def test_in_flight_policy_counts_replica_reports_and_handle_queue():
     from serving.deployments.autoscaling import in_flight_policy
 
     cfg = SimpleNamespace(get_target_ongoing_requests=lambda: 4)
-    ctx = SimpleNamespace(current_num_replicas=2, target_num_replicas=2, total_num_requests=3,
-                          aggregated_metrics={"in_flight": {"r1": 10.0, "r2": 6.0}}, config=cfg)
+    ctx = SimpleNamespace(
+        current_num_replicas=2,
+        target_num_replicas=2,
+        total_num_requests=3,
+        aggregated_metrics={"in_flight": {"r1": 10.0, "r2": 6.0}},
+        config=cfg,
+    )
     assert in_flight_policy(ctx)[0] == 4.0  # 16 in flight / target 4
     ctx.aggregated_metrics = {}
     assert in_flight_policy(ctx)[0] == 0.75  # only Serve's own count: 3 / 4

@@ -37,8 +37,12 @@ def test_request_text_of_chat_and_completions():
     req = chat("sys prompt", "hello")
     assert request_text(req) == "system\nsys prompt\nuser\nhello\n"
     assert request_text(req, limit=8) == "system\ns"
-    as_dict = {"messages": [{"role": "system", "content": [{"type": "text", "text": "sys prompt"}]},
-                            {"role": "user", "content": "hello"}]}
+    as_dict = {
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "sys prompt"}]},
+            {"role": "user", "content": "hello"},
+        ]
+    }
     assert request_text(as_dict) == request_text(req)
     assert request_text(CompletionRequest(model="m", prompt="abcdef"), limit=3) == "abc"
     assert request_text(CompletionRequest(model="m", prompt=["abcdef"]), limit=4) == "abcd"

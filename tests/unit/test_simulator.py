@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from serving.errors import EngineError, EngineUnavailableError, InvalidRequestError, PromptTooLongError
 from serving.engine.base import EngineRequest, GenerationParams
 from serving.engine.simulator import (
     PrefixCache,
@@ -20,6 +19,7 @@ from serving.engine.simulator import (
     render_chat,
     tokenize,
 )
+from serving.errors import EngineError, EngineUnavailableError, InvalidRequestError, PromptTooLongError
 
 FAST = {"ttft_base_s": 0.0, "prefill_s_per_token": 0.0, "decode_s_per_token": 0.0005}
 
@@ -44,7 +44,9 @@ async def collect(e: SimulatedEngine, r: EngineRequest):
     outs = [o async for o in e.generate(r)]
     n = max(c.index for o in outs for c in o.choices) + 1
     texts = ["".join(c.text for o in outs for c in o.choices if c.index == i) for i in range(n)]
-    finish = [next(c.finish_reason for o in outs for c in o.choices if c.index == i and c.finish_reason) for i in range(n)]
+    finish = [
+        next(c.finish_reason for o in outs for c in o.choices if c.index == i and c.finish_reason) for i in range(n)
+    ]
     tokens = sum(c.num_tokens for o in outs for c in o.choices)
     return outs, texts, finish, tokens
 
@@ -71,7 +73,9 @@ def test_unknown_engine_arg_is_named():
         SimulatedEngine.from_engine_args({"max_modle_len": 10})
 
 
-@pytest.mark.parametrize("args", [{"max_model_len": 0}, {"error_rate": 1.5}, {"decode_s_per_token": -1}, {"block_size": "16"}])
+@pytest.mark.parametrize(
+    "args", [{"max_model_len": 0}, {"error_rate": 1.5}, {"decode_s_per_token": -1}, {"block_size": "16"}]
+)
 def test_bad_engine_arg_values(args):
     with pytest.raises(ValueError):
         SimulatedEngine.from_engine_args(args)
@@ -285,7 +289,7 @@ async def test_n_choices():
 async def test_stop_strings_truncate_and_are_never_streamed():
     e = await engine()
     free = (await collect(e, req("hi", seed=3, max_tokens=50)))[1][0]
-    stop = free[len(free) // 2: len(free) // 2 + 3]
+    stop = free[len(free) // 2 : len(free) // 2 + 3]
     outs, texts, finish, _ = await collect(e, req("hi", seed=3, max_tokens=50, stop=[stop, "zzzz"]))
     assert finish == ["stop"]
     assert texts[0] == free[: free.index(stop)]

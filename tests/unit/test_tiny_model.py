@@ -136,11 +136,7 @@ def test_chat_template_renders(tokenizer):
         {"role": "user", "content": "hi"},
     ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == (
-        "<|im_start|>system\nbe brief<|im_end|>\n"
-        "<|im_start|>user\nhi<|im_end|>\n"
-        "<|im_start|>assistant\n"
-    )
+    assert text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     no_prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     assert not no_prompt.endswith("<|im_start|>assistant\n")
     ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)

@@ -2,7 +2,8 @@
 
 Measured on 2 cores (loadtests/PERFORMANCE.md, "Direct ingress: the API served
 inside the LLM replica"), every process a token crosses costs throughput, and
-Ray Serve's proxy plus a handle hop cost 2-3x. Here the HTTP server runs on the replica's own event loop, next to the engine client, so
+Ray Serve's proxy plus a handle hop cost 2-3x. Here the HTTP server runs on the
+replica's own event loop, next to the engine client, so
 a token goes engine core -> this process -> socket, as in plain vLLM.
 SO_REUSEPORT lets every replica on a node bind the same port; the kernel spreads
 new connections among them.

@@ -1,4 +1,8 @@
-"""Faults and redeploys against the real engine (named to run last: they replace replicas).
+"""Faults and redeploys against the real engine, on a dev stack of their own.
+
+They kill and replace replicas, so they get a server of their own (a module
+fixture on free ports): the shared dev server never sees them, whatever order
+the tests run in.
 
 * Engine failure: the vLLM engine process is killed during steady load. Only the
   requests in flight at that moment may fail; every request is answered (no hang
@@ -18,36 +22,60 @@ from pathlib import Path
 
 import httpx
 import psutil
-import yaml
+import pytest
 
-from tests.e2e.conftest import AUTH, DIRECT_URL
-from tests.serve_process import ROOT, write_config
+from loadtests import sse
+from loadtests.servers import free_ports, write_config
+from tests.e2e.conftest import API_KEY, AUTH, dev_config, start_stack
 
 MODEL = "tiny-llama"
 REQUEST_TIMEOUT_S = 60
+DIRECT_PORT, PROXY_PORT = free_ports(2)
+DIRECT_URL = f"http://127.0.0.1:{DIRECT_PORT}"
+
+
+@pytest.fixture(scope="module")
+def faults_server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve-faults.log"
+    with start_stack(dev_config(DIRECT_PORT, PROXY_PORT), log, env={"SERVING_API_KEYS": API_KEY}) as server:
+        yield server
 
 
 def our_engine_cores(server) -> list[psutil.Process]:
     return server.descendants("VLLM::EngineCore")
 
 
+async def assert_serving() -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 3}
+        r = await client.post(f"{DIRECT_URL}/v1/completions", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+
+
 async def stream_once(client: httpx.AsyncClient, max_tokens: int) -> tuple[str, int]:
     """One streaming chat; returns (outcome, tokens): ok | error:<why>."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     tokens, done = 0, False
     try:
         async with client.stream("POST", f"{DIRECT_URL}/v1/chat/completions", json=body, headers=AUTH) as r:
             if r.status_code != 200:
                 body = (await r.aread()).decode(errors="replace")[:160]
                 return f"error:http-{r.status_code}:{body}", 0
-            async for line in r.aiter_lines():
-                if line == "data: [DONE]":
+            async for event in sse.aiter_events(r.aiter_bytes()):
+                data = event.json()
+                if data == sse.DONE:
                     done = True
-                elif line.startswith('data: {"error"'):
+                elif "error" in data:
                     return "error:sse-error", 0
-                elif '"usage":{' in line:
-                    tokens = int(line.split('"completion_tokens":')[1].split(",")[0])
+                elif data.get("usage"):
+                    tokens = data["usage"]["completion_tokens"]
     except (httpx.TransportError, httpx.StreamError) as exc:
         return f"error:{type(exc).__name__}", 0
     if not done or tokens != max_tokens:
@@ -55,8 +83,8 @@ async def stream_once(client: httpx.AsyncClient, max_tokens: int) -> tuple[str, 
     return "ok", tokens
 
 
-async def test_engine_killed_during_load(dev_server):
-    cores = our_engine_cores(dev_server)
+async def test_engine_killed_during_load(faults_server):
+    cores = our_engine_cores(faults_server)
     assert len(cores) == 1, f"expected one engine core in the dev stack, found {len(cores)}"
     events: list[tuple[float, float, str]] = []  # (start, end, outcome) per attempt
     answered_requests = 0
@@ -121,17 +149,16 @@ async def test_engine_killed_during_load(dev_server):
     assert recovery_s < 180
     # the dead engine's worker did not outlive it; the new replica has exactly one engine core
     await asyncio.sleep(2)
-    assert len(our_engine_cores(dev_server)) == 1
-    r = httpx.post(f"{DIRECT_URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3}, headers=AUTH, timeout=30)
-    assert r.status_code == 200
+    assert len(our_engine_cores(faults_server)) == 1
+    await assert_serving()
 
 
-async def test_redeploy_drains_in_flight_streams(dev_server):
-    config = yaml.safe_load((ROOT / "configs" / "dev.yaml").read_text())
+async def test_redeploy_drains_in_flight_streams(faults_server):
+    config = dev_config(DIRECT_PORT, PROXY_PORT)
     model = config["applications"][0]["args"]["models"][0]
     model.setdefault("env", {})["SERVING_DEPLOY_GENERATION"] = "2"  # a new runtime_env: new replicas
     new_config = write_config(config)
-    before = {p.pid for p in our_engine_cores(dev_server)}
+    before = {p.pid for p in our_engine_cores(faults_server)}
 
     short_outcomes: list[str] = []
     swapped = asyncio.Event()
@@ -145,7 +172,7 @@ async def test_redeploy_drains_in_flight_streams(dev_server):
     async def wait_for_swap():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            now = {p.pid for p in our_engine_cores(dev_server)}
+            now = {p.pid for p in our_engine_cores(faults_server)}
             if now and not (now & before):
                 swapped.set()
                 return now
@@ -158,10 +185,22 @@ async def test_redeploy_drains_in_flight_streams(dev_server):
         poller = asyncio.create_task(short_requests_until_swapped(client))
         await asyncio.sleep(1.0)
         assert not any(t.done() for t in streams), "streams finished before the redeploy started"
-        deploy = subprocess.run(
-            [str(Path(sys.executable).with_name("serve")), "deploy", str(new_config), "-a", dev_server.dashboard_url()],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "token"},
+        # in a thread: the streams in flight are read by this event loop meanwhile
+        deploy = await asyncio.to_thread(
+            subprocess.run,
+            [
+                str(Path(sys.executable).with_name("serve")),
+                "deploy",
+                str(new_config),
+                "-a",
+                faults_server.dashboard_url(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "RAY_AUTH_MODE": "token"},
         )
+        new_config.unlink()
         assert deploy.returncode == 0, deploy.stderr
         results = await asyncio.gather(*streams)
         now = await wait_for_swap()
@@ -169,10 +208,11 @@ async def test_redeploy_drains_in_flight_streams(dev_server):
 
     broken = [r for r in results if r[0] != "ok"]
     failed_short = [o for o in short_outcomes if o != "ok"]
-    print(f"\nredeploy: {len(results)} streams in flight, {len(broken)} broken; "
-          f"{len(short_outcomes)} requests sent during the redeploy, {len(failed_short)} failed")
+    print(
+        f"\nredeploy: {len(results)} streams in flight, {len(broken)} broken; "
+        f"{len(short_outcomes)} requests sent during the redeploy, {len(failed_short)} failed"
+    )
     assert not broken, broken
     assert now, "the redeploy did not replace the engine"
     assert not failed_short, f"requests failed during the redeploy: {failed_short}"
-    r = httpx.post(f"{DIRECT_URL}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3}, headers=AUTH, timeout=30)
-    assert r.status_code == 200
+    await assert_serving()

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
-from serving.api.app import build_api
-from serving.api.backend import ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.config import LimitsConfig
-from serving.engine.simulator import SimulatedEngine
+from tests.inprocess import InProcessApp, simulated_engine
 
 KEY = "sk-unit-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -34,15 +31,11 @@ class RecordingMetrics:
 @pytest.fixture()
 def app_and_metrics(monkeypatch):
     monkeypatch.setenv("SERVING_API_KEYS", KEY)
-    engine = SimulatedEngine.from_engine_args({"ttft_base_s": 0.0, "decode_s_per_token": 0.0, "max_model_len": 64})
+    engine = simulated_engine({"decode_s_per_token": 0.0, "max_model_len": 64})
     metrics = RecordingMetrics()
     serving = OpenAIServing(engine, "sim", 64, metrics=metrics)
-    app = build_api(
-        ModelRegistry([serving], created=1),
-        limits=LimitsConfig(max_body_bytes=2048, requests_per_minute=1000),
-        metrics=metrics,
-    )
-    with TestClient(app, raise_server_exceptions=False) as client:
+    limits = LimitsConfig(max_body_bytes=2048, requests_per_minute=1000)
+    with InProcessApp([serving], limits=limits, metrics=metrics).test_client() as client:
         client.portal.call(engine.start)
         yield client, metrics
 

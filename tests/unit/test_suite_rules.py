@@ -1,0 +1,31 @@
+"""The rules tests/conftest.py enforces on the fast suite (they would let Ray in silently if broken)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import heavy_descendants
+
+
+def test_ray_init_is_refused_outside_e2e():
+    import ray
+
+    with pytest.raises(RuntimeError, match="starts no Ray"):
+        ray.init()
+
+
+def test_a_started_ray_or_engine_process_is_seen():
+    # A stand-in whose command line names a raylet, as Ray's own does.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "/ray/core/src/ray/raylet/raylet"])
+    try:
+        assert any(str(proc.pid) in found for found in heavy_descendants())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not heavy_descendants()
+
+
+def test_tests_under_e2e_are_marked(request):
+    session_items = [i for i in request.session.items if "/tests/e2e/" in str(i.fspath)]
+    assert all(i.get_closest_marker("e2e") for i in session_items)
