@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.conftest import heavy_descendants
@@ -16,16 +17,32 @@ def test_ray_init_is_refused_outside_e2e():
 
 
 def test_a_started_ray_or_engine_process_is_seen():
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. an e2e session server
     # A stand-in whose command line names a raylet, as Ray's own does.
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "/ray/core/src/ray/raylet/raylet"])
     try:
-        assert any(str(proc.pid) in found for found in heavy_descendants())
+        assert any(str(proc.pid) in found for found in heavy_descendants(before))
     finally:
         proc.kill()
         proc.wait()
-    assert not heavy_descendants()
+    assert not heavy_descendants(before)
 
 
 def test_tests_under_e2e_are_marked(request):
     session_items = [i for i in request.session.items if "/tests/e2e/" in str(i.fspath)]
     assert all(i.get_closest_marker("e2e") for i in session_items)
+
+
+@pytest.fixture(scope="module")
+def stand_in_started_before_the_test():
+    # As an e2e session server still running while later fast tests run.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "/ray/core/src/ray/raylet/raylet"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_processes_started_before_a_test_are_not_its_doing(stand_in_started_before_the_test):
+    # The guard runs after this test: it must not count the module fixture's process.
+    assert any(str(stand_in_started_before_the_test.pid) in f for f in heavy_descendants())
+    assert not heavy_descendants({stand_in_started_before_the_test.pid})
