@@ -307,7 +307,7 @@ def serve_config(model: dict[str, Any], port: int) -> dict[str, Any]:
                 "name": "routing-bench",
                 "route_prefix": "/",
                 "import_path": "serving.deployments.app:build_app",
-                "args": {"ingress": {"mode": "proxy", "num_cpus": 0.1}, "models": [model]},
+                "args": {"ingress": {"mode": "proxy", "num_cpus": 0.1}, "auth": "open", "models": [model]},
             }
         ],
     }

@@ -93,7 +93,8 @@ class ManagedProcess:
     def __init__(self, ready_url: str, log_path: Path, env: dict | None = None):
         self.ready_url = ready_url
         self.log_path = Path(log_path)
-        self.env = {**os.environ, **(env or {})}
+        # The caller's environment plus `env`; a variable given as None is removed.
+        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.proc: subprocess.Popen | None = None
         self._stopped = False
 
@@ -101,6 +102,13 @@ class ManagedProcess:
         raise NotImplementedError
 
     def start(self, timeout_s: float = 300) -> ManagedProcess:
+        """Launch, then wait until `ready_url` answers 200 (the process exiting first is an error)."""
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def launch(self) -> ManagedProcess:
+        """Start the process without waiting for it (a test that expects it never to be ready)."""
         try:
             httpx.get(self.ready_url, timeout=1)
             raise RuntimeError(f"something already answers at {self.ready_url}: stop it first")
@@ -115,15 +123,20 @@ class ManagedProcess:
             env=self.env,
             preexec_fn=start_in_own_group,
         )
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()  # closes the log, removes what the server owned
                 raise RuntimeError(
                     f"{self.command()[:3]} exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}"
                 )
             try:
                 if httpx.get(self.ready_url, timeout=2).status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(1)

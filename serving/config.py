@@ -182,12 +182,36 @@ class IngressConfig(Strict):
 class AuthConfig(Strict):
     """API keys: from an environment variable (comma-separated) and/or a mounted file (one per line).
 
+    Fails closed: every key source named here must exist and hold at least one
+    usable key, or the application refuses to start (serving/api/security.py,
+    `load_api_keys`). To serve without keys, say so: `auth: open` (dev configs).
     Never put keys in configs/: in Kubernetes both come from a Secret (SECURITY.md).
-    With no key found the API runs open and says so once at start-up.
     """
 
+    mode: Literal["keys", "open"] = Field(
+        "keys", description="keys: every /v1 request needs a key; open: none is checked (development only)."
+    )
     api_keys_env: str | None = "SERVING_API_KEYS"
     api_keys_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _open_shorthand(cls, data: Any) -> Any:
+        # `auth: open` is `auth: {mode: open}`; an open API names no key source.
+        if data == "open":
+            return {"mode": "open", "api_keys_env": None}
+        if isinstance(data, dict) and data.get("mode") == "open":
+            named = [k for k in ("api_keys_env", "api_keys_file") if data.get(k)]
+            if named:
+                raise ValueError(f"auth mode 'open' checks no keys, but the config names a key source: {named}")
+            return {**data, "api_keys_env": None}
+        return data
+
+    @model_validator(mode="after")
+    def _a_source(self) -> AuthConfig:
+        if self.mode == "keys" and not (self.api_keys_env or self.api_keys_file):
+            raise ValueError("auth mode 'keys' needs api_keys_env or api_keys_file (or say `auth: open`)")
+        return self
 
 
 class LimitsConfig(Strict):
@@ -197,6 +221,19 @@ class LimitsConfig(Strict):
     tokens_per_minute: int | None = Field(None, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     request_timeout_s: float = Field(600.0, gt=0)
+    # What one request may cost (serving/api/cost.py): refused with a 400 before the engine.
+    max_n: int = Field(16, ge=1, le=128, description="choices per request (OpenAI allows 128)")
+    max_logprob_entries: int = Field(
+        200_000, ge=1, description="with logprobs: n x max_tokens x (top_logprobs + 1); omitted max_tokens = context"
+    )
+    max_logprobs_per_token: int = Field(
+        96, ge=1, description="with logprobs: n x (top_logprobs + 1), the entries each engine step adds"
+    )
+    max_output_tokens: int | None = Field(
+        None, ge=1, description="n x max_tokens (omitted max_tokens = context); null: no cap beyond the context"
+    )
+    max_schema_bytes: int = Field(32_768, ge=256, description="a response_format JSON schema, encoded")
+    max_schema_depth: int = Field(32, ge=2, description="nesting of a response_format JSON schema")
 
 
 class ObservabilityConfig(Strict):

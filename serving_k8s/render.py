@@ -58,6 +58,9 @@ IMAGE_REPOSITORY = "registry.example.com/llm-serving"
 RUN_AS_USER = 1000  # the Dockerfile's `ray` user
 SECRET_NAME = "serving-secrets"  # k8s/secret-example.yaml
 SECRET_KEYS = ("HF_TOKEN", "SERVING_API_KEYS")
+# Auth fails closed: a pod without the API keys must not start (HF_TOKEN is needed only for gated models).
+REQUIRED_SECRET_KEYS = frozenset({"SERVING_API_KEYS"})
+API_KEYS_ENV = "SERVING_API_KEYS"
 APP_LABEL = "llm-serving"
 WORKER_COMPONENT = "llm-worker"
 HEAD_COMPONENT = "ray-head"
@@ -198,6 +201,12 @@ def _serve_facts(data: dict[str, Any], where: str) -> tuple[AppConfig, int]:
         raise RenderError(f"{where}: http_options.host must be 0.0.0.0 so the pod's IP reaches Serve's proxy")
     serve_port = int(http.get("port", 8000))
     cfg = apps[0]
+    if cfg.auth.mode == "open":
+        raise RenderError(f"{where}: auth: open is for development; a cluster's config needs API keys (SECURITY.md)")
+    if cfg.auth.api_keys_env not in (None, API_KEYS_ENV):
+        raise RenderError(
+            f"{where}: auth.api_keys_env must be {API_KEYS_ENV} (the Secret's key the pods get) or null with a key file"
+        )
     if cfg.ingress.mode == "direct":
         if cfg.ingress.host != "0.0.0.0":
             raise RenderError(f"{where}: ingress.host must be 0.0.0.0 so the Service reaches the direct ingress")
@@ -242,7 +251,12 @@ def _worker_shape(cfg: AppConfig, where: str) -> dict[str, Any]:
 
 def _secret_env() -> list[dict[str, Any]]:
     return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": key, "optional": True}}}
+        {
+            "name": key,
+            "valueFrom": {
+                "secretKeyRef": {"name": SECRET_NAME, "key": key, "optional": key not in REQUIRED_SECRET_KEYS}
+            },
+        }
         for key in SECRET_KEYS
     ]
 

@@ -47,6 +47,8 @@ class InProcessApp:
         engine: SimulatedEngine | None = None,
         serving: OpenAIServing | None = None,
     ) -> None:
+        # Open unless a test asks for keys (build_api itself defaults to keys from SERVING_API_KEYS).
+        auth = auth if auth is not None else AuthConfig(mode="open")
         self.app = build_api(ModelRegistry(list(backends), created=CREATED), auth, limits, metrics=metrics)
         self.engine, self.serving = engine, serving
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test", timeout=30)
@@ -83,7 +85,7 @@ async def simulated_app(
     metrics: Metrics | None = None,
     api_key: str = "unused",
 ) -> InProcessApp:
-    """The API on one simulated model, as a replica serves it (limits' timeout applied to the model)."""
+    """The API on one simulated model, as a replica serves it (the limits applied to the model too)."""
     engine = simulated_engine(engine_args)
     info = await engine.start()
     limits = limits or LimitsConfig()
@@ -94,6 +96,8 @@ async def simulated_app(
         max_in_flight=max_in_flight,
         timeout_s=limits.request_timeout_s,
         metrics=metrics,
+        limits=limits,
+        max_token_chars=info.max_token_chars,
     )
     return InProcessApp(
         [serving], auth=auth, limits=limits, metrics=metrics, api_key=api_key, engine=engine, serving=serving

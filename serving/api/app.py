@@ -61,15 +61,12 @@ def build_api(
     configure_access_log((observability or ObservabilityConfig()).access_log)
     auth = auth or AuthConfig()
     app.state.registry = registry
+    # Fails closed: a named key source that gives no usable key stops the start-up here.
     app.state.authenticator = Authenticator(load_api_keys(auth))
     app.state.limits = limits or LimitsConfig()
     app.state.limiter = RateLimiter(app.state.limits)
-    if not app.state.authenticator.enabled:
-        logger.warning(
-            "no API keys configured (env %s, file %s): the API is open to anyone who can reach it",
-            auth.api_keys_env,
-            auth.api_keys_file,
-        )
+    if auth.mode == "open":
+        logger.warning("auth: open (from the config): the API checks no key, anyone who can reach it may use it")
     for module in (health, models, chat, completions):
         app.include_router(module.router)
     _serve_self_contained_openapi(app)

@@ -19,8 +19,9 @@ from typing import Any, AsyncIterator, Protocol, Sequence, Union
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.errors import ModelNotFoundError
 
-# A whole response body, or SSE bytes whose first chunk has already been produced.
-Generation = Union[dict[str, Any], AsyncIterator[bytes]]
+# A whole response body (as data, or already encoded as JSON when big), or SSE bytes
+# whose first chunk has already been produced.
+Generation = Union[dict[str, Any], bytes, AsyncIterator[bytes]]
 
 
 class ModelBackend(Protocol):

@@ -13,10 +13,14 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Callable
 
+import msgspec
+
 from serving.api.backend import Generation
+from serving.api.cost import check_cost, request_schema, validate_schema
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.streaming import DONE, first_then_rest, sse
 from serving.api.streaming import encode_json as _encode
+from serving.config import LimitsConfig
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
 from serving.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, unwrap
 from serving.observability.logging import access_log
@@ -86,8 +90,47 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, An
     }
 
 
+class LogprobsParts:
+    """One choice's logprobs for a whole (non-streaming) body, kept as encoded JSON pieces.
+
+    A body with logprobs holds n x tokens x (top_logprobs + 1) entries. Kept as
+    objects, 198k of them made the cyclic GC's passes (and the final build)
+    stall every stream of the replica for up to 1 s; encoded step by step into
+    bytes (which the GC does not track), the body is a join at the end.
+    """
+
+    __slots__ = ("chat", "parts", "offset")
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.parts: list[list[bytes]] = [[]] if chat else [[], [], [], []]
+        self.offset = 0  # completions: text offset of the next token
+
+    def add(self, items: list[TokenLogprob]) -> None:
+        if not items:
+            return
+        if self.chat:
+            self.parts[0].append(_encode(_chat_logprobs(items)["content"])[1:-1])
+            return
+        block = _completion_logprobs(items, self.offset)
+        self.offset += sum(len(t.token) for t in items)
+        for parts, key in zip(self.parts, ("tokens", "token_logprobs", "top_logprobs", "text_offset"), strict=True):
+            parts.append(_encode(block[key])[1:-1])
+
+    def raw(self) -> msgspec.Raw:
+        def array(parts: list[bytes]) -> bytes:
+            return b"[" + b",".join(parts) + b"]"
+
+        if self.chat:
+            return msgspec.Raw(b'{"content":' + array(self.parts[0]) + b"}")
+        keys = (b"tokens", b"token_logprobs", b"top_logprobs", b"text_offset")
+        return msgspec.Raw(
+            b"{" + b",".join(b'"' + k + b'":' + array(p) for k, p in zip(keys, self.parts, strict=True)) + b"}"
+        )
+
+
 # A whole generation: texts, finish reasons and logprobs per choice, prompt and completion tokens.
-Collected = tuple[list[str], list[str | None], list[list[TokenLogprob]], int, int]
+Collected = tuple[list[str], list[str | None], list[LogprobsParts] | None, int, int]
 
 
 class OpenAIServing:
@@ -108,6 +151,8 @@ class OpenAIServing:
         timeout_s: float = 600.0,
         log_prompts: bool = False,
         metrics: Metrics | None = None,
+        limits: LimitsConfig | None = None,
+        max_token_chars: int | None = None,
     ) -> None:
         self.engine = engine
         self.model_id = model_id
@@ -117,6 +162,8 @@ class OpenAIServing:
         self.log_prompts = log_prompts
         self.in_flight = 0
         self.metrics: Metrics = metrics or NullMetrics()
+        self.limits = limits or LimitsConfig()
+        self.max_token_chars = max_token_chars
 
     def _record(
         self,
@@ -167,10 +214,15 @@ class OpenAIServing:
     # -- the backend interface (serving.api.backend.ModelBackend) -------------------
 
     async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> Generation:
+        check_cost(req, self.limits, self.max_model_len, self.max_token_chars)
+        schema = request_schema(req)
+        if schema:
+            await asyncio.to_thread(validate_schema, schema)  # bounded by check_cost; Python, so the loop keeps going
         request_id = request_id or uuid.uuid4().hex
         return await (self._chat_stream(req, request_id) if req.stream else self._chat(req, request_id))
 
     async def completions(self, req: CompletionRequest, request_id: str | None = None) -> Generation:
+        check_cost(req, self.limits, self.max_model_len, self.max_token_chars)
         request_id = request_id or uuid.uuid4().hex
         return await (self._completions_stream(req, request_id) if req.stream else self._completions(req, request_id))
 
@@ -190,10 +242,23 @@ class OpenAIServing:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         return EngineRequest(request_id=request_id, params=generation_params(req), messages=messages)
 
-    async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any]:
+    async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | bytes:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._chat_engine_request(req, request_id), req.n
         )
+        body = self._chat_body(req, request_id, texts, finish, logprobs, prompt_tokens, completion_tokens)
+        return body if logprobs is None else _encode(body)  # bytes: the logprobs are encoded already
+
+    def _chat_body(
+        self,
+        req: ChatCompletionRequest,
+        request_id: str,
+        texts: list[str],
+        finish: list[str | None],
+        logprobs: list[LogprobsParts] | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{request_id}",
             "object": "chat.completion",
@@ -203,7 +268,7 @@ class OpenAIServing:
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": texts[i]},
-                    "logprobs": _chat_logprobs(logprobs[i]) if req.logprobs else None,
+                    "logprobs": logprobs[i].raw() if logprobs is not None else None,
                     "finish_reason": finish[i],
                 }
                 for i in range(req.n)
@@ -256,10 +321,23 @@ class OpenAIServing:
             return EngineRequest(request_id=request_id, params=params, prompt_token_ids=[int(t) for t in prompt])
         return EngineRequest(request_id=request_id, params=params, prompt=first)
 
-    async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any]:
+    async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | bytes:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._completion_engine_request(req, request_id), req.n
         )
+        body = self._completion_body(req, request_id, texts, finish, logprobs, prompt_tokens, completion_tokens)
+        return body if logprobs is None else _encode(body)
+
+    def _completion_body(
+        self,
+        req: CompletionRequest,
+        request_id: str,
+        texts: list[str],
+        finish: list[str | None],
+        logprobs: list[LogprobsParts] | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> dict[str, Any]:
         return {
             "id": f"cmpl-{request_id}",
             "object": "text_completion",
@@ -269,7 +347,7 @@ class OpenAIServing:
                 {
                     "index": i,
                     "text": texts[i],
-                    "logprobs": _completion_logprobs(logprobs[i], 0) if req.logprobs is not None else None,
+                    "logprobs": logprobs[i].raw() if logprobs is not None else None,
                     "finish_reason": finish[i],
                 }
                 for i in range(req.n)
@@ -337,7 +415,8 @@ class OpenAIServing:
     async def _collect_outputs(self, request: EngineRequest, n: int, timing: dict[str, float | None]) -> Collected:
         parts: list[list[str]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
-        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        chat = request.messages is not None
+        logprobs = [LogprobsParts(chat) for _ in range(n)] if request.params.logprobs is not None else None
         prompt_tokens = completion_tokens = 0
         async for out in self.engine.generate(request):
             now = time.perf_counter()
@@ -350,8 +429,8 @@ class OpenAIServing:
             for c in out.choices:
                 parts[c.index].append(c.text)
                 completion_tokens += c.num_tokens
-                if c.logprobs:
-                    logprobs[c.index].extend(c.logprobs)
+                if c.logprobs and logprobs is not None:
+                    logprobs[c.index].add(c.logprobs)
                 if c.finish_reason is not None:
                     finish[c.index] = c.finish_reason
         texts = ["".join(p) for p in parts]

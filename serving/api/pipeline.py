@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from serving.api.backend import Generation, ModelBackend
 from serving.api.middleware import engine_request_id, set_model
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import SSE_HEADERS
+from serving.api.streaming import SSE_HEADERS, encode_json
 from serving.errors import InvalidRequestError, PayloadTooLargeError
 
 M = TypeVar("M", bound=BaseModel)
@@ -93,8 +93,12 @@ def estimated_tokens(req: ChatCompletionRequest | CompletionRequest) -> int:
 
 
 def respond(result: Generation) -> Response:
+    # One JSON encoder for bodies and stream chunks (msgspec: fast, and a -inf logprob
+    # becomes null instead of the error json.dumps raises).
     if isinstance(result, dict):
-        return JSONResponse(result)
+        return Response(encode_json(result), media_type="application/json")
+    if isinstance(result, bytes):
+        return Response(result, media_type="application/json")
     stream: AsyncIterator[bytes] = result
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 

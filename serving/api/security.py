@@ -22,23 +22,78 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.config import AuthConfig, LimitsConfig
+from serving.config import AuthConfig, ConfigError, LimitsConfig
 from serving.errors import AuthenticationError, RateLimitError
 
 logger = logging.getLogger(__name__)
 
 
+MIN_KEY_LENGTH = 16
+# The placeholders shipped in k8s/secret-example.yaml and the docs: a cluster
+# started with them would be open to anyone who read the repository.
+EXAMPLE_KEYS = frozenset({"replace-me-key-1", "replace-me-key-2", "sk-replace-me", "changeme", "unused"})
+_HINT = (
+    "Set it (e.g. `openssl rand -hex 24`), or say `auth: open` in the config to serve without keys (development only)."
+)
+
+
+class AuthSetupError(ConfigError):
+    """The configured key sources give no usable keys: the application must not start."""
+
+
+def _keys_from_env(name: str) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        raise AuthSetupError(f"auth: the environment variable {name} (auth.api_keys_env) is not set. {_HINT}")
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    if not keys:
+        raise AuthSetupError(f"auth: the environment variable {name} (auth.api_keys_env) holds no key. {_HINT}")
+    return keys
+
+
+def _keys_from_file(name: str) -> list[str]:
+    """One key per line; blank lines and lines starting with '#' are not keys."""
+    try:
+        text = Path(name).read_text()
+    except FileNotFoundError:
+        raise AuthSetupError(f"auth: the key file {name} (auth.api_keys_file) does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthSetupError(f"auth: the key file {name} (auth.api_keys_file) cannot be read: {exc}") from None
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise AuthSetupError(f"auth: the key file {name} (auth.api_keys_file) holds no key.")
+    return keys
+
+
 def load_api_keys(cfg: AuthConfig) -> list[bytes]:
-    keys: list[str] = []
+    """The accepted keys, or AuthSetupError: fails closed, and never shows a key in its message.
+
+    Open mode (`auth: open`) returns no keys: every caller is "anonymous".
+    Otherwise every source the config names must hold at least one key, and
+    every key must be at least MIN_KEY_LENGTH characters and not a shipped
+    placeholder.
+    """
+    if cfg.mode == "open":
+        return []
+    sources: list[tuple[str, list[str]]] = []
     if cfg.api_keys_env:
-        keys += os.environ.get(cfg.api_keys_env, "").split(",")
+        sources.append((f"environment variable {cfg.api_keys_env}", _keys_from_env(cfg.api_keys_env)))
     if cfg.api_keys_file:
-        path = Path(cfg.api_keys_file)
-        if path.exists():
-            keys += path.read_text().splitlines()
-        else:
-            logger.warning("api_keys_file %s does not exist", cfg.api_keys_file)
-    return [k.strip().encode() for k in keys if k.strip()]
+        sources.append((f"key file {cfg.api_keys_file}", _keys_from_file(cfg.api_keys_file)))
+    keys: list[str] = []
+    for where, found in sources:
+        for n, key in enumerate(found, 1):
+            if key in EXAMPLE_KEYS or key.lower().startswith("replace-me"):
+                raise AuthSetupError(
+                    f"auth: key {n} of the {where} is a placeholder from the examples; use a real key."
+                )
+            if len(key) < MIN_KEY_LENGTH:
+                raise AuthSetupError(
+                    f"auth: key {n} of the {where} is {len(key)} characters; keys must have at least "
+                    f"{MIN_KEY_LENGTH} (e.g. `openssl rand -hex 24`)."
+                )
+        keys += found
+    return [k.encode() for k in keys]
 
 
 class Authenticator:

@@ -12,6 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serving.api.security import load_api_keys
 from serving.config import AppConfig, IngressConfig, ModelConfig, parse_app_args
 from serving.deployments.autoscaling import autoscaling_config
 from serving.deployments.ingress import ingress_deployment
@@ -76,4 +77,7 @@ def build_from_config(cfg: AppConfig) -> Application:
 def build_app(args: dict[str, Any]) -> Application:
     cfg = parse_app_args(args)
     check_engine_args(cfg, "application args")
+    # Fail closed and early: keys that no replica could load stop `serve run` / the deploy
+    # here, with the reason, instead of as replicas failing one after another.
+    load_api_keys(cfg.auth)
     return build_from_config(cfg)

@@ -50,7 +50,7 @@ class HandleBackend:
         try:
             if stream:
                 return await first_then_rest(gen, on_close=gen.cancel)  # a disconnect cancels it in the replica
-            body: dict[str, Any] = await gen.__anext__()
+            body: dict[str, Any] | bytes = await gen.__anext__()
         except StopAsyncIteration:
             raise EngineUnavailableError("the model's replica ended the stream before any output") from None
         except Exception as exc:

@@ -56,7 +56,7 @@ async def coalesce(stream: AsyncIterator[bytes], window_s: float = COALESCE_WIND
 
 async def _sse_stream(call: Awaitable[Generation]) -> AsyncIterator[bytes]:
     result = await call
-    if isinstance(result, dict):
+    if isinstance(result, (dict, bytes)):
         raise TypeError("a streaming request got a whole body")
     return result
 
@@ -95,6 +95,8 @@ class LLMServer:
             timeout_s=self.app_cfg.limits.request_timeout_s,
             log_prompts=self.app_cfg.observability.log_prompts,
             metrics=self.metrics,
+            limits=self.app_cfg.limits,
+            max_token_chars=info.max_token_chars,
         )
         self._background_stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -78,6 +78,9 @@ class EngineOutput:
 @dataclass(slots=True)
 class EngineInfo:
     max_model_len: int
+    # The longest token of the vocabulary, in characters: prompt characters / this is a
+    # lower bound on its tokens, so an over-long prompt is refused without tokenizing it.
+    max_token_chars: int | None = None
 
 
 class Engine(abc.ABC):

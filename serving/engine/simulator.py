@@ -124,11 +124,53 @@ _TOKEN_RE_CACHE: dict[int, re.Pattern] = {}
 
 
 def tokenize(text: str, chars_per_token: int = 4) -> list[str]:
-    """The simulator's tokenizer: runs of up to `chars_per_token` non-space characters."""
+    """The simulator's tokenizer: runs of up to `chars_per_token` non-space characters.
+
+    A long text is cut at whitespace into pieces: `re` holds the GIL for a whole
+    call, so one call over a 1 MB prompt in a worker thread stalled the event loop.
+    """
     pattern = _TOKEN_RE_CACHE.get(chars_per_token)
     if pattern is None:
         pattern = _TOKEN_RE_CACHE[chars_per_token] = re.compile(rf"\S{{1,{chars_per_token}}}")
-    return pattern.findall(text)
+    if len(text) <= _TOKENIZE_PIECE:
+        return pattern.findall(text)
+    tokens: list[str] = []
+    start = 0
+    while start < len(text):
+        end = start + _TOKENIZE_PIECE
+        if end < len(text):
+            cut = _SPACE_RE.search(text, end)  # tokens never span whitespace
+            end = cut.start() if cut else len(text)
+        tokens += pattern.findall(text, start, end)
+        start = end
+    return tokens
+
+
+_TOKENIZE_PIECE = 32_768
+_SPACE_RE = re.compile(r"\s")
+
+
+def _digest(tokens: list) -> str:
+    """blake2b of repr(tokens), in pieces (the same value; repr of a huge list holds the GIL at once)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(b"[")
+    for i in range(0, len(tokens), 8192):
+        if i:
+            h.update(b", ")
+        h.update(", ".join(map(repr, tokens[i : i + 8192])).encode())
+    h.update(b"]")
+    return h.hexdigest()
+
+
+PREPARE_INLINE_CHARS = 16_384
+
+
+def _prompt_size(request: EngineRequest) -> int:
+    if request.messages is not None:
+        return sum(len(m["content"]) for m in request.messages)
+    if request.prompt_token_ids is not None:
+        return len(request.prompt_token_ids)
+    return len(request.prompt or "")
 
 
 def render_chat(messages: list[dict[str, str]]) -> str:
@@ -276,9 +318,16 @@ class SimulatedEngine(Engine):
             return list(request.prompt_token_ids)
         return tokenize(request.prompt or "", self.config.chars_per_token)
 
-    def _choices(self, request: EngineRequest, tokens: list) -> list[_Choice]:
+    def _prepare(self, request: EngineRequest) -> tuple[list, str, list[int]]:
+        """The prompt's tokens, digest and block hashes: run off the event loop, as a real engine tokenizes."""
+        tokens = self._prompt_tokens(request)
+        digest = _digest(tokens)
+        cfg = self.config
+        hashes = block_hashes(tokens, cfg.block_size) if cfg.prefix_cache_blocks else []
+        return tokens, digest, hashes
+
+    def _choices(self, request: EngineRequest, digest: str) -> list[_Choice]:
         p = request.params
-        digest = hashlib.blake2b(repr(tokens).encode(), digest_size=8).hexdigest()
         choices = []
         for i in range(p.n):
             if p.seed is not None:
@@ -294,7 +343,11 @@ class SimulatedEngine(Engine):
         cfg = self.config
         p = request.params
         # -- validation, before the first yield ----------------------------------
-        tokens = self._prompt_tokens(request)
+        # Small prompts inline: a thread hop costs more than they do.
+        if _prompt_size(request) < PREPARE_INLINE_CHARS:
+            tokens, digest, hashes = self._prepare(request)
+        else:
+            tokens, digest, hashes = await asyncio.to_thread(self._prepare, request)
         prompt_tokens = len(tokens)
         room = cfg.max_model_len - prompt_tokens
         if room <= 0 or (p.max_tokens is not None and p.max_tokens > room):
@@ -307,7 +360,7 @@ class SimulatedEngine(Engine):
             fail_at = cfg.error_after_tokens
         stops = p.stop or []
         hold = max((len(s) for s in stops), default=1) - 1
-        choices = self._choices(request, tokens)
+        choices = self._choices(request, digest)
 
         counters = self._counters
         counters["requests"] += 1
@@ -330,7 +383,7 @@ class SimulatedEngine(Engine):
             self._running_seqs += live
             if fail_at == 0:
                 raise EngineError("simulated engine failure")
-            await self._prefill(tokens)
+            await self._prefill(tokens, hashes)
             if self._dead():
                 raise EngineUnavailableError("the simulated engine died")
 
@@ -396,9 +449,8 @@ class SimulatedEngine(Engine):
                 self._running_seqs -= live
                 self._slots.release()
 
-    async def _prefill(self, tokens: list) -> None:
+    async def _prefill(self, tokens: list, hashes: list[int]) -> None:
         cfg = self.config
-        hashes = block_hashes(tokens, cfg.block_size) if cfg.prefix_cache_blocks else []
         # Like vLLM, the last prompt token is always computed: a full-prompt hit gives back a block.
         matchable = hashes[: (len(tokens) - 1) // cfg.block_size]
         hit_blocks = self.cache.match(matchable) if matchable else 0

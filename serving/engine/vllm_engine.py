@@ -9,6 +9,7 @@ context-length check runs before a request reaches the scheduler.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import gc
 import logging
@@ -78,6 +79,10 @@ class VLLMEngine(Engine):
         self._tokenizer: Any = None
         self._max_model_len = 0
         self._collectors: list[Any] | None = None
+        # Templating and tokenizing a prompt run here, not on the event loop that streams
+        # every token (a 1 MB body took 0.6-1.1 s): one thread, as a tokenizer is not
+        # safe to share between threads, and a queue of prompts waits there, not the loop.
+        self._prepare = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prompt-prep")
 
     async def start(self) -> EngineInfo:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -90,11 +95,28 @@ class VLLMEngine(Engine):
         self._llm = AsyncLLM.from_engine_args(engine_args)
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = self._llm.model_config.max_model_len
+        # Code points -> tokens: a vocabulary string has one character per byte (byte-level
+        # BPE) or per code point (SentencePiece), so prompt characters / the longest token
+        # bound its tokens from below; x2 leaves room for normalization merging characters.
+        longest = max((len(t) for t in self._tokenizer.get_vocab()), default=1)
+        await self._warm_up()
         # As vLLM's engine core does: move the start-up heap (torch, transformers,
         # Ray) out of the cyclic GC, whose full passes over it stalled streams.
         gc.collect()
         gc.freeze()
-        return EngineInfo(max_model_len=self._max_model_len)
+        return EngineInfo(max_model_len=self._max_model_len, max_token_chars=2 * longest)
+
+    async def _warm_up(self) -> None:
+        """One tiny request down the logprobs path before serving: its first use paused the
+        engine ~0.1-0.15 s (measured with loadtests/hostile.py), stalling every stream then."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        params = SamplingParams(
+            n=2, max_tokens=2, logprobs=20, flat_logprobs=True, ignore_eos=True, output_kind=RequestOutputKind.DELTA
+        )
+        bos = self._tokenizer.bos_token_id
+        async for _ in self._llm.generate({"prompt_token_ids": [bos if bos is not None else 0]}, params, "warm-up"):
+            pass
 
     # -- requests ---------------------------------------------------------------
 
@@ -136,6 +158,9 @@ class VLLMEngine(Engine):
             presence_penalty=p.presence_penalty,
             frequency_penalty=p.frequency_penalty,
             logprobs=p.logprobs,
+            # vLLM keeps a request's logprobs for its whole life: as flat lists, not a
+            # dict of Logprob objects per position, which the cyclic GC walks again and again.
+            flat_logprobs=p.logprobs is not None,
             ignore_eos=p.ignore_eos,
             min_tokens=p.min_tokens,
             structured_outputs=structured,
@@ -147,7 +172,7 @@ class VLLMEngine(Engine):
 
         if self._llm is None or self._llm.errored:
             raise EngineUnavailableError("the engine is not running")
-        ids = self._prompt_ids(request)
+        ids = await asyncio.get_running_loop().run_in_executor(self._prepare, self._prompt_ids, request)
         prompt_tokens = len(ids)
         room = self._max_model_len - prompt_tokens
         max_tokens = request.params.max_tokens
@@ -242,6 +267,7 @@ class VLLMEngine(Engine):
         return self._collectors
 
     async def shutdown(self) -> None:
+        self._prepare.shutdown(wait=False, cancel_futures=True)
         if self._llm is not None:
             llm, self._llm = self._llm, None
             llm.shutdown()

@@ -34,7 +34,7 @@ from serving.config import AuthConfig, LimitsConfig
 from tests.inprocess import MODEL, simulated_app
 
 KEY_ENV = "SERVING_TEST_FUZZ_KEYS"
-KEY = "sk-fuzz-key"
+KEY = "sk-fuzz-test-key-0001"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CALL_TIMEOUT_S = 10.0
 # Fast timings and a small context keep the worst example (n=128 choices up to

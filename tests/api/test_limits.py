@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from loadtests import sse
+from serving.api.security import AuthSetupError
 from serving.config import AuthConfig, LimitsConfig
 from tests.inprocess import MODEL, InProcessApp
 
 KEY_ENV = "SERVING_TEST_LIMITS_KEYS"
-KEY, OTHER_KEY = "sk-limits-1", "sk-limits-2"
+KEY, OTHER_KEY = "sk-limits-test-key-1", "sk-limits-test-key-2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 KEYS = AuthConfig(api_keys_env=KEY_ENV)
 # Slow enough that a request is certainly still running while the test looks at it.
@@ -79,9 +80,11 @@ async def test_keys_required_and_never_echoed(make_app):
     assert (await s.http.get("/health")).status_code == 200  # liveness stays open
 
 
-async def test_open_mode_without_keys(monkeypatch, make_app):
+async def test_open_mode_only_when_the_config_says_so(monkeypatch, make_app):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    s = await make_app(LEN, auth=KEYS)
+    with pytest.raises(AuthSetupError, match=f"{KEY_ENV} .* is not set"):
+        await make_app(LEN, auth=KEYS)  # keys expected, none found: no start (it used to serve open)
+    s = await make_app(LEN, auth=AuthConfig.model_validate("open"))
     assert not s.app.state.authenticator.enabled
     for headers in ({}, {"Authorization": "Bearer anything"}, {"Authorization": "garbage"}):
         r = await s.http.post("/v1/chat/completions", json=CHAT, headers=headers)
@@ -92,12 +95,15 @@ async def test_open_mode_without_keys(monkeypatch, make_app):
 async def test_keys_from_a_file(monkeypatch, tmp_path, make_app):
     monkeypatch.delenv(KEY_ENV, raising=False)
     keys = tmp_path / "keys"
-    keys.write_text("sk-from-file\n\n  sk-second  \n")
-    s = await make_app(LEN, auth=AuthConfig(api_keys_env=KEY_ENV, api_keys_file=str(keys)))
-    for key in ("sk-from-file", "sk-second"):
+    keys.write_text("# team a\nsk-from-file-key-0001\n\n  sk-second-key-00002  \n  # old: sk-retired-key-0003\n")
+    s = await make_app(LEN, auth=AuthConfig(api_keys_env=None, api_keys_file=str(keys)))
+    for key in ("sk-from-file-key-0001", "sk-second-key-00002"):
         r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, r.text
     assert_error(await s.http.post("/v1/chat/completions", json=CHAT), 401, code="invalid_api_key")
+    for comment in ("# team a", "# old: sk-retired-key-0003", "sk-retired-key-0003"):  # comments are not keys
+        r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {comment}"})
+        assert_error(r, 401, code="invalid_api_key")
 
 
 # -- rate limits -----------------------------------------------------------------------

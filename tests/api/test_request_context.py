@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from serving.api.openai_serving import OpenAIServing
-from serving.config import LimitsConfig
+from serving.config import AuthConfig, LimitsConfig
 from tests.inprocess import InProcessApp, simulated_engine
 
-KEY = "sk-unit-test"
+KEY = "sk-unit-test-key-0001"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -35,7 +35,7 @@ def app_and_metrics(monkeypatch):
     metrics = RecordingMetrics()
     serving = OpenAIServing(engine, "sim", 64, metrics=metrics)
     limits = LimitsConfig(max_body_bytes=2048, requests_per_minute=1000)
-    with InProcessApp([serving], limits=limits, metrics=metrics).test_client() as client:
+    with InProcessApp([serving], auth=AuthConfig(), limits=limits, metrics=metrics).test_client() as client:
         client.portal.call(engine.start)
         yield client, metrics
 

@@ -22,16 +22,24 @@ DIRECT_PORT, PROXY_PORT = free_ports(2)
 DIRECT_URL = f"http://127.0.0.1:{DIRECT_PORT}"
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 # The dev stack runs with API keys in the tests (from the environment, as in production).
-API_KEY = "sk-e2e-test-key"
-OTHER_KEY = "sk-e2e-second-key"
+API_KEY = "sk-e2e-test-key-0001"
+OTHER_KEY = "sk-e2e-second-key-0002"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def dev_config(direct_port: int, proxy_port: int, path: Path = ROOT / "configs" / "dev.yaml") -> dict[str, Any]:
-    """A shipped config as data, served on the given ports (and only on loopback)."""
+def dev_config(
+    direct_port: int, proxy_port: int, path: Path = ROOT / "configs" / "dev.yaml", *, keys: bool = False
+) -> dict[str, Any]:
+    """A shipped config as data, served on the given ports (and only on loopback).
+
+    `keys`: API keys from SERVING_API_KEYS, as in production, instead of the laptop configs' `auth: open`.
+    """
     data = yaml.safe_load(path.read_text())
     data["http_options"].update(host="127.0.0.1", port=proxy_port)
-    data["applications"][0]["args"]["ingress"].update(host="127.0.0.1", port=direct_port)
+    args = data["applications"][0]["args"]
+    args["ingress"].update(host="127.0.0.1", port=direct_port)
+    if keys:
+        args["auth"] = {"api_keys_env": "SERVING_API_KEYS"}
     return data
 
 
@@ -49,10 +57,10 @@ def start_stack(
 
 @pytest.fixture(scope="session")
 def dev_server(tmp_path_factory):
-    """configs/dev.yaml served as the README's first command does (on free ports), once per test run."""
+    """configs/dev.yaml served as the README's first command does (on free ports, with keys), once per test run."""
     log = tmp_path_factory.mktemp("serve") / "serve-dev.log"
     keys = {"SERVING_API_KEYS": f"{API_KEY},{OTHER_KEY}"}
-    with start_stack(dev_config(DIRECT_PORT, PROXY_PORT), log, env=keys) as server:
+    with start_stack(dev_config(DIRECT_PORT, PROXY_PORT, keys=True), log, env=keys) as server:
         yield server
 
 

@@ -38,6 +38,7 @@ CONFIG = {
             "import_path": "serving.deployments.app:build_app",
             "args": {
                 "ingress": {"mode": "proxy", "port": INGRESS_PORT, "num_cpus": 0.05},
+                "auth": "open",
                 "models": [
                     {
                         "id": MODEL,

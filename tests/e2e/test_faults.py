@@ -37,7 +37,7 @@ DIRECT_URL = f"http://127.0.0.1:{DIRECT_PORT}"
 @pytest.fixture(scope="module")
 def faults_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve-faults.log"
-    with start_stack(dev_config(DIRECT_PORT, PROXY_PORT), log, env={"SERVING_API_KEYS": API_KEY}) as server:
+    with start_stack(dev_config(DIRECT_PORT, PROXY_PORT, keys=True), log, env={"SERVING_API_KEYS": API_KEY}) as server:
         yield server
 
 
@@ -154,7 +154,7 @@ async def test_engine_killed_during_load(faults_server):
 
 
 async def test_redeploy_drains_in_flight_streams(faults_server):
-    config = dev_config(DIRECT_PORT, PROXY_PORT)
+    config = dev_config(DIRECT_PORT, PROXY_PORT, keys=True)
     model = config["applications"][0]["args"]["models"][0]
     model.setdefault("env", {})["SERVING_DEPLOY_GENERATION"] = "2"  # a new runtime_env: new replicas
     new_config = write_config(config)

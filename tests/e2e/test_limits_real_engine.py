@@ -12,13 +12,13 @@ from tests.e2e.conftest import dev_config, start_stack
 
 DIRECT_PORT, PROXY_PORT = free_ports(2)
 URL = f"http://127.0.0.1:{DIRECT_PORT}"
-KEY_A, KEY_B = "sk-limits-a", "sk-limits-b"
+KEY_A, KEY_B = "sk-limits-test-key-a", "sk-limits-test-key-b"
 MODEL = "tiny-llama"
 
 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory):
-    config = dev_config(DIRECT_PORT, PROXY_PORT)
+    config = dev_config(DIRECT_PORT, PROXY_PORT, keys=True)
     args = config["applications"][0]["args"]
     # The timeout must outlast the set-up of the 3 streams and the 4th request by far: with 1.5 s, CI once
     # saw a stream time out (freeing its place) just before the 4th request, which then got 200.

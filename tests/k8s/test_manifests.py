@@ -354,7 +354,7 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
         if str(wports.get("metrics")) != g.get("rayStartParams", {}).get("metrics-export-port", "8080"):
             errors.append(f"{g['groupName']}: port 'metrics' != rayStartParams metrics-export-port")
 
-    # Every Ray pod: non-root as the image's user, secrets from the Secret (optional).
+    # Every Ray pod: non-root as the image's user, secrets from the Secret (the API keys required: auth fails closed).
     for role, template in pod_templates(rs):
         sc = template["spec"].get("securityContext", {})
         if sc.get("runAsNonRoot") is not True or sc.get("runAsUser") != dockerfile_uid():
@@ -367,9 +367,10 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
                     not ref
                     or ref.get("name") != k8s.SECRET_NAME
                     or ref.get("key") != key
-                    or ref.get("optional") is not True
+                    or ref.get("optional") is not (key not in k8s.REQUIRED_SECRET_KEYS)
                 ):
-                    errors.append(f"{role}: env {key} must come from secret {k8s.SECRET_NAME} key {key}, optional")
+                    need = "required" if key in k8s.REQUIRED_SECRET_KEYS else "optional"
+                    errors.append(f"{role}: env {key} must come from secret {k8s.SECRET_NAME} key {key}, {need}")
 
     # Autoscaling: the in-tree autoscaler when the worker group can grow.
     kueue = "kueue.x-k8s.io/queue-name" in rs["metadata"].get("labels", {})
@@ -454,9 +455,14 @@ MUTATIONS: list[tuple[str, Callable[[dict, dict], None], str]] = [
     ("direct-port", lambda rs, s: _worker_container(rs)["ports"].pop(0), "port 'direct'"),
     ("root", lambda rs, s: _worker(rs)["template"]["spec"]["securityContext"].update(runAsUser=0), "runAsUser"),
     (
-        "secret-not-optional",
+        "hf-token-required",
         lambda rs, s: _worker_container(rs)["env"][0]["valueFrom"]["secretKeyRef"].update(optional=False),
-        "optional",
+        "HF_TOKEN must come from secret serving-secrets key HF_TOKEN, optional",
+    ),
+    (
+        "api-keys-optional",
+        lambda rs, s: _worker_container(rs)["env"][1]["valueFrom"]["secretKeyRef"].update(optional=True),
+        "SERVING_API_KEYS must come from secret serving-secrets key SERVING_API_KEYS, required",
     ),
     ("no-toleration", lambda rs, s: _worker(rs)["template"]["spec"].pop("tolerations"), "toleration"),
     ("small-pod", lambda rs, s: _worker_container(rs)["resources"]["limits"].update(memory="16Gi"), "memory limit"),
@@ -582,8 +588,13 @@ def test_render_cli_check_mode(tmp_path, capsys):
         ),
         (lambda d: d["http_options"].update(host="127.0.0.1"), "http_options.host"),
         (lambda d: d["applications"][0]["args"]["ingress"].update(port=8001), "must differ"),
+        (lambda d: d["applications"][0]["args"].update(auth="open"), "auth: open is for development"),
+        (
+            lambda d: d["applications"][0]["args"].update(auth={"api_keys_env": "MY_KEYS"}),
+            "api_keys_env must be SERVING_API_KEYS",
+        ),
     ],
-    ids=["num-gpus-vs-tp", "tp-without-mp", "proxy-on-localhost", "port-clash"],
+    ids=["num-gpus-vs-tp", "tp-without-mp", "proxy-on-localhost", "port-clash", "auth-open", "auth-other-env"],
 )
 def test_renderer_refuses_inconsistent_configs(edit, message, tmp_path):
     data = yaml.safe_load((ROOT / "configs" / "cluster.yaml").read_text())
