@@ -177,6 +177,12 @@ class IngressConfig(Strict):
         "processes. Ray starts every worker at nice 15 (RAY_worker_niceness), below its own agents and any "
         "client on the node; in direct mode the replica is the whole data path. null keeps Ray's default.",
     )
+    # The direct ingress's HTTP server faces clients itself (SECURITY.md, "The direct ingress's HTTP server").
+    max_connections: int = Field(1024, ge=1, description="direct mode: open connections per replica; more are closed")
+    max_header_bytes: int = Field(65_536, ge=1024, description="direct mode: request line and headers; more: 431")
+    max_headers: int = Field(100, ge=8, description="direct mode: header fields per request; more: 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="direct mode: to receive a request's headers; then 408")
+    body_timeout_s: float = Field(30.0, gt=0, description="direct mode: silence allowed while a body arrives; then 408")
 
 
 class AuthConfig(Strict):

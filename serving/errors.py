@@ -143,6 +143,18 @@ class EngineError(APIError):
     reason = "engine_error"
 
 
+class ClientDisconnectedError(APIError):
+    """The client closed the connection before the answer: its work was cancelled.
+
+    Nobody reads the response; 499 (nginx's "client closed request") labels it
+    in the metrics and the access log.
+    """
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    reason = "client_disconnected"
+
+
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 

@@ -9,7 +9,8 @@ Every step, cheap first, in the order a request meets them:
 5. JSON and schema validation, 400/415 (`parse_json_model`);
 6. model lookup, 404 (`ModelRegistry.get`);
 7. the token estimate charged against tokens-per-minute;
-8. the backend, one method per endpoint: a JSON body, or SSE whose first chunk
+8. the backend, one method per endpoint, cancelled if the client leaves before
+   the answer (`until_disconnect`): a JSON body, or SSE whose first chunk
    is already produced (so errors before it are HTTP errors, not 200 streams).
 
 Nothing here runs per token. Errors raise `serving.errors.APIError`s; the app
@@ -18,6 +19,8 @@ factory turns them into OpenAI error bodies and the middleware counts them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from fastapi import Request
@@ -28,9 +31,10 @@ from serving.api.backend import Generation, ModelBackend
 from serving.api.middleware import engine_request_id, set_model
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.streaming import SSE_HEADERS, encode_json
-from serving.errors import InvalidRequestError, PayloadTooLargeError
+from serving.errors import ClientDisconnectedError, InvalidRequestError, PayloadTooLargeError
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 GenerationRequest = TypeVar("GenerationRequest", ChatCompletionRequest, CompletionRequest)
 
 _UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -116,4 +120,37 @@ async def run_generation(
     backend = state.registry.get(req.model)
     set_model(request, backend.model_id)  # only known ids become metric labels
     state.limiter.charge_tokens(caller, estimated_tokens(req))
-    return respond(await call(backend, req, engine_request_id(request)))
+    return respond(await until_disconnect(request, call(backend, req, engine_request_id(request))))
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read: only that message is left)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled as soon as the client leaves: a whole body, or a stream's first chunk.
+
+    Once a stream is under way, the response itself notices a disconnect and
+    closes the stream (which aborts the engine request). Before that, nothing
+    read from the connection: a non-streaming request generated to its end, and
+    a stream waiting for its first token held its engine slot, for nobody.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # the engine request is aborted before we answer
+        raise ClientDisconnectedError("The client closed the connection; the request was cancelled.")
+    return task.result()

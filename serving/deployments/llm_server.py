@@ -16,14 +16,16 @@ import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
+import psutil
+
 from serving.api.app import build_api
 from serving.api.backend import Generation, ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.config import AppConfig, IngressConfig, ModelConfig
-from serving.deployments import node_tuning
+from serving.deployments import engine_watchdog, node_tuning
 from serving.deployments.direct.engine_loop import EngineLoop
-from serving.deployments.direct.http_server import DirectHTTPServer
+from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer
 from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics, export_engine_stats
 from serving.engine.base import Engine
@@ -98,6 +100,8 @@ class LLMServer:
             limits=self.app_cfg.limits,
             max_token_chars=info.max_token_chars,
         )
+        if engine_watchdog.engine_processes(psutil.Process()):
+            self._watchdog = engine_watchdog.start()  # reaps them if this replica dies without its shutdown
         self._background_stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._stats_task = loop.create_task(
@@ -131,7 +135,11 @@ class LLMServer:
                 metrics=self.metrics,
             )
             self._http = await DirectHTTPServer.start(
-                api, ingress_cfg.host, ingress_cfg.port, self.cfg.deployment.graceful_shutdown_timeout_s
+                api,
+                ingress_cfg.host,
+                ingress_cfg.port,
+                self.cfg.deployment.graceful_shutdown_timeout_s,
+                ConnectionLimits.from_config(ingress_cfg),
             )
 
     # -- handle calls (bridged onto the engine loop) --------------------------------

@@ -1,6 +1,7 @@
 """Reliability and security against the real engine: keys, request ids, disconnects."""
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -95,3 +96,25 @@ async def test_client_disconnects_abort_engine_requests(dev_server):
         await asyncio.sleep(0.05)
     # 1500-token requests would still be running had they not been aborted
     assert engine_stats()["running"] == 0
+
+
+async def test_non_streaming_clients_that_leave_abort_their_engine_requests(dev_server):
+    """10 non-streaming clients give up after 0.5 s: their requests leave the engine within 1 s.
+
+    Before the disconnect watcher every one generated all 1500 tokens for nobody.
+    """
+    body = {**CHAT, "max_tokens": 1500, "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=0.5, limits=httpx.Limits(max_connections=20)) as client:
+
+        async def give_up() -> None:
+            with contextlib.suppress(httpx.TimeoutException):  # the client closes the connection
+                await client.post(f"{DIRECT_URL}/v1/chat/completions", json=body, headers=AUTH)
+
+        await asyncio.gather(*(give_up() for _ in range(10)))
+    left_at = time.monotonic()
+    while True:
+        stats = engine_stats()
+        if stats["unfinished_requests"] == 0 and stats["in_flight"] == 0:
+            break
+        assert time.monotonic() - left_at < 1.0, f"engine still has requests 1 s after the clients left: {stats}"
+        await asyncio.sleep(0.05)

@@ -25,6 +25,7 @@ EXPECTED_REASONS = {
     "OverloadedError": "queue_full",
     "RequestTimeoutError": "timeout",
     "EngineError": "engine_error",
+    "ClientDisconnectedError": "client_disconnected",
 }
 
 

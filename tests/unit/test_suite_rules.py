@@ -36,13 +36,15 @@ def test_tests_under_e2e_are_marked(request):
 @pytest.fixture(scope="module")
 def stand_in_started_before_the_test():
     # As an e2e session server still running while later fast tests run.
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # (maybe a real one)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "/ray/core/src/ray/raylet/raylet"])
-    yield proc
+    yield proc, before
     proc.kill()
     proc.wait()
 
 
 def test_processes_started_before_a_test_are_not_its_doing(stand_in_started_before_the_test):
     # The guard runs after this test: it must not count the module fixture's process.
-    assert any(str(stand_in_started_before_the_test.pid) in f for f in heavy_descendants())
-    assert not heavy_descendants({stand_in_started_before_the_test.pid})
+    proc, before = stand_in_started_before_the_test
+    assert any(str(proc.pid) in f for f in heavy_descendants(before))
+    assert not heavy_descendants(before | {proc.pid})

@@ -1,0 +1,123 @@
+"""The engine watchdog (serving/deployments/engine_watchdog.py) with stand-in processes: no Ray, no vLLM.
+
+A stand-in replica starts a stand-in engine (a sleeper titled like vLLM's engine
+core) and the real watchdog. When the replica is SIGKILLed, as `ray stop --force`
+does, the engine must be gone within a few seconds; when the replica stops its
+engine itself and exits, the watchdog must exit without touching anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from serving.deployments.engine_watchdog import engine_processes
+
+REPLICA = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from serving.deployments import engine_watchdog
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "VLLM::EngineCore"])
+    watchdog = engine_watchdog.start()
+    print(engine.pid, watchdog.pid, flush=True)
+    if sys.argv[1] == "clean":
+        time.sleep(2)           # the watchdog has seen the engine
+        engine.terminate()      # the replica's own shutdown
+        engine.wait()
+        sys.exit(0)
+    time.sleep(120)
+    """
+)
+
+
+def start_replica(mode: str) -> tuple[subprocess.Popen, int, int]:
+    replica = subprocess.Popen(
+        [sys.executable, "-c", REPLICA, mode], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    engine_pid, watchdog_pid = (int(x) for x in replica.stdout.readline().split())
+    return replica, engine_pid, watchdog_pid
+
+
+def gone_within(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_engine_of_a_killed_replica_is_stopped():
+    replica, engine, watchdog = start_replica("kill")
+    try:
+        time.sleep(2)  # the watchdog has seen the engine
+        replica.send_signal(signal.SIGKILL)
+        replica.wait()
+        assert gone_within(engine, 8), "the engine outlived its replica"
+        assert gone_within(watchdog, 8), "the watchdog did not exit after its work"
+    finally:
+        for pid in (engine, watchdog):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+
+def test_a_replica_that_stops_its_engine_leaves_the_watchdog_nothing_to_do():
+    replica, engine, watchdog = start_replica("clean")
+    assert replica.wait(timeout=20) == 0
+    assert gone_within(engine, 1)
+    assert gone_within(watchdog, 5)
+
+
+def test_only_engine_titles_count():
+    me = psutil.Process()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "not-an-engine"])
+    titled = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "VLLM::Worker"])
+    try:
+        found = engine_processes(me)
+        assert titled.pid in found and sleeper.pid not in found
+    finally:
+        for p in (sleeper, titled):
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def test_an_orphaned_replica_is_stopped_with_its_engine():
+    # The raylet's death, in small: the replica's parent dies, the replica lives on.
+    raylet = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; "
+         "r = subprocess.Popen([sys.executable, '-c', sys.argv[1], 'kill'], stdout=sys.stdout); "
+         "time.sleep(120)", REPLICA],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    engine, watchdog = (int(x) for x in raylet.stdout.readline().split())
+    replica = psutil.Process(engine).ppid()
+    try:
+        time.sleep(2)
+        raylet.send_signal(signal.SIGKILL)
+        raylet.wait()
+        assert gone_within(engine, 8), "the orphaned replica's engine lives on"
+        assert gone_within(replica, 8), "the orphaned replica lives on"
+        assert gone_within(watchdog, 8)
+    finally:
+        for pid in (engine, watchdog, replica):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
