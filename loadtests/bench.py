@@ -352,44 +352,25 @@ async def amain(args) -> int:
     for rep in range(args.repeat):
         print(f"== run {rep + 1}/{args.repeat}", flush=True)
         run = {"ours": [], "plain": []}
-        if args.only in ("both", "ours"):
-            background_load("ours", run)
-            url = args.our_url or our_url_for(cfg)
-            server = None if args.our_url else start_ours(config_path, url, out)
+        for side in ("ours", "plain"):
+            if args.only not in ("both", side):
+                continue
+            background_load(side, run)
+            if side == "ours":
+                url = args.our_url or our_url_for(cfg)
+                server = None if args.our_url else start_ours(config_path, url, out)
+                key = args.api_key
+            else:
+                server = None if args.plain_url else start_plain(model_cfg, args.plain_port, out)
+                url = args.plain_url or f"http://127.0.0.1:{args.plain_port}"
+                key = None
             try:
-                print(f"ours: {url}", flush=True)
-                run["ours"] = [
-                    asdict(r)
-                    for r in await run_server(
-                        f"{url}/v1/chat/completions",
-                        model_cfg.id,
-                        levels,
-                        args.warmup,
-                        args.duration,
-                        args.output_tokens,
-                        args.api_key,
-                    )
-                ]
-            finally:
-                if server:
-                    server.stop()
-        if args.only in ("both", "plain"):
-            background_load("plain", run)
-            server = None if args.plain_url else start_plain(model_cfg, args.plain_port, out)
-            url = args.plain_url or f"http://127.0.0.1:{args.plain_port}"
-            try:
-                print(f"plain vLLM: {url}", flush=True)
-                run["plain"] = [
-                    asdict(r)
-                    for r in await run_server(
-                        f"{url}/v1/chat/completions",
-                        model_cfg.id,
-                        levels,
-                        args.warmup,
-                        args.duration,
-                        args.output_tokens,
-                    )
-                ]
+                print(f"{'ours' if side == 'ours' else 'plain vLLM'}: {url}", flush=True)
+                results = await run_server(
+                    f"{url}/v1/chat/completions", model_cfg.id, levels, args.warmup, args.duration,
+                    args.output_tokens, key,
+                )  # fmt: skip
+                run[side] = [asdict(r) for r in results]
             finally:
                 if server:
                     server.stop()

@@ -246,20 +246,7 @@ class OpenAIServing:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._chat_engine_request(req, request_id), req.n
         )
-        body = self._chat_body(req, request_id, texts, finish, logprobs, prompt_tokens, completion_tokens)
-        return body if logprobs is None else _encode(body)  # bytes: the logprobs are encoded already
-
-    def _chat_body(
-        self,
-        req: ChatCompletionRequest,
-        request_id: str,
-        texts: list[str],
-        finish: list[str | None],
-        logprobs: list[LogprobsParts] | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> dict[str, Any]:
-        return {
+        body = {
             "id": f"chatcmpl-{request_id}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -275,6 +262,7 @@ class OpenAIServing:
             ],
             "usage": _usage(prompt_tokens, completion_tokens),
         }
+        return body if logprobs is None else _encode(body)  # bytes: the logprobs are encoded already
 
     async def _chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         engine_request = self._chat_engine_request(req, request_id)
@@ -325,20 +313,7 @@ class OpenAIServing:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._completion_engine_request(req, request_id), req.n
         )
-        body = self._completion_body(req, request_id, texts, finish, logprobs, prompt_tokens, completion_tokens)
-        return body if logprobs is None else _encode(body)
-
-    def _completion_body(
-        self,
-        req: CompletionRequest,
-        request_id: str,
-        texts: list[str],
-        finish: list[str | None],
-        logprobs: list[LogprobsParts] | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> dict[str, Any]:
-        return {
+        body = {
             "id": f"cmpl-{request_id}",
             "object": "text_completion",
             "created": int(time.time()),
@@ -354,6 +329,7 @@ class OpenAIServing:
             ],
             "usage": _usage(prompt_tokens, completion_tokens),
         }
+        return body if logprobs is None else _encode(body)
 
     async def _completions_stream(self, req: CompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         engine_request = self._completion_engine_request(req, request_id)
