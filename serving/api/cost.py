@@ -30,6 +30,8 @@ from serving.api.streaming import encode_json
 from serving.config import LimitsConfig
 from serving.errors import InvalidRequestError, PromptTooLongError
 
+SCHEMA_PARAM = "response_format.json_schema.schema"
+
 
 def _depth(node: Any, limit: int) -> int:
     """Nesting depth of JSON data, stopping once past `limit` (an iterative walk: no recursion limit)."""
@@ -51,7 +53,7 @@ def _depth(node: Any, limit: int) -> int:
 def check_schema(schema: dict[str, Any] | None, limits: LimitsConfig) -> None:
     if schema is None:
         return
-    param = "response_format.json_schema.schema"
+    param = SCHEMA_PARAM
     size = len(encode_json(schema))
     if size > limits.max_schema_bytes:
         raise InvalidRequestError(
@@ -77,7 +79,7 @@ def validate_schema(schema: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
-    param = "response_format.json_schema.schema"
+    param = SCHEMA_PARAM
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -140,12 +142,13 @@ def check_cost(
         )
     top = _top_logprobs(req)
     if top is not None:
+        logprobs_param = "top_logprobs" if isinstance(req, ChatCompletionRequest) else "logprobs"
         width = n * (top + 1)
         if width > limits.max_logprobs_per_token:
             raise InvalidRequestError(
                 f"Logprobs for n x (top_logprobs + 1) = {n} x {top + 1} = {width} tokens per generated position "
                 f"exceed this server's limit of {limits.max_logprobs_per_token}. Lower n or top_logprobs.",
-                param="top_logprobs" if isinstance(req, ChatCompletionRequest) else "logprobs",
+                param=logprobs_param,
                 code="request_too_large",
             )
         entries = n * per_choice * (top + 1)
@@ -154,7 +157,7 @@ def check_cost(
                 f"Logprobs for n x max_tokens x (top_logprobs + 1) = {n} x {per_choice} x {top + 1} = {entries} "
                 f"tokens exceed this server's limit of {limits.max_logprob_entries} (an omitted max_tokens counts as "
                 f"the context, {max_model_len}). Lower n, max_tokens or top_logprobs.",
-                param="top_logprobs" if isinstance(req, ChatCompletionRequest) else "logprobs",
+                param=logprobs_param,
                 code="request_too_large",
             )
     check_schema(request_schema(req), limits)

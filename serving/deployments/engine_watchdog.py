@@ -31,7 +31,8 @@ import time
 
 import psutil
 
-ENGINE_TITLES = ("VLLM::EngineCore", "VLLM::Worker")
+from serving.deployments.node_tuning import ENGINE_CORE, ENGINE_WORKER, has_title
+
 POLL_S = 1.0
 GRACE_S = 3.0
 
@@ -40,12 +41,11 @@ def engine_processes(parent: psutil.Process) -> dict[int, float]:
     """The engine processes among `parent`'s descendants: pid -> start time."""
     found: dict[int, float] = {}
     for child in parent.children(recursive=True):
-        try:
-            text = child.name() + " " + " ".join(child.cmdline())
-            if any(t in text for t in ENGINE_TITLES):
+        if has_title(child, ENGINE_CORE) or has_title(child, ENGINE_WORKER):
+            try:
                 found[child.pid] = child.create_time()
-        except psutil.Error:
-            continue
+            except psutil.Error:
+                continue
     return found
 
 

@@ -62,7 +62,8 @@ ENGINE_WORKER = "VLLM::Worker"
 PLACEMENT_INTERVAL_S = 0.5
 
 
-def _named(proc, name: str) -> bool:
+def has_title(proc, name: str) -> bool:
+    """Whether the process's name or command line contains `name` (vLLM titles its processes)."""
     import psutil
 
     try:
@@ -101,8 +102,8 @@ class EngineCorePlacement:
         self.colocated = False
         try:
             children = psutil.Process(replica_pid or os.getpid()).children(recursive=True)
-            workers = sorted((p for p in children if _named(p, ENGINE_WORKER)), key=lambda p: p.pid)
-            cores = [p.pid for p in children if _named(p, ENGINE_CORE)]
+            workers = sorted((p for p in children if has_title(p, ENGINE_WORKER)), key=lambda p: p.pid)
+            cores = [p.pid for p in children if has_title(p, ENGINE_CORE)]
             if not workers or not cores:
                 return
             # The worker's main thread: OMP binds it to the first core of its team.

@@ -69,6 +69,17 @@ def engine_stats() -> dict:
     return httpx.get(f"{DIRECT_URL}/stats", headers=AUTH, timeout=10).json()[MODEL]
 
 
+async def engine_idle_within(seconds: float, after: str) -> None:
+    """The engine has no request left (unfinished or in flight) within `seconds`, or the test fails."""
+    since = time.monotonic()
+    while True:
+        stats = engine_stats()
+        if stats["unfinished_requests"] == 0 and stats["in_flight"] == 0:
+            return
+        assert time.monotonic() - since < seconds, f"engine still has requests {seconds:g} s after {after}: {stats}"
+        await asyncio.sleep(0.05)
+
+
 async def test_client_disconnects_abort_engine_requests(dev_server):
     """20 streaming clients drop mid-stream: the engine's request count is back to 0 within 2 s."""
     body = {**CHAT, "max_tokens": 1500, "ignore_eos": True, "stream": True}
@@ -87,13 +98,7 @@ async def test_client_disconnects_abort_engine_requests(dev_server):
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         results = await asyncio.gather(*(drop_after_some_chunks(client) for _ in range(20)))
     assert all(c >= 3 for c in results)
-    dropped_at = time.monotonic()
-    while True:
-        stats = engine_stats()
-        if stats["unfinished_requests"] == 0 and stats["in_flight"] == 0:
-            break
-        assert time.monotonic() - dropped_at < 2.0, f"engine still has requests 2 s after the disconnects: {stats}"
-        await asyncio.sleep(0.05)
+    await engine_idle_within(2.0, "the disconnects")
     # 1500-token requests would still be running had they not been aborted
     assert engine_stats()["running"] == 0
 
@@ -111,10 +116,4 @@ async def test_non_streaming_clients_that_leave_abort_their_engine_requests(dev_
                 await client.post(f"{DIRECT_URL}/v1/chat/completions", json=body, headers=AUTH)
 
         await asyncio.gather(*(give_up() for _ in range(10)))
-    left_at = time.monotonic()
-    while True:
-        stats = engine_stats()
-        if stats["unfinished_requests"] == 0 and stats["in_flight"] == 0:
-            break
-        assert time.monotonic() - left_at < 1.0, f"engine still has requests 1 s after the clients left: {stats}"
-        await asyncio.sleep(0.05)
+    await engine_idle_within(1.0, "the clients left")

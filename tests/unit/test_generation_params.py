@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from serving.api.openai_serving import generation_params
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.engine.base import GenerationParams
-
-USER = [{"role": "user", "content": "hi"}]
-
-
-def chat(**kw: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": USER, **kw})
-
-
-def completion(**kw: Any) -> CompletionRequest:
-    return CompletionRequest.model_validate({"model": "m", "prompt": "hi", **kw})
-
+from tests.unit.request_factories import chat, completion
 
 # -- generation_params -------------------------------------------------------------------------
 

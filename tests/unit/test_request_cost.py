@@ -7,20 +7,11 @@ from typing import Any
 import pytest
 
 from serving.api.cost import check_cost, validate_schema
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.config import LimitsConfig
 from serving.errors import InvalidRequestError, PromptTooLongError
+from tests.unit.request_factories import chat, completion
 
 LIMITS = LimitsConfig()
-USER = [{"role": "user", "content": "hi"}]
-
-
-def chat(**kw: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": USER, **kw})
-
-
-def completion(**kw: Any) -> CompletionRequest:
-    return CompletionRequest.model_validate({"model": "m", "prompt": "hi", **kw})
 
 
 def schema_format(schema: Any) -> dict[str, Any]:

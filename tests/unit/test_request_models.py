@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from pydantic import ValidationError
 
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-
-USER = [{"role": "user", "content": "hi"}]
-
-
-def chat(**kw: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": USER, **kw})
-
-
-def completion(**kw: Any) -> CompletionRequest:
-    return CompletionRequest.model_validate({"model": "m", "prompt": "hi", **kw})
-
+from tests.unit.request_factories import chat, completion
 
 # -- valid requests ---------------------------------------------------------------------
 
