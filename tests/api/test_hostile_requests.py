@@ -5,14 +5,16 @@ replica), so whatever a request costs on that loop shows as a gap in a
 concurrent stream. The probe is `loadtests/hostile.py` (also run against the real
 engine: tests/e2e/test_hostile_requests.py). The bound is 50 ms between two chunks
 of the victim stream while a hostile request is handled; the simulator makes a
-token every 2 ms, so a quiet window's largest gap is a few ms.
+token every 2 ms, so a quiet window's largest gap is a few ms. A case passes when
+one of up to three windows stays under the bound (`quietest_window`: a stall the
+request causes repeats, a spike of the machine's own does not).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from loadtests.hostile import probe
+from loadtests.hostile import quietest_window
 from loadtests.servers import free_port
 from serving.deployments.direct.http_server import DirectHTTPServer
 from tests.inprocess import simulated_app
@@ -35,8 +37,8 @@ async def direct_url():
     "case", ["quiet", "schema-anyof", "schema-regex", "schema-at-limit", "big-body", "n-logprobs", "logprobs-at-limit"]
 )
 async def test_a_hostile_request_does_not_stall_other_streams(direct_url, case):
-    (window,) = await probe(direct_url, "sim-model", cases=[case])
+    window, gaps = await quietest_window(direct_url, "sim-model", case, MAX_GAP_MS)
     assert window.gaps_ms, "the victim stream produced nothing during the window"
-    assert window.max_gap_ms < MAX_GAP_MS, f"{case}: {window}"
+    assert window.max_gap_ms < MAX_GAP_MS, f"{case}: largest gap of each window: {gaps}; last: {window}"
     if case != "quiet":
         assert window.status is not None and window.status < 500, window
