@@ -5,10 +5,12 @@ the victim's largest gap between two chunks at 100 ms (a quiet window here shows
 about 10 ms, but the machine alone sometimes shows one 200+ ms gap: CI once saw
 226 ms in the `quiet` case, with no hostile request at all). A stall a hostile
 request causes happens on every try, a noise spike does not, so a case passes
-when one of up to three windows stays under the bound. Before the request-cost bounds: a 240 KB `anyOf` schema stalled
-the victim 2.7 s, a 1 MB body 0.66 s, `n=128, top_logprobs=20` 17 s (and built a
-187 MB body), a schema `pattern` of `a{99999999999}` answered 500. What is let
-through just under the limits (`*-at-limit`) must not stall anyone either.
+when one of up to three windows stays under the bound (`quietest_window`).
+
+Before the request-cost bounds: a 240 KB `anyOf` schema stalled the victim 2.7 s,
+a 1 MB body 0.66 s, `n=128, top_logprobs=20` 17 s (and built a 187 MB body), a
+schema `pattern` of `a{99999999999}` answered 500. What is let through just under
+the limits (`*-at-limit`) must not stall anyone either.
 """
 
 from __future__ import annotations
