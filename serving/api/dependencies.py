@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 
-def authenticate(request: Request) -> str:
+async def authenticate(request: Request) -> str:
     """The caller's identity from its API key, or a 401."""
     identity: str = request.app.state.authenticator.identify(request.headers.get("authorization"))
     return identity
@@ -22,7 +22,7 @@ def authenticate(request: Request) -> str:
 Caller = Annotated[str, Depends(authenticate)]
 
 
-def admitted_caller(request: Request, caller: Caller) -> str:
+async def admitted_caller(request: Request, caller: Caller) -> str:
     """An authenticated caller that its request and token budgets admit now, or a 429."""
     request.app.state.limiter.admit(caller)
     return caller
