@@ -183,6 +183,9 @@ class IngressConfig(Strict):
     max_headers: int = Field(100, ge=8, description="direct mode: header fields per request; more: 431")
     header_timeout_s: float = Field(10.0, gt=0, description="direct mode: to receive a request's headers; then 408")
     body_timeout_s: float = Field(30.0, gt=0, description="direct mode: silence allowed while a body arrives; then 408")
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="direct mode: a response left unread this long is dropped and its request cancelled"
+    )
 
 
 class AuthConfig(Strict):
@@ -224,7 +227,12 @@ class LimitsConfig(Strict):
     """Per-key rate limits, body size and request time, enforced by every ingress process."""
 
     requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="reserved per request: prompt + n x max_tokens (omitted: the rest of the context)"
+    )
+    max_concurrent_requests_per_key: int | None = Field(
+        None, ge=1, description="requests of one key in progress at once; more get 429"
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024)
     request_timeout_s: float = Field(600.0, gt=0)
     # What one request may cost (serving/api/cost.py): refused with a 400 before the engine.

@@ -128,6 +128,15 @@ class OverloadedError(APIError):
     reason = "queue_full"
 
 
+class ShuttingDownError(EngineUnavailableError):
+    """The replica is stopping (redeploy, downscale, SIGTERM) and its drain time ran out: retry elsewhere."""
+
+    reason = "shutting_down"
+
+    def __init__(self, message: str = "The server is shutting down; retry the request.") -> None:
+        super().__init__(message, code="server_shutting_down", headers={"Retry-After": "1"})
+
+
 class RequestTimeoutError(APIError):
     status_code = 504
     error_type = "timeout"

@@ -245,8 +245,22 @@ def _worker_shape(cfg: AppConfig, where: str) -> dict[str, Any]:
         "min_pods": a.min_replicas,
         "max_pods": a.max_replicas,
         "initial_pods": a.initial_replicas if a.initial_replicas is not None else a.min_replicas,
-        "grace_s": int(max(m.deployment.graceful_shutdown_timeout_s for m in cfg.models)) + 30,
+        **_stop_times(cfg),
     }
+
+
+def _stop_times(cfg: AppConfig) -> dict[str, int]:
+    """How a worker pod stops, consistent with the replicas' `graceful_shutdown_timeout_s` (the longest).
+
+    On SIGTERM, Ray (2.60) drains the node for RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S
+    (30 s unless set) whatever the pod's grace period says; within it each replica
+    lets its streams finish, then ends the rest with an error event. So: the drain
+    a little longer than the replicas' timeout, the pod's grace period longer still,
+    and on an upgrade (a new cluster) the old cluster kept that long before deletion
+    (rayClusterDeletionDelaySeconds, 60 s unless set), for the streams it still serves.
+    """
+    longest = int(math.ceil(max(m.deployment.graceful_shutdown_timeout_s for m in cfg.models)))
+    return {"drain_s": longest + 15, "grace_s": longest + 30, "deletion_delay_s": longest + 30}
 
 
 def _secret_env() -> list[dict[str, Any]]:
@@ -347,7 +361,7 @@ def _worker(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "ports": ports,
-        "env": _secret_env(),
+        "env": [*_secret_env(), {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(shape["drain_s"])}],
         "resources": _resources(str(shape["cpus"]), f"{shape['memory_gib']}Gi", shape["gpus"]),
         "securityContext": _container_security(),
         "volumeMounts": [
@@ -463,6 +477,7 @@ def build_objects(
             # the head hosts no replicas and should not relay token streams.
             "excludeHeadPodFromServeSvc": True,
             "upgradeStrategy": {"type": "NewCluster"},
+            "rayClusterDeletionDelaySeconds": shape["deletion_delay_s"],
             "serveConfigV2": serve_text,
             "rayClusterConfig": cluster,
         },

@@ -37,6 +37,10 @@ class ModelBackend(Protocol):
         """True when the model's engine can serve."""
         ...
 
+    async def context_length(self) -> int | None:
+        """The model's context in tokens (None if it cannot be learned now): what an omitted max_tokens may use."""
+        ...
+
     async def stats(self) -> dict[str, float]:
         """The engine's counters (one replica's, when reached through a handle)."""
         ...

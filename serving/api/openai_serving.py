@@ -18,11 +18,11 @@ import msgspec
 from serving.api.backend import Generation
 from serving.api.cost import check_cost, request_schema, validate_schema
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import DONE, first_then_rest, sse
+from serving.api.streaming import DONE, closing, first_then_rest, sse
 from serving.api.streaming import encode_json as _encode
 from serving.config import LimitsConfig
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
-from serving.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, unwrap
+from serving.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, ShuttingDownError, unwrap
 from serving.observability.logging import access_log
 from serving.observability.metrics import GenerationDone, Metrics, NullMetrics
 
@@ -133,13 +133,32 @@ class LogprobsParts:
 Collected = tuple[list[str], list[str | None], list[LogprobsParts] | None, int, int]
 
 
+class _Puller:
+    """The task pulling one request's engine outputs now, and why it was interrupted (if it was)."""
+
+    __slots__ = ("task", "error")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.error: APIError | None = None
+
+    def interrupt(self, error: APIError) -> bool:
+        if self.error is not None or self.task is None or self.task.done():
+            return False
+        self.error = error
+        self.task.cancel()
+        return True
+
+
 class OpenAIServing:
     """One model's OpenAI endpoints in this process, with its admission gate and timeouts.
 
     `max_in_flight` bounds the requests this process holds for the model (running
     in the engine plus waiting in its queue); one more gets 503 + Retry-After at
     once instead of waiting. A request past `timeout_s` is cancelled in the engine
-    and answered 504 (or, mid-stream, with an error event).
+    and answered 504 (or, mid-stream, with an error event). `drain` lets the
+    requests in progress finish for a while, then ends the rest the same way,
+    with a 503 `server_shutting_down`.
     """
 
     def __init__(
@@ -164,6 +183,8 @@ class OpenAIServing:
         self.metrics: Metrics = metrics or NullMetrics()
         self.limits = limits or LimitsConfig()
         self.max_token_chars = max_token_chars
+        self._active: set[_Puller] = set()
+        self._draining = False
 
     def _record(
         self,
@@ -204,6 +225,8 @@ class OpenAIServing:
         access_log("generation", **fields)
 
     def _admit(self) -> None:
+        if self._draining:
+            raise ShuttingDownError()
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
             raise OverloadedError(
                 f"The model '{self.model_id}' is at capacity ({self.max_in_flight} requests in flight). Retry shortly.",
@@ -235,6 +258,27 @@ class OpenAIServing:
 
     async def stats(self) -> dict[str, float]:
         return {**await self.engine.stats(), "in_flight": float(self.in_flight)}
+
+    async def context_length(self) -> int | None:
+        return self.max_model_len
+
+    async def drain(self, timeout_s: float) -> int:
+        """Stop admitting; let the requests in progress finish for up to `timeout_s`; then end the rest.
+
+        A stream under way ends with an SSE error event (503 `server_shutting_down`)
+        and `[DONE]`, so the client knows it was cut and may retry elsewhere; a
+        request not yet answered gets the 503 itself. Returns how many were ended.
+        """
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        ended = sum(p.interrupt(ShuttingDownError()) for p in list(self._active))
+        deadline = loop.time() + 2.0  # time to write their last events
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return ended
 
     # -- chat -------------------------------------------------------------------
 
@@ -295,7 +339,7 @@ class OpenAIServing:
                 )
             return b"data: " + head + b',"choices":' + _encode(choices) + tail
 
-        return await first_then_rest(self._stream(engine_request, render, req.include_usage, head))
+        return await first_then_rest(self._stream(engine_request, render, req.usage_event, head))
 
     # -- completions ------------------------------------------------------------
 
@@ -355,12 +399,14 @@ class OpenAIServing:
                 choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
             return b"data: " + head + b',"choices":' + _encode(choices) + tail
 
-        return await first_then_rest(self._stream(engine_request, render, req.include_usage, head))
+        return await first_then_rest(self._stream(engine_request, render, req.usage_event, head))
 
     # -- shared -----------------------------------------------------------------
 
     async def _collect(self, request: EngineRequest, n: int) -> Collected:
         self._admit()
+        puller = _Puller(asyncio.current_task())
+        self._active.add(puller)
         start = time.perf_counter()
         timing: dict[str, float | None] = {"first": None, "last": None, "queue_wait": None}
         status, result = "error", None
@@ -372,9 +418,15 @@ class OpenAIServing:
             status = "timeout"
             raise RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.") from None
         except asyncio.CancelledError:
-            status = "cancelled"
-            raise
+            if puller.error is None:
+                status = "cancelled"
+                raise
+            status = puller.error.reason
+            if puller.task is not None:
+                puller.task.uncancel()
+            raise puller.error from None
         finally:
+            self._active.discard(puller)
             self.in_flight -= 1
             prompt_tokens, completion_tokens = (result[3], result[4]) if result else (0, 0)
             self._record(
@@ -394,21 +446,22 @@ class OpenAIServing:
         chat = request.messages is not None
         logprobs = [LogprobsParts(chat) for _ in range(n)] if request.params.logprobs is not None else None
         prompt_tokens = completion_tokens = 0
-        async for out in self.engine.generate(request):
-            now = time.perf_counter()
-            if timing["first"] is None:
-                timing["first"] = now
-            timing["last"] = now
-            if out.queue_wait_s is not None:
-                timing["queue_wait"] = out.queue_wait_s
-            prompt_tokens = out.prompt_tokens
-            for c in out.choices:
-                parts[c.index].append(c.text)
-                completion_tokens += c.num_tokens
-                if c.logprobs and logprobs is not None:
-                    logprobs[c.index].add(c.logprobs)
-                if c.finish_reason is not None:
-                    finish[c.index] = c.finish_reason
+        async with closing(self.engine.generate(request)) as outputs:
+            async for out in outputs:
+                now = time.perf_counter()
+                if timing["first"] is None:
+                    timing["first"] = now
+                timing["last"] = now
+                if out.queue_wait_s is not None:
+                    timing["queue_wait"] = out.queue_wait_s
+                prompt_tokens = out.prompt_tokens
+                for c in out.choices:
+                    parts[c.index].append(c.text)
+                    completion_tokens += c.num_tokens
+                    if c.logprobs and logprobs is not None:
+                        logprobs[c.index].add(c.logprobs)
+                    if c.finish_reason is not None:
+                        finish[c.index] = c.finish_reason
         texts = ["".join(p) for p in parts]
         return texts, finish, logprobs, prompt_tokens, completion_tokens
 
@@ -424,13 +477,11 @@ class OpenAIServing:
         # (the first item is pulled by the route, the rest by the response):
         # a timer per request instead of a wait_for per token.
         current = asyncio.current_task
-        puller: dict[str, Any] = {"task": current(), "timed_out": False}
+        puller = _Puller(current())
+        self._active.add(puller)
 
         def on_timeout() -> None:
-            puller["timed_out"] = True
-            task = puller["task"]
-            if task is not None and not task.done():
-                task.cancel()
+            puller.interrupt(RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled."))
 
         timer = asyncio.get_running_loop().call_later(self.timeout_s, on_timeout)
         started: set[int] = set()
@@ -441,28 +492,33 @@ class OpenAIServing:
         status = "error"
         sent = False  # once a chunk is out, errors become SSE events, not HTTP errors
         try:
-            async for out in self.engine.generate(request):
-                last = clock()
-                if first is None:
-                    first = last
-                if out.queue_wait_s is not None:
-                    queue_wait = out.queue_wait_s
-                prompt_tokens = out.prompt_tokens
-                for c in out.choices:
-                    completion_tokens += c.num_tokens
-                yield render(out, started)
-                sent = True
-                puller["task"] = current()
+            # Closed with the stream: a stream closed early aborts its engine request at once.
+            async with closing(self.engine.generate(request)) as outputs:
+                async for out in outputs:
+                    last = clock()
+                    if first is None:
+                        first = last
+                    if out.queue_wait_s is not None:
+                        queue_wait = out.queue_wait_s
+                    prompt_tokens = out.prompt_tokens
+                    for c in out.choices:
+                        completion_tokens += c.num_tokens
+                    yield render(out, started)
+                    sent = True
+                    puller.task = current()
             status = "ok"
+        except GeneratorExit:
+            status = "cancelled"  # closed early by the response (client gone, writer stalled)
+            raise
         except asyncio.CancelledError:
-            if not puller["timed_out"]:
+            err = puller.error
+            if err is None:
                 status = "cancelled"
                 raise  # a client disconnect: the engine already aborted the request
-            status = "timeout"
+            status = err.reason  # timed out, or the replica is shutting down
             task = current()
             if task is not None:
                 task.uncancel()
-            err = RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled.")
             if not sent:
                 raise err from None
             yield sse(err.body())
@@ -484,6 +540,7 @@ class OpenAIServing:
             return
         finally:
             timer.cancel()
+            self._active.discard(puller)
             self.in_flight -= 1
             self._record(request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens)
         if include_usage:

@@ -8,7 +8,8 @@ Every step, cheap first, in the order a request meets them:
 4. body size, 413, read as it arrives (`read_body`);
 5. JSON and schema validation, 400/415 (`parse_json_model`);
 6. model lookup, 404 (`ModelRegistry.get`);
-7. the token estimate charged against tokens-per-minute;
+7. with a tokens-per-minute or concurrency limit, the request's worst case
+   reserved (429/400), settled against its usage when it ends (`Lease`);
 8. the backend, one method per endpoint, cancelled if the client leaves before
    the answer (`until_disconnect`): a JSON body, or SSE whose first chunk
    is already produced (so errors before it are HTTP errors, not 200 streams).
@@ -20,17 +21,19 @@ factory turns them into OpenAI error bodies and the middleware counts them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
+import msgspec
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from serving.api.backend import Generation, ModelBackend
+from serving.api.cost import prompt_chars
 from serving.api.middleware import engine_request_id, set_model
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import SSE_HEADERS, encode_json
+from serving.api.security import Lease
+from serving.api.streaming import SSE_HEADERS, ClosingStreamingResponse, aclose, encode_json
 from serving.errors import ClientDisconnectedError, InvalidRequestError, PayloadTooLargeError
 
 M = TypeVar("M", bound=BaseModel)
@@ -87,13 +90,26 @@ def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
         raise InvalidRequestError("The request body is nested too deeply.") from None
 
 
-def estimated_tokens(req: ChatCompletionRequest | CompletionRequest) -> int:
-    """What a request may cost, charged up front against tokens-per-minute (as OpenAI does)."""
-    if isinstance(req, ChatCompletionRequest):
-        prompt_chars = sum(len(m.text()) for m in req.messages)
+def worst_case_tokens(req: ChatCompletionRequest | CompletionRequest, context: int | None) -> tuple[int, int]:
+    """(estimated prompt tokens, the most completion tokens the request may generate), for its reservation.
+
+    The prompt is estimated at 4 characters a token (settled against the real
+    count when the request ends); token-id prompts are counted. An omitted
+    max_tokens may generate the rest of the context, `n` times; with no known
+    context (a model behind a handle that did not answer) it counts as the
+    prompt's own size again, at least 256.
+    """
+    chars = prompt_chars(req)
+    if chars is not None:
+        prompt = chars // 4
+    elif isinstance(req, CompletionRequest) and isinstance(req.prompt, list):
+        prompt = len(req.prompt)
     else:
-        prompt_chars = len(req.prompt) if isinstance(req.prompt, (str, list)) else 0
-    return prompt_chars // 4 + (req.requested_max_tokens or 256) * req.n
+        prompt = 0
+    limit = req.requested_max_tokens
+    if limit is None:
+        limit = max(1, context - prompt) if context else max(256, prompt)
+    return prompt, limit * req.n
 
 
 def respond(result: Generation) -> Response:
@@ -104,7 +120,7 @@ def respond(result: Generation) -> Response:
     if isinstance(result, bytes):
         return Response(result, media_type="application/json")
     stream: AsyncIterator[bytes] = result
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return ClosingStreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def run_generation(
@@ -119,8 +135,61 @@ async def run_generation(
     req = parse_json_model(raw, request.headers.get("content-type", ""), request_model)
     backend = state.registry.get(req.model)
     set_model(request, backend.model_id)  # only known ids become metric labels
-    state.limiter.charge_tokens(caller, estimated_tokens(req))
-    return respond(await until_disconnect(request, call(backend, req, engine_request_id(request))))
+    limiter = state.limiter
+    if not limiter.leases:
+        return respond(await until_disconnect(request, call(backend, req, engine_request_id(request))))
+    prompt, completion = worst_case_tokens(req, await backend.context_length())
+    lease = limiter.reserve(caller, prompt, completion)
+    hide_usage = bool(req.stream and not req.include_usage)
+    if hide_usage:
+        # The usage event settles the lease; the client, which did not ask for it, does not see it.
+        req._usage_event = True
+    try:
+        result = await until_disconnect(request, call(backend, req, engine_request_id(request)))
+    except BaseException as exc:
+        # A client that left may have cost its whole reservation; a refusal or our failure, nothing.
+        lease.settle(None if isinstance(exc, (ClientDisconnectedError, asyncio.CancelledError)) else 0)
+        raise
+    if isinstance(result, dict):
+        lease.settle((result.get("usage") or {}).get("total_tokens"))
+        return respond(result)
+    if isinstance(result, bytes):
+        lease.settle(_usage_of(result))
+        return respond(result)
+    return respond(_settled_stream(result, lease, hide_usage))
+
+
+_USAGE_MARK = b',"choices":[],"usage":'  # the last event of a stream that includes usage (openai_serving)
+
+
+def _usage_of(body: bytes) -> int | None:
+    """total_tokens of an encoded response body (its usage object is flat and comes last)."""
+    i = body.rfind(b'"usage":')
+    if i < 0:
+        return None
+    end = body.find(b"}", i)
+    used: int = msgspec.json.decode(body[i + 8 : end + 1])["total_tokens"]
+    return used
+
+
+async def _settled_stream(stream: AsyncIterator[bytes], lease: Lease, hide_usage: bool) -> AsyncIterator[bytes]:
+    """The stream, whose usage event settles `lease` (and is left out if the client did not ask for it)."""
+    used = None
+    try:
+        async for chunk in stream:
+            i = chunk.find(_USAGE_MARK)  # chunks may hold several events (the handle path coalesces them)
+            if i >= 0:
+                start = chunk.rfind(b"data: ", 0, i)
+                end = chunk.index(b"\n\n", i) + 2
+                used = msgspec.json.decode(chunk[i + len(_USAGE_MARK) : end - 3])["total_tokens"]
+                if hide_usage:
+                    chunk = chunk[:start] + chunk[end:]
+                    if not chunk:
+                        continue
+            yield chunk
+    finally:
+        await aclose(stream)
+        lease.settle(used)
 
 
 async def _disconnected(request: Request) -> None:
@@ -138,19 +207,30 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     closes the stream (which aborts the engine request). Before that, nothing
     read from the connection: a non-streaming request generated to its end, and
     a stream waiting for its first token held its engine slot, for nobody.
+
+    `work` runs in the caller's task (a task of its own would cost a trip through
+    the event loop each way, which a busy replica's loop makes tens of ms of TTFT);
+    a watcher task cancels it when the client leaves.
     """
-    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    assert current is not None
+    left = False
+
+    def on_disconnect(watcher: asyncio.Task[None]) -> None:
+        nonlocal left
+        if not watcher.cancelled() and watcher.exception() is None:
+            left = True
+            current.cancel()
+
     watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not left:
+            raise
+        current.uncancel()
+        raise ClientDisconnectedError("The client closed the connection; the request was cancelled.") from None
     finally:
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task  # the engine request is aborted before we answer
-        raise ClientDisconnectedError("The client closed the connection; the request was cancelled.")
-    return task.result()

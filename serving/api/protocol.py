@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 128
@@ -130,6 +130,15 @@ class _SamplingFields(_Strict):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    # Set by the ingress, not the client: end the stream with a usage event even if the
+    # client did not ask for one (the event settles a token reservation and is then
+    # removed; serving/api/pipeline.py). Travels with the request through a handle.
+    _usage_event: bool = PrivateAttr(default=False)
+
+    @property
+    def usage_event(self) -> bool:
+        return self.include_usage or self._usage_event
 
 
 class ChatCompletionRequest(_SamplingFields):

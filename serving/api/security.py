@@ -8,7 +8,9 @@ appears in a log line or an error message: limits are tracked per key *digest*.
 Limits are enforced per ingress process: in direct mode that is per replica, so
 a key's cluster-wide budget is the configured limit times the replicas it
 reaches (SECURITY.md). Buckets refill continuously; a refused request gets 429
-with `Retry-After` (seconds until the bucket allows it).
+with `Retry-After` (seconds until the bucket allows it). Tokens are reserved
+for a request's worst case when it is admitted and settled when it ends
+(`RateLimiter`, `Lease`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.config import AuthConfig, ConfigError, LimitsConfig
-from serving.errors import AuthenticationError, RateLimitError
+from serving.errors import AuthenticationError, InvalidRequestError, RateLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -137,15 +139,51 @@ class _Bucket:
         return 0.0 if missing <= 0 else missing / (self.capacity / 60.0)
 
 
+class Lease:
+    """What an admitted request holds until it ends: a concurrency slot and the tokens it reserved.
+
+    `settle(used)` once, when the request ends: the slot is returned, and the
+    reservation is replaced by the tokens used (prompt plus completion, from the
+    response's usage). `used=None` (a stream cut before its usage arrived)
+    keeps the whole reservation charged: what it generated is not known here,
+    and charging less would let a client that hangs up early go over its budget.
+    """
+
+    __slots__ = ("_limiter", "caller", "reserved", "_open")
+
+    def __init__(self, limiter: RateLimiter, caller: str, reserved: int) -> None:
+        self._limiter, self.caller, self.reserved, self._open = limiter, caller, reserved, True
+
+    def settle(self, used: int | None) -> None:
+        if self._open:
+            self._open = False
+            self._limiter._settle(self, used)
+
+
 class RateLimiter:
-    """Requests-per-minute and tokens-per-minute buckets per caller."""
+    """Requests per minute, tokens per minute and concurrent requests, per caller.
+
+    Tokens are reserved at admission for the worst case the request may cost
+    (its prompt plus n x max_tokens, an omitted max_tokens counting as the rest of
+    the context) and settled against its usage when it ends, so a key cannot get
+    more than its budget by omitting max_tokens, by sending one huge request, or
+    by sending many at once (all of those went 8-122x over when a request was
+    charged an estimate after the fact).
+    """
 
     def __init__(self, cfg: LimitsConfig, clock=time.monotonic) -> None:
         self.rpm = cfg.requests_per_minute
         self.tpm = cfg.tokens_per_minute
+        self.max_concurrent = cfg.max_concurrent_requests_per_key
         self._clock = clock
         self._requests: dict[str, _Bucket] = {}
         self._tokens: dict[str, _Bucket] = {}
+        self._active: dict[str, int] = {}
+
+    @property
+    def leases(self) -> bool:
+        """Whether requests need a `Lease` (a token or concurrency limit is configured)."""
+        return bool(self.tpm or self.max_concurrent)
 
     def _bucket(self, table: dict[str, _Bucket], caller: str, capacity: float) -> _Bucket:
         now = self._clock()
@@ -156,7 +194,8 @@ class RateLimiter:
         return bucket
 
     def admit(self, caller: str) -> None:
-        """Take one request from the caller's budget or raise 429."""
+        """Before the body is read: refuse at once (429) a caller whose budgets are spent; take one request."""
+        self._check_concurrency(caller)
         if self.tpm:
             tokens = self._bucket(self._tokens, caller, self.tpm)
             if tokens.tokens <= 0:
@@ -168,10 +207,53 @@ class RateLimiter:
                 self._refuse("requests per minute", wait)
             requests.tokens -= 1
 
-    def charge_tokens(self, caller: str, tokens: int) -> None:
-        """Charge prompt + completion tokens after a request (the bucket may go negative)."""
-        if self.tpm and tokens:
-            self._bucket(self._tokens, caller, self.tpm).tokens -= tokens
+    def reserve(self, caller: str, prompt_tokens: int, completion_tokens: int) -> Lease:
+        """Reserve a request's worst case (estimated prompt tokens plus its completion limit), or refuse it.
+
+        A request that could never fit the caller's tokens-per-minute budget is a
+        400 (waiting would not help); one that does not fit now is a 429 whose
+        `Retry-After` says when it will.
+        """
+        self._check_concurrency(caller)
+        worst = prompt_tokens + completion_tokens
+        if self.tpm:
+            if worst > self.tpm:
+                raise InvalidRequestError(
+                    f"This request may use {worst} tokens (about {prompt_tokens} of prompt and up to "
+                    f"{completion_tokens} of completion: n x max_tokens, an omitted max_tokens counting as the rest "
+                    f"of the context), more than your limit of {self.tpm} tokens per minute. Set max_tokens lower.",
+                    param="max_tokens",
+                    code="request_too_large",
+                )
+            tokens = self._bucket(self._tokens, caller, self.tpm)
+            wait = tokens.wait_for(worst)
+            if wait > 0:
+                self._refuse(f"tokens per minute (this request reserves {worst} tokens)", wait)
+            tokens.tokens -= worst
+        self._active[caller] = self._active.get(caller, 0) + 1
+        return Lease(self, caller, worst)
+
+    def _check_concurrency(self, caller: str) -> None:
+        if self.max_concurrent and self._active.get(caller, 0) >= self.max_concurrent:
+            raise RateLimitError(
+                f"Rate limit reached for concurrent requests: {self.max_concurrent} of yours are in progress. "
+                "Retry when one ends.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
+
+    def _settle(self, lease: Lease, used: int | None) -> None:
+        left = self._active.get(lease.caller, 0) - 1
+        if left > 0:
+            self._active[lease.caller] = left
+        else:
+            self._active.pop(lease.caller, None)
+        if self.tpm and used is not None:
+            # The bucket may go below zero when the prompt was longer than estimated.
+            self._bucket(self._tokens, lease.caller, self.tpm).tokens += lease.reserved - used
+
+    def in_progress(self, caller: str) -> int:
+        return self._active.get(caller, 0)
 
     @staticmethod
     def _refuse(what: str, wait_s: float) -> None:

@@ -1,17 +1,28 @@
-"""SSE framing and the one "produce the first item before answering" helper.
+"""SSE framing, the one "produce the first item before answering" helper, and the stream response.
 
 A stream is answered with HTTP 200 only once its first chunk exists: errors
 before it (a bad prompt, a full queue, a dead engine) become an HTTP error
 instead of a 200 with an error event. Every transport (the engine in this
 process, a Ray handle to another replica) opens its streams through
 `first_then_rest`.
+
+A stream that ends early is closed at once, down to the engine: Starlette's
+`StreamingResponse` leaves its iterator suspended when the client leaves, the
+writer stalls or the request times out, and an async generator left suspended
+holds its engine request until the garbage collector finalizes it. So
+`ClosingStreamingResponse` closes the iterator, and every layer closes the one
+below it (`first_then_rest`, `closing` around the engine's stream).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, AsyncIterator, Callable, TypeVar
 
+import anyio
 import msgspec
+from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from serving.errors import EngineUnavailableError
 
@@ -25,6 +36,22 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def sse(payload: Any) -> bytes:
     """One SSE `data:` event with a JSON payload."""
     return b"data: " + encode_json(payload) + b"\n\n"
+
+
+async def aclose(stream: object) -> None:
+    """Close an async iterator that can be closed (an async generator); others have nothing to close."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
+@contextlib.asynccontextmanager
+async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """`async with closing(it) as it:` closes `it` however the block ends (contextlib.aclosing, for any iterator)."""
+    try:
+        yield stream
+    finally:
+        await aclose(stream)
 
 
 async def first_then_rest(stream: AsyncIterator[T], on_close: Callable[[], object] | None = None) -> AsyncIterator[T]:
@@ -44,7 +71,19 @@ async def first_then_rest(stream: AsyncIterator[T], on_close: Callable[[], objec
             async for item in stream:
                 yield item
         finally:
+            await aclose(stream)  # a Ray handle's stream has no aclose: on_close cancels it
             if on_close is not None:
                 on_close()
 
     return chained()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A `StreamingResponse` that closes its iterator however the response ends (see the module docstring)."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):  # the response may be ending by cancellation
+                await aclose(self.body_iterator)

@@ -37,6 +37,7 @@ class HandleBackend:
         self._deployment_name = deployment_name
         self._app_name = app_name
         self._handle = handle
+        self._context_length: int | None = None
 
     @property
     def handle(self) -> Any:
@@ -69,6 +70,15 @@ class HandleBackend:
             return result
         except Exception:
             return {}
+
+    async def context_length(self) -> int | None:
+        """Asked of the model's deployment once, then kept (a model's context does not change while it serves)."""
+        if self._context_length is None:
+            try:
+                self._context_length = int(await asyncio.wait_for(self.handle.context_length.remote(), timeout=5))
+            except Exception:
+                return None
+        return self._context_length
 
     async def ready(self) -> bool:
         try:

@@ -63,6 +63,17 @@ async def _sse_stream(call: Awaitable[Generation]) -> AsyncIterator[bytes]:
     return result
 
 
+def drain_time_s(graceful_shutdown_timeout_s: float) -> float:
+    """How long a stopping replica lets its requests finish before ending them.
+
+    Serve kills the replica `graceful_shutdown_timeout_s` after its shutdown
+    began (first waiting ~2 s for the handle calls it counts); ending the rest
+    needs a moment too (their last events, the engine's shutdown). So: the
+    timeout less 5 s, or half of it if it is short.
+    """
+    return max(graceful_shutdown_timeout_s / 2, graceful_shutdown_timeout_s - 5.0)
+
+
 class LLMServer:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, model: dict[str, Any], app: dict[str, Any], peers: dict[str, str], app_name: str | None = None
@@ -166,6 +177,9 @@ class LLMServer:
         await self._loop.run(self.serving.engine.check_health())
         return True
 
+    async def context_length(self) -> int:
+        return self.serving.max_model_len
+
     async def engine_stats(self) -> dict[str, float]:
         return await self._loop.run(self.serving.stats())
 
@@ -184,8 +198,17 @@ class LLMServer:
         if stop is not None:
             stop.set()
         http, self._http = self._http, None
-        if http is not None:
-            await http.stop()  # stop accepting, let in-flight streams finish
+        # Stop accepting connections now; the requests in progress (direct and handle
+        # calls alike) get the drain time to finish, then end with a 503 / an SSE error
+        # event and [DONE] instead of being cut when Serve kills the replica.
+        stopping = asyncio.ensure_future(http.stop()) if http is not None else None
+        serving = getattr(self, "serving", None)
+        if serving is not None:
+            ended = await serving.drain(drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s))
+            if ended:
+                logger.warning("shutdown: ended %d requests still in progress after the drain time", ended)
+        if stopping is not None:
+            await stopping
         engine, self.engine = self.engine, None
         if engine is not None:
             await engine.shutdown()

@@ -140,14 +140,15 @@ async def test_requests_per_minute_refills(make_app):
 
 
 async def test_tokens_per_minute(make_app):
+    # Reservations and settlement in detail: tests/api/test_token_budgets.py.
     s = await make_app(LEN, limits=LimitsConfig(tokens_per_minute=100), auth=KEYS)
-    # charged up front: prompt/4 + max_tokens * n = 120+ tokens, more than the whole budget
-    r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60, "n": 2}, headers=AUTH)
+    s.app.state.limiter._clock = lambda: 1000.0  # no refill
+    r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60, "ignore_eos": True}, headers=AUTH)
     assert r.status_code == 200, r.text
-    r = await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    # 60 more do not fit what is left
+    r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60}, headers=AUTH)
     err = assert_error(r, 429, code="rate_limit_exceeded", error_type="rate_limit_exceeded")
     assert "tokens per minute" in err["message"]
-    # the bucket is ~20 tokens below zero: 21 tokens at 100/60 per second is ~13 s
     assert 1 <= retry_after(r) <= 60
     r = await s.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {OTHER_KEY}"})
     assert r.status_code == 200, r.text

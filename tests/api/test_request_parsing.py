@@ -50,6 +50,9 @@ class DummyBackend:
     async def stats(self) -> dict[str, float]:
         return {}
 
+    async def context_length(self) -> int | None:
+        return None
+
 
 SECRET = "SECRET-internal-detail-db-password"
 

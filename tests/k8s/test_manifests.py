@@ -251,6 +251,14 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
     ):
         errors.append(f"Service name {service['metadata']['name']!r} is not a DNS-1035 label")
 
+    # Upgrades: the old cluster outlives the streams it still serves.
+    longest_stop = max(m.deployment.graceful_shutdown_timeout_s for m in cfg.models)
+    delay = rs["spec"].get("rayClusterDeletionDelaySeconds", 60)  # KubeRay's default
+    if delay < longest_stop:
+        errors.append(
+            f"rayClusterDeletionDelaySeconds ({delay}) < the replicas' graceful_shutdown_timeout_s ({longest_stop:g})"
+        )
+
     # Worker groups: bounds.
     for g in groups:
         lo, hi, n = g.get("minReplicas"), g.get("maxReplicas"), g.get("replicas")
@@ -340,6 +348,13 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
             errors.append(
                 f"{g['groupName']}: terminationGracePeriodSeconds ({grace}) must exceed the replicas' "
                 f"graceful_shutdown_timeout_s ({longest:g})"
+            )
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        drain = float(env.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S") or 30)  # Ray's default
+        if not longest < drain < grace:
+            errors.append(
+                f"{g['groupName']}: RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S ({drain:g}) must lie between the replicas' "
+                f"graceful_shutdown_timeout_s ({longest:g}) and terminationGracePeriodSeconds ({grace})"
             )
         wports = ports_by_name(c)
         if wports.get("serve") != serve_port:
@@ -481,6 +496,25 @@ MUTATIONS: list[tuple[str, Callable[[dict, dict], None], str]] = [
         "short-grace",
         lambda rs, s: _worker(rs)["template"]["spec"].update(terminationGracePeriodSeconds=60),
         "terminationGracePeriodSeconds",
+    ),
+    (
+        "short-drain",
+        lambda rs, s: _worker(rs)["template"]["spec"]["containers"][0]["env"].append(
+            {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "30"}
+        ),
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S",
+    ),
+    (
+        "no-drain",
+        lambda rs, s: _worker(rs)["template"]["spec"]["containers"][0].update(
+            env=[e for e in _worker(rs)["template"]["spec"]["containers"][0]["env"] if "DRAIN" not in e["name"]]
+        ),
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S",
+    ),
+    (
+        "deletion-delay",
+        lambda rs, s: rs["spec"].pop("rayClusterDeletionDelaySeconds"),
+        "rayClusterDeletionDelaySeconds",
     ),
     (
         "selector",

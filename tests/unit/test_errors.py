@@ -23,6 +23,7 @@ EXPECTED_REASONS = {
     "PayloadTooLargeError": "body_too_large",
     "EngineUnavailableError": "engine_unavailable",
     "OverloadedError": "queue_full",
+    "ShuttingDownError": "shutting_down",
     "RequestTimeoutError": "timeout",
     "EngineError": "engine_error",
     "ClientDisconnectedError": "client_disconnected",

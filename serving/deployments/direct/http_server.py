@@ -11,9 +11,12 @@ new connections among them.
 This server faces clients itself, so it bounds what a connection may hold
 (`GuardedHttpToolsProtocol`, limits from `IngressConfig`): open connections per
 replica, request line plus header bytes and header count (431), the time to
-send the headers and the silence allowed inside a body (408). Without them, a
-half-sent request held a connection for good and a 2 MB header or 20,000
-headers were answered 200 (SECURITY.md, "The direct ingress's HTTP server").
+send the headers and the silence allowed inside a body (408), and how long a
+client may leave a response unread (the connection is dropped, and the stream
+and its engine request closed at once). Without them, a half-sent request held
+a connection for good, a 2 MB header or 20,000 headers were answered 200, and
+a client that stopped reading held its engine slot until the request timeout
+(SECURITY.md, "The direct ingress's HTTP server").
 """
 
 from __future__ import annotations
@@ -47,10 +50,18 @@ class ConnectionLimits:
     max_headers: int = 100
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    write_timeout_s: float = 30.0
 
     @classmethod
     def from_config(cls, cfg: IngressConfig) -> ConnectionLimits:
-        return cls(cfg.max_connections, cfg.max_header_bytes, cfg.max_headers, cfg.header_timeout_s, cfg.body_timeout_s)
+        return cls(
+            cfg.max_connections,
+            cfg.max_header_bytes,
+            cfg.max_headers,
+            cfg.header_timeout_s,
+            cfg.body_timeout_s,
+            cfg.write_timeout_s,
+        )
 
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
@@ -71,6 +82,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._refusal: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # -- timers -----------------------------------------------------------------
 
@@ -91,6 +103,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # an answer is under way: nothing else can be said
             return
         self._send_and_close(408, f"{what} not received within the server's time limit.")
+
+    # The transport calls these when its buffer passes the high-water mark and when it
+    # drains again: paused for `write_timeout_s` means the client stopped reading.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_write_timer()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            logger.info("dropped a connection whose client read nothing for %gs", self.limits.write_timeout_s)
+            # abort, not close: close would wait to flush what the client does not read.
+            # connection_lost follows: the response sees a disconnect and closes its stream.
+            self.transport.abort()
 
     # -- refusals ---------------------------------------------------------------
 
@@ -124,6 +161,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_write_timer()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
