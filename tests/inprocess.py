@@ -12,8 +12,10 @@ this.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -102,3 +104,13 @@ async def simulated_app(
     return InProcessApp(
         [serving], auth=auth, limits=limits, metrics=metrics, api_key=api_key, engine=engine, serving=serving
     )
+
+
+async def seconds_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> float | None:
+    """How long until `await predicate()` is true, polled every 20 ms; None if not within `timeout_s`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if await predicate():
+            return time.monotonic() - t0
+        await asyncio.sleep(0.02)
+    return None

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
 from loadtests.servers import free_port
 from serving.deployments.direct.http_server import DirectHTTPServer
-from tests.inprocess import MODEL, simulated_app
+from tests.inprocess import MODEL, seconds_until, simulated_app
 
 
 @pytest.fixture
@@ -52,15 +51,6 @@ async def send_then_close(port: int, body: dict, after_s: float) -> None:
     await writer.wait_closed()
 
 
-async def wait_for(predicate, timeout_s: float) -> float | None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if await predicate():
-            return time.monotonic() - t0
-        await asyncio.sleep(0.02)
-    return None
-
-
 @pytest.mark.parametrize(
     "body, engine",
     [
@@ -75,9 +65,9 @@ async def test_disconnect_cancels_the_engine_request_within_a_second(serve, body
     api, port = await serve(engine)
     request = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "ignore_eos": True, **body}
     client = asyncio.create_task(send_then_close(port, request, after_s=0.5))
-    assert await wait_for(lambda: _busy(api), 2.0) is not None, "the request never reached the engine"
+    assert await seconds_until(lambda: _busy(api), 2.0) is not None, "the request never reached the engine"
     await client
-    freed = await wait_for(lambda: _idle(api), 1.0)
+    freed = await seconds_until(lambda: _idle(api), 1.0)
     stats = await api.stats()
     assert freed is not None, f"the engine request outlived its client by over 1 s: {stats}"
     assert stats["requests_cancelled"] == 1 and api.serving.in_flight == 0, stats

@@ -16,14 +16,13 @@ import asyncio
 import gc
 import json
 import socket
-import time
 
 import pytest
 
 from loadtests.servers import free_port
 from serving.config import LimitsConfig
 from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer
-from tests.inprocess import MODEL, simulated_app
+from tests.inprocess import MODEL, seconds_until, simulated_app
 
 
 @pytest.fixture
@@ -72,15 +71,6 @@ def stalled_client(port: int) -> socket.socket:
 async def engine_busy(api) -> bool:
     s = await api.stats()
     return s["running"] + s["waiting"] > 0
-
-
-async def seconds_until(predicate, timeout_s: float) -> float | None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if await predicate():
-            return time.monotonic() - t0
-        await asyncio.sleep(0.02)
-    return None
 
 
 async def engine_idle(api) -> bool:
