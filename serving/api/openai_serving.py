@@ -263,17 +263,21 @@ class OpenAIServing:
         return self.max_model_len
 
     async def drain(self, timeout_s: float) -> int:
-        """Stop admitting; let the requests in progress finish for up to `timeout_s`; then end the rest.
+        """Let the requests in progress finish for up to `timeout_s`; then end the rest and admit no more.
 
         A stream under way ends with an SSE error event (503 `server_shutting_down`)
         and `[DONE]`, so the client knows it was cut and may retry elsewhere; a
         request not yet answered gets the 503 itself. Returns how many were ended.
+        Requests still arriving during the drain time are served: the HTTP server
+        has stopped accepting and closes idle connections, but one already sent on
+        a kept-alive connection must not fail (measured: refusing from the start of
+        the drain failed a request of tests/e2e/test_faults.py's redeploy).
         """
-        self._draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        self._draining = True
         ended = sum(p.interrupt(ShuttingDownError()) for p in list(self._active))
         deadline = loop.time() + 2.0  # time to write their last events
         while self.in_flight and loop.time() < deadline:

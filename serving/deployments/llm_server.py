@@ -63,15 +63,25 @@ async def _sse_stream(call: Awaitable[Generation]) -> AsyncIterator[bytes]:
     return result
 
 
+# Serve's `graceful_shutdown_wait_loop_s` (its default; our deployment options leave it):
+# a stopping replica waits this long for the handle calls Serve counts before it calls
+# `__del__`, and the force-kill deadline runs from the start of that wait.
+SERVE_SHUTDOWN_WAIT_LOOP_S = 2.0
+
+
 def drain_time_s(graceful_shutdown_timeout_s: float) -> float:
     """How long a stopping replica lets its requests finish before ending them.
 
     Serve kills the replica `graceful_shutdown_timeout_s` after its shutdown
-    began (first waiting ~2 s for the handle calls it counts); ending the rest
-    needs a moment too (their last events, the engine's shutdown). So: the
-    timeout less 5 s, or half of it if it is short.
+    began, and `__del__` starts only after one wait loop (Serve's
+    `_drain_ongoing_requests`); ending the rest needs a moment too (their last
+    events, the engine's shutdown). So: what is left after the wait loop, less
+    5 s, or half of it if it is short. (Measured: with the wait loop ignored, a
+    4 s timeout drained for 2 s and Serve killed the replica while it wrote the
+    streams' error events, which then ended without them.)
     """
-    return max(graceful_shutdown_timeout_s / 2, graceful_shutdown_timeout_s - 5.0)
+    budget = max(0.0, graceful_shutdown_timeout_s - SERVE_SHUTDOWN_WAIT_LOOP_S)
+    return max(budget / 2, budget - 5.0)
 
 
 class LLMServer:

@@ -1,13 +1,16 @@
 """Stopping the stack drains its replica: streams longer than the drain end with an error event and [DONE].
 
 The real stack (configs/dev.yaml, the real vLLM engine, `serve run` on ports
-of its own) with `graceful_shutdown_timeout_s: 4`, so a stopping replica lets
-its requests run for 2 s (`drain_time_s`) and then ends them. Sixteen
+of its own) with `graceful_shutdown_timeout_s: 6`, so a stopping replica lets
+its requests run for 2 s after Serve's 2 s wait loop (`drain_time_s`) and then
+ends them, 2 s before Serve's deadline. Sixteen
 concurrent streams of 2,000 tokens each need well over that on 2 cores (six
 finished within a 4 s drain). Ctrl-C reaches
 `serve run`, which shuts the application down as a redeploy or a downscale
 does: Serve calls the replica's shutdown, which drains. Before, such streams
-were cut with neither an error event nor `[DONE]`.
+were cut with neither an error event nor `[DONE]`; and with a drain that
+ignored the wait loop (a 4 s timeout, 2 s of drain) Serve killed the replica
+while it wrote the error events, in one CI run of the full suite.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ STREAMS = 16
 def test_stop_ends_long_streams_with_an_error_event_and_done(tmp_path):
     data = dev_config(DIRECT, PROXY)
     model = data["applications"][0]["args"]["models"][0]
-    model["deployment"]["graceful_shutdown_timeout_s"] = 4
+    model["deployment"]["graceful_shutdown_timeout_s"] = 6
     body = {
         "model": model["id"],
         "messages": [{"role": "user", "content": "tell me a long story"}],
