@@ -4,17 +4,26 @@ Used by the proxy path's ingress and by a replica's direct ingress for the
 other models of its app. Every call is a streaming handle call to the
 LLM-server method of the same name (`LLMServer.chat`, `LLMServer.completions`):
 a streaming request yields SSE bytes, a non-streaming one yields its one body.
+
+A stream whose replica goes away mid-way (Serve kills a stopping replica at the
+end of its graceful timeout while the handle call still runs; a crash) ends with
+an SSE error event (503, code `replica_unavailable`) and `[DONE]`, as the direct path's
+streams do, instead of a body cut without either: the client knows to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 from serving.api.backend import Generation
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import first_then_rest
-from serving.errors import EngineUnavailableError, OverloadedError, unwrap
+from serving.api.streaming import DONE, aclose, first_then_rest, sse
+from serving.errors import APIError, EngineUnavailableError, OverloadedError, unwrap
+
+logger = logging.getLogger(__name__)
 
 
 def _reraise(exc: BaseException) -> NoReturn:
@@ -29,6 +38,25 @@ def _reraise(exc: BaseException) -> NoReturn:
     if err is exc:
         raise exc
     raise err from None
+
+
+async def _ended_cleanly(stream: AsyncIterator[bytes], model_id: str) -> AsyncIterator[bytes]:
+    """`stream`, with a failure after its first chunk turned into an error event and `[DONE]`."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except Exception as exc:
+        err = unwrap(exc)
+        if not isinstance(err, APIError):
+            logger.warning("model %s: its replica's stream failed mid-way: %s", model_id, type(exc).__name__)
+            err = EngineUnavailableError(
+                f"The model's replica stopped during the stream ({type(exc).__name__}); retry the request.",
+                code="replica_unavailable",
+            )
+        yield sse(err.body())
+        yield DONE
+    finally:
+        await aclose(stream)
 
 
 class HandleBackend:
@@ -50,7 +78,8 @@ class HandleBackend:
     async def _open(self, gen: Any, stream: bool) -> Generation:
         try:
             if stream:
-                return await first_then_rest(gen, on_close=gen.cancel)  # a disconnect cancels it in the replica
+                # a disconnect cancels it in the replica
+                return _ended_cleanly(await first_then_rest(gen, on_close=gen.cancel), self.model_id)
             body: dict[str, Any] | bytes = await gen.__anext__()
         except StopAsyncIteration:
             raise EngineUnavailableError("the model's replica ended the stream before any output") from None
