@@ -233,7 +233,11 @@ class LimitsConfig(Strict):
     max_concurrent_requests_per_key: int | None = Field(
         None, ge=1, description="requests of one key in progress at once; more get 429"
     )
-    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="null: from the longest context of the app's models, 16 bytes a token + 64 KiB, at least 1 MB",
+    )
     request_timeout_s: float = Field(600.0, gt=0)
     # What one request may cost (serving/api/cost.py): refused with a 400 before the engine.
     max_n: int = Field(16, ge=1, le=128, description="choices per request (OpenAI allows 128)")

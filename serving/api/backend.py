@@ -66,6 +66,12 @@ class ModelRegistry:
         self.get(model)
         return {"id": model, "object": "model", "created": self.created, "owned_by": "serving"}
 
+    async def longest_context(self) -> int | None:
+        """The largest context of the models, in tokens; None while one of them cannot say."""
+        lengths = [await b.context_length() for b in self._backends.values()]
+        known = [n for n in lengths if n is not None]
+        return max(known) if known and len(known) == len(lengths) else None
+
     async def ready(self) -> dict[str, bool]:
         return {model_id: await b.ready() for model_id, b in self._backends.items()}
 

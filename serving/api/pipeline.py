@@ -27,6 +27,7 @@ import msgspec
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import State
 
 from serving.api.backend import Generation, ModelBackend
 from serving.api.cost import prompt_chars
@@ -41,6 +42,33 @@ T = TypeVar("T")
 GenerationRequest = TypeVar("GenerationRequest", ChatCompletionRequest, CompletionRequest)
 
 _UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+# A body cap that follows the models' context (`limits.max_body_bytes: null`): a fixed
+# 1 MB refused long-context prompts the model accepts. 16 bytes a token leaves room
+# for ~4 characters a token, JSON escapes and the message structure; a prompt too long
+# for the context is still refused cheaply before it is tokenized (serving/api/cost.py).
+BODY_BYTES_PER_TOKEN = 16
+BODY_OVERHEAD_BYTES = 65_536
+MIN_BODY_BYTES = 1_000_000
+
+
+def body_cap_for_context(context_tokens: int) -> int:
+    return max(MIN_BODY_BYTES, context_tokens * BODY_BYTES_PER_TOKEN + BODY_OVERHEAD_BYTES)
+
+
+async def max_body_bytes(state: State) -> int:
+    """The configured cap, or one derived from the longest context of the app's models (learned once)."""
+    configured: int | None = state.limits.max_body_bytes
+    if configured is not None:
+        return configured
+    derived: int | None = getattr(state, "derived_max_body_bytes", None)
+    if derived is None:
+        context = await state.registry.longest_context()
+        if context is None:
+            return MIN_BODY_BYTES  # a model that cannot say yet (its replica is starting): ask again next time
+        derived = state.derived_max_body_bytes = body_cap_for_context(context)
+    return derived
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -131,7 +159,7 @@ async def run_generation(
 ) -> Response:
     """Steps 4-8 above for an admitted `caller`: `call` picks the backend's endpoint method."""
     state = request.app.state
-    raw = await read_body(request, state.limits.max_body_bytes)
+    raw = await read_body(request, await max_body_bytes(state))
     req = parse_json_model(raw, request.headers.get("content-type", ""), request_model)
     backend = state.registry.get(req.model)
     set_model(request, backend.model_id)  # only known ids become metric labels

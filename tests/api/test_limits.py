@@ -157,6 +157,31 @@ async def test_tokens_per_minute(make_app):
 # -- body size -------------------------------------------------------------------------
 
 
+async def test_body_cap_follows_the_models_context(make_app):
+    """Default `max_body_bytes` (null): 16 bytes a token of the longest context + 64 KiB, at least 1 MB.
+
+    Regression: the fixed 1 MB cap refused a long-context model's prompts that it accepts.
+    """
+    long_ctx = await make_app({"max_model_len": 131_072}, auth=KEYS)  # cap 2,162,688 bytes
+    body = {
+        "model": MODEL,
+        "prompt": "word " * 300_000,
+        "max_tokens": 1,
+    }  # 1.5 MB: too long for the context, not too big
+    r = await long_ctx.http.post("/v1/completions", json=body, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    body["prompt"] = "word " * 500_000  # 2.5 MB
+    r = await long_ctx.http.post("/v1/completions", json=body, headers=AUTH)
+    assert_error(r, 413)
+    assert "2162688 bytes" in r.json()["error"]["message"]
+
+    short_ctx = await make_app(LEN, auth=KEYS)  # 512 tokens: the 1 MB floor
+    body["prompt"] = "word " * 220_000  # 1.1 MB
+    r = await short_ctx.http.post("/v1/completions", json=body, headers=AUTH)
+    assert_error(r, 413)
+    assert "1000000 bytes" in r.json()["error"]["message"]
+
+
 async def test_body_over_the_limit_is_413(make_app):
     s = await make_app(LEN, limits=LimitsConfig(max_body_bytes=2048), auth=KEYS)
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 3000}]}

@@ -78,7 +78,9 @@ def deep_schema(depth: int) -> dict[str, Any]:
 
 
 LONG_TEXT = "one two three four five six seven eight nine ten " * 400  # > 2048 tokens
-OVER_LIMIT = b'{"model": "tiny-llama", "prompt": "' + b"a" * 1_200_000 + b'"}'  # default max_body_bytes is 1,000,000
+OVER_LIMIT = (
+    b'{"model": "tiny-llama", "prompt": "' + b"a" * 1_200_000 + b'"}'
+)  # the derived max_body_bytes: 1,000,000 (the floor) at a 2,048 context
 
 CASES: list[Case] = [
     # -- the body as a whole ----------------------------------------------------------
