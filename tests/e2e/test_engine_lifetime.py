@@ -1,21 +1,29 @@
 """No vLLM engine process outlives its replica, however the replica ends (serving/deployments/engine_watchdog.py).
 
-The test starts a dev stack of its own (free ports), notes the replica's engine
-processes, SIGKILLs the replica, and requires every one of those engine
-processes gone within 10 s. Before the watchdog that left the engine core and
-its worker running, reparented to init, ~2 GB each. (A dead raylet and "every
-Ray process killed" are covered with stand-ins in tests/unit/test_engine_watchdog.py;
-against the real stack they passed alone but not yet reliably inside the full
-suite, see the issue notes.)
+Each test starts a dev stack of its own (free ports), notes the replica's
+engine processes, ends the replica in one of the ways that skip its shutdown,
+and requires every one of those engine processes gone within 10 s:
+
+* SIGKILL of the replica (its raylet lives);
+* what `ray stop --force` does: SIGKILL to every Ray process at once (the
+  process list of `ray stop`, `ray.autoscaler._private.constants.RAY_PROCESSES`),
+  here only to this stack's own processes, so that another Ray cluster on the
+  machine (a developer's) is left alone;
+* SIGKILL of the raylet alone: the replica is orphaned and lives on.
+
+Before the watchdog each left the engine core and its worker running,
+reparented to init, ~2 GB each.
 """
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterable
 
 import psutil
 import pytest
+from ray.autoscaler._private.constants import RAY_PROCESSES
 
 from loadtests.servers import ServeProcess, free_ports
 from tests.e2e.conftest import dev_config, start_stack
@@ -28,18 +36,27 @@ ENGINES = ("VLLM::EngineCore", "VLLM::Worker")
 def stack(tmp_path):
     direct, proxy = free_ports(2)
     server = start_stack(dev_config(direct, proxy), tmp_path / "serve.log")
+    # Every process of the stack, taken before a test ends any of them: a dead raylet
+    # leaves its workers reparented to init, no longer the server's descendants.
+    server.seen = []
     yield server
     try:
         server.stop(timeout_s=20)
     finally:
-        for p in server.descendants(*ENGINES, "ray::", "raylet", "gcs_server"):
-            p.kill()
+        kill([*server.seen, *server.descendants(*ENGINES, "ray::", "raylet", "gcs_server")])
 
 
-def kill(procs: list[psutil.Process]) -> None:
+def everything_of(server: ServeProcess) -> list[psutil.Process]:
+    procs = psutil.Process(server.proc.pid).children(recursive=True)
+    server.seen += procs
+    return procs
+
+
+def kill(procs: Iterable[psutil.Process]) -> None:
     for p in procs:
         try:
-            p.send_signal(signal.SIGKILL)
+            if p.is_running():  # psutil checks the start time: a reused pid is not ours
+                p.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
 
@@ -64,6 +81,33 @@ def engines_of(server: ServeProcess) -> list[psutil.Process]:
 
 def test_sigkill_of_the_replica(stack):
     engines = engines_of(stack)
+    everything_of(stack)
     (replica,) = stack.descendants(REPLICA)
     replica.send_signal(signal.SIGKILL)
+    assert_gone_within(engines, 10)
+
+
+def is_ray_process(p: psutil.Process) -> bool:
+    """`ray stop`'s own test: the executable name (first 15 characters) or the command line holds a keyword."""
+    try:
+        name, args = p.name()[:15], " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+    return any((keyword in name) if by_name else (keyword in args) for keyword, by_name in RAY_PROCESSES)
+
+
+def test_ray_stop_force(stack):
+    engines = engines_of(stack)
+    ray_procs = [p for p in everything_of(stack) if is_ray_process(p)]
+    texts = [p.name() + " " + " ".join(p.cmdline()) for p in ray_procs]
+    assert all(any(k in t for t in texts) for k in ("raylet", "gcs_server", REPLICA)), texts
+    assert not set(engines) & set(ray_procs), "ray stop does not target the engine processes themselves"
+    kill(ray_procs)
+    assert_gone_within(engines, 10)
+
+
+def test_raylet_killed(stack):
+    engines = engines_of(stack)
+    (raylet,) = [p for p in everything_of(stack) if p.name() == "raylet"]
+    raylet.send_signal(signal.SIGKILL)
     assert_gone_within(engines, 10)
