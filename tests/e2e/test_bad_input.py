@@ -77,6 +77,13 @@ def deep_schema(depth: int) -> dict[str, Any]:
     return schema
 
 
+SCHEMA_PARAM = "response_format.json_schema.schema"
+
+
+def json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
 LONG_TEXT = "one two three four five six seven eight nine ten " * 400  # > 2048 tokens
 OVER_LIMIT = (
     b'{"model": "tiny-llama", "prompt": "' + b"a" * 1_200_000 + b'"}'
@@ -241,6 +248,38 @@ CASES: list[Case] = [
             response_format={"type": "json_schema", "json_schema": {"name": "has space", "schema": {"type": "object"}}}
         ),
         param="response_format.json_schema.name",
+    ),
+    # -- what one request may cost (limits.*: dev.yaml keeps the defaults; SECURITY.md, "Request cost") -----
+    Case("n-over-max-n", 400, chat(n=17), code="n_too_large", param="n", proxy=True),
+    Case(
+        "logprobs-width-over-limit",
+        400,
+        chat(n=5, logprobs=True, top_logprobs=20),  # 5 x 21 = 105 > 96
+        code="request_too_large",
+        param="top_logprobs",
+        proxy=True,
+    ),
+    Case("completion-n-over-max-n", 400, completion(n=17), path=COMPLETIONS_PATH, code="n_too_large", param="n"),
+    Case(
+        "schema-over-max-bytes",
+        400,
+        chat(response_format=json_schema_format({"enum": [f"value-{i:06d}" for i in range(3000)]})),  # ~45 KB
+        code="schema_too_large",
+        param=SCHEMA_PARAM,
+        proxy=True,
+    ),
+    Case(
+        "schema-pattern-overflows-re",
+        400,
+        chat(response_format=json_schema_format({"type": "string", "pattern": "a{99999999999}"})),
+        param=SCHEMA_PARAM,
+    ),
+    Case(
+        "schema-pattern-invalid",
+        400,
+        chat(response_format=json_schema_format({"type": "string", "pattern": "("})),
+        param=SCHEMA_PARAM,
+        proxy=True,
     ),
     # -- unknown arguments ------------------------------------------------------------
     Case("unknown-argument", 400, chat(frobnicate=1), code="unknown_parameter", param="frobnicate", proxy=True),
