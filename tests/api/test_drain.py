@@ -65,6 +65,17 @@ async def test_drain_lets_short_requests_finish_and_ends_long_ones_with_503():
     await api.aclose()
 
 
+async def test_a_request_arriving_after_an_idle_drain_is_served():
+    """Nothing in flight: the drain ends at once, and a request that still arrives (a kept-alive
+    connection, a stale router) is served while the engine runs. Before, it got 503 server_shutting_down
+    (one of tests/e2e/test_faults.py's redeploy requests, in CI)."""
+    api = await simulated_app({"max_model_len": 512})
+    assert await api.serving.drain(5.0) == 0
+    r = await api.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    await api.aclose()
+
+
 def test_drain_time_leaves_room_before_serve_kills_the_replica():
     assert drain_time_s(30) == 23 and drain_time_s(120) == 113
     assert drain_time_s(8) == 3 and drain_time_s(1) == 0
