@@ -163,11 +163,8 @@ async def test_body_cap_follows_the_models_context(make_app):
     Regression: the fixed 1 MB cap refused a long-context model's prompts that it accepts.
     """
     long_ctx = await make_app({"max_model_len": 131_072}, auth=KEYS)  # cap 2,162,688 bytes
-    body = {
-        "model": MODEL,
-        "prompt": "word " * 300_000,
-        "max_tokens": 1,
-    }  # 1.5 MB: too long for the context, not too big
+    # 1.5 MB: too long for the context, not too big
+    body = {"model": MODEL, "prompt": "word " * 300_000, "max_tokens": 1}
     r = await long_ctx.http.post("/v1/completions", json=body, headers=AUTH)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
     body["prompt"] = "word " * 500_000  # 2.5 MB

@@ -25,6 +25,7 @@ PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 API_KEY = "sk-e2e-test-key-0001"
 OTHER_KEY = "sk-e2e-second-key-0002"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+REPLICA = "ServeReplica:llm:llm-tiny-llama"  # dev.yaml's LLM-server replica, by its process title
 
 
 def dev_config(

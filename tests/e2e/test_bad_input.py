@@ -80,14 +80,14 @@ def deep_schema(depth: int) -> dict[str, Any]:
 SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
-def json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+def json_schema_format(schema: Any) -> dict[str, Any]:
+    """A `response_format` asking for `schema` (any JSON value: the bad cases send non-objects too)."""
     return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
 
 
 LONG_TEXT = "one two three four five six seven eight nine ten " * 400  # > 2048 tokens
-OVER_LIMIT = (
-    b'{"model": "tiny-llama", "prompt": "' + b"a" * 1_200_000 + b'"}'
-)  # the derived max_body_bytes: 1,000,000 (the floor) at a 2,048 context
+# over the derived max_body_bytes: 1,000,000 (the floor) at a 2,048 context
+OVER_LIMIT = b'{"model": "tiny-llama", "prompt": "' + b"a" * 1_200_000 + b'"}'
 
 CASES: list[Case] = [
     # -- the body as a whole ----------------------------------------------------------
@@ -216,30 +216,25 @@ CASES: list[Case] = [
     Case(
         "response-format-schema-not-object",
         400,
-        chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": ["type", "object"]}}),
-        param="response_format.json_schema.schema",
+        chat(response_format=json_schema_format(["type", "object"])),
+        param=SCHEMA_PARAM,
     ),
     Case(
         "response-format-schema-string",
         400,
-        chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}),
-        param="response_format.json_schema.schema",
+        chat(response_format=json_schema_format("object")),
+        param=SCHEMA_PARAM,
     ),
     Case(
         "response-format-invalid-schema",
         400,
-        chat(
-            response_format={
-                "type": "json_schema",
-                "json_schema": {"name": "x", "schema": {"type": "object", "properties": 5}},
-            }
-        ),
-        param="response_format.json_schema.schema",
+        chat(response_format=json_schema_format({"type": "object", "properties": 5})),
+        param=SCHEMA_PARAM,
     ),
     Case(
         "response-format-schema-too-deep",
         400,
-        chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": deep_schema(600)}}),
+        chat(response_format=json_schema_format(deep_schema(600))),
     ),
     Case(
         "response-format-bad-name",

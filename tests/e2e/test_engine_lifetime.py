@@ -26,9 +26,8 @@ import pytest
 from ray.autoscaler._private.constants import RAY_PROCESSES
 
 from loadtests.servers import ServeProcess, free_ports
-from tests.e2e.conftest import dev_config, start_stack
+from tests.e2e.conftest import REPLICA, dev_config, start_stack
 
-REPLICA = "ServeReplica:llm:llm-tiny-llama"
 ENGINES = ("VLLM::EngineCore", "VLLM::Worker")
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from loadtests.hostile import hostile_bodies, quietest_window
-from tests.e2e.conftest import API_KEY, DIRECT_URL
+from tests.e2e.conftest import API_KEY, DIRECT_URL, REPLICA
 
 MAX_GAP_MS = 100.0
 
@@ -43,9 +43,6 @@ async def test_a_hostile_request_does_not_stall_other_streams(dev_server, case):
         assert window.status == 200, window
     else:
         assert window.status == 400, window
-
-
-REPLICA = "ServeReplica:llm:llm-tiny-llama"
 
 
 async def test_the_sequence_that_got_the_replica_replaced_leaves_it_serving(dev_server):

@@ -11,9 +11,11 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.e2e.conftest import REPLICA
+
 
 def test_engine_and_replica_run_at_normal_priority(dev_server):
-    replica = dev_server.descendants("ServeReplica:llm:llm-tiny-llama")
+    replica = dev_server.descendants(REPLICA)
     engines = dev_server.engine_processes()
     assert replica and engines, (replica, engines)
     assert {p.nice() for p in replica + engines} == {0}
