@@ -21,6 +21,10 @@ BUILTIN_PREFIX = "builtin:"
 IMPORT_PATH = "serving.deployments.app:build_app"
 
 
+# Ray's own resources: set through num_cpus, num_gpus and memory_gib, never as custom ones.
+RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +56,14 @@ class DeploymentConfig(Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     memory_gib: float | None = Field(None, gt=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica needs, e.g. {pool-a: 1}: only nodes started with "
+        "them (`ray start --resources`) take its replicas.",
+    )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="At most this many of the model's replicas on one node (spread for availability)."
+    )
     max_ongoing_requests: int = Field(256, ge=1)
     max_queued_requests: int = Field(512, ge=-1)
     autoscaling: AutoscalingConfig = AutoscalingConfig()
@@ -65,6 +77,16 @@ class DeploymentConfig(Strict):
     )
     health_check_period_s: float = Field(5.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in RAY_BUILTIN_RESOURCES:
+                raise ValueError(f"{name!r} is not a custom resource: use num_cpus, num_gpus or memory_gib")
+            if not name or amount <= 0:
+                raise ValueError(f"resource {name!r}: a non-empty name and an amount > 0")
+        return v
 
     @field_validator("max_queued_requests")
     @classmethod
@@ -164,6 +186,12 @@ class IngressConfig(Strict):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     num_cpus: float = Field(0.1, ge=0, description="CPU reservation of the ingress deployment (proxy mode).")
+    num_replicas: int = Field(
+        1,
+        ge=1,
+        description="Replicas of the ingress deployment (the proxy path), spread over nodes: with one, "
+        "losing its node cuts every proxy-path request until Serve replaces it.",
+    )
     deprioritize_ray_control_plane: bool = Field(
         True,
         description="Replicas renice Ray's background processes on their node (nice +10) so they do not "

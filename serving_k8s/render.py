@@ -389,7 +389,7 @@ def _worker(
     min_pods, max_pods, replicas = shape["min_pods"], shape["max_pods"], shape["initial_pods"]
     if fixed_pods is not None:
         min_pods = max_pods = replicas = fixed_pods
-    return {
+    group: dict[str, Any] = {
         "groupName": "gpu-workers",
         "replicas": replicas,
         "minReplicas": min_pods,
@@ -417,6 +417,12 @@ def _worker(
             },
         },
     }
+    custom = shape["model"].deployment.resources
+    if custom:
+        # One replica per pod: the group offers what one replica asks for (KubeRay passes the
+        # group's `resources` to `ray start --resources`).
+        group["resources"] = {name: f"{amount:g}" for name, amount in sorted(custom.items())}
+    return group
 
 
 def build_objects(

@@ -7,6 +7,7 @@ ingress deployment bound to them.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray import serve
@@ -35,6 +36,8 @@ def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = N
     actor: dict[str, Any] = {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus}
     if d.memory_gib:
         actor["memory"] = int(d.memory_gib * 2**30)
+    if d.resources:
+        actor["resources"] = dict(d.resources)
     env = replica_env(model)
     if ingress.mode == "direct" and ingress.replica_niceness is not None:
         # Ray renices each worker to RAY_worker_niceness (15) when its core worker starts,
@@ -56,6 +59,8 @@ def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = N
         "health_check_period_s": d.health_check_period_s,
         "health_check_timeout_s": d.health_check_timeout_s,
     }
+    if d.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = d.max_replicas_per_node
     router = request_router_config(model)
     if router is not None:
         options["request_router_config"] = router
@@ -65,13 +70,15 @@ def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = N
 def build_from_config(cfg: AppConfig) -> Application:
     peers = {m.id: m.deployment_name for m in cfg.models}
     app_args = cfg.model_dump()
+    # One creation time for /v1/models on every ingress (each replica's direct one, Serve's proxy path).
+    created = int(time.time())
     llm_apps = [
         serve.deployment(LLMServer)
         .options(**llm_deployment_options(m, cfg.ingress))
-        .bind(m.model_dump(), app_args, peers)
+        .bind(m.model_dump(), app_args, peers, created=created)
         for m in cfg.models
     ]
-    return ingress_deployment(cfg).bind(*llm_apps)
+    return ingress_deployment(cfg, created).bind(*llm_apps)
 
 
 def build_app(args: dict[str, Any]) -> Application:

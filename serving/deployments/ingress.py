@@ -19,18 +19,26 @@ from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics
 
 
-def ingress_deployment(cfg: AppConfig) -> Any:
-    """The ingress class for the app's models (each reached through its LLM deployment)."""
+def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
+    """The ingress class for the app's models (each reached through its LLM deployment).
+
+    `created`: the models' creation time in /v1/models, the deploy's (as the LLM replicas' direct ingress says).
+    """
     backends = [HandleBackend(m.id, m.deployment_name) for m in cfg.models]
     api = build_api(
-        ModelRegistry(backends, created=int(time.time())),
+        ModelRegistry(backends, created=created if created is not None else int(time.time())),
         cfg.auth,
         cfg.limits,
         cfg.observability,
         metrics=RayMetrics(),  # makes its Ray instruments in the ingress replica, on first use
     )
 
-    @serve.deployment(name="ingress", ray_actor_options={"num_cpus": cfg.ingress.num_cpus}, max_ongoing_requests=1024)
+    @serve.deployment(
+        name="ingress",
+        ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
+        num_replicas=cfg.ingress.num_replicas,
+        max_ongoing_requests=1024,
+    )
     @serve.ingress(api)
     class Ingress:
         def __init__(self, *llm_deployments: Any) -> None:

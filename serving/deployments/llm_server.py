@@ -86,12 +86,20 @@ def drain_time_s(graceful_shutdown_timeout_s: float) -> float:
 
 class LLMServer:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
-        self, model: dict[str, Any], app: dict[str, Any], peers: dict[str, str], app_name: str | None = None
+        self,
+        model: dict[str, Any],
+        app: dict[str, Any],
+        peers: dict[str, str],
+        app_name: str | None = None,
+        created: int | None = None,
     ) -> None:
         self._http: DirectHTTPServer | None = None
         self.engine: Engine | None = None
         self.cfg = ModelConfig.model_validate(model)
         self.app_cfg = AppConfig.model_validate(app)
+        # The deploy's time (the builder's), so /v1/models answers the same on every node
+        # and ingress, and through replica restarts.
+        self._created = created if created is not None else int(time.time())
         ingress_cfg = self.app_cfg.ingress
         self._loop = EngineLoop(f"engine-{self.cfg.id}")
         if ingress_cfg.mode == "direct" and app_name is None:
@@ -149,7 +157,7 @@ class LLMServer:
                 for model_id, name in peers.items()
             ]
             api = build_api(
-                ModelRegistry(backends, created=int(time.time())),
+                ModelRegistry(backends, created=self._created),
                 self.app_cfg.auth,
                 self.app_cfg.limits,
                 self.app_cfg.observability,

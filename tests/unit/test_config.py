@@ -476,10 +476,13 @@ def test_options_are_accepted_by_ray_serve():
         env={"FOO": "bar"},
         deployment={
             "memory_gib": 1.5,
+            "resources": {"pool-a": 1},
+            "max_replicas_per_node": 1,
             "autoscaling": {"min_replicas": 0, "max_replicas": 3, "initial_replicas": 1},
         },
     )
     dep = serve.deployment(Dummy).options(**opts)
+    assert dep.ray_actor_options["resources"] == {"pool-a": 1.0}
     assert dep.name == "llm-tiny-llama"
     auto = dep._deployment_config.autoscaling_config
     assert (auto.min_replicas, auto.max_replicas, auto.initial_replicas) == (0, 3, 1)
@@ -494,6 +497,24 @@ def test_no_runtime_env_without_env_or_kv_cache():
 def test_env_and_kv_cache_merge():
     opts = _options(kv_cache_gib=4, env={"FOO": "bar"})
     assert opts["ray_actor_options"]["runtime_env"]["env_vars"] == {"FOO": "bar", "VLLM_CPU_KVCACHE_SPACE": "4"}
+
+
+def test_custom_resources_and_spread_reach_ray():
+    """`resources` pins replicas to the nodes that offer them; `max_replicas_per_node` spreads them."""
+    opts = _options(deployment={"resources": {"pool-a": 1}, "max_replicas_per_node": 1})
+    assert opts["ray_actor_options"]["resources"] == {"pool-a": 1.0}
+    assert opts["max_replicas_per_node"] == 1
+    plain = _options()
+    assert "resources" not in plain["ray_actor_options"] and "max_replicas_per_node" not in plain
+
+
+@pytest.mark.parametrize(
+    "resources, message",
+    [({"CPU": 1}, "not a custom resource"), ({"GPU": 1}, "not a custom resource"), ({"pool": 0}, "amount > 0")],
+)
+def test_custom_resources_are_checked(resources, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(id="m", deployment={"resources": resources})
 
 
 def test_memory_gib_maps_to_bytes():
