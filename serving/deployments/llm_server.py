@@ -23,7 +23,7 @@ from serving.api.backend import Generation, ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.config import AppConfig, IngressConfig, ModelConfig
-from serving.deployments import engine_watchdog, node_tuning
+from serving.deployments import engine_watchdog, node_tuning, serve_stop
 from serving.deployments.direct.engine_loop import EngineLoop
 from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer
 from serving.deployments.handle_backend import HandleBackend
@@ -106,11 +106,16 @@ class LLMServer:
             from ray import serve
 
             app_name = serve.get_replica_context().app_name
+        self._draining: asyncio.Future[None] | None = None  # the drain, once begun (on the engine loop)
+        self._stop_watch: asyncio.Task[None] | None = None
         try:
             await self._loop.run(self._start(ingress_cfg, peers, app_name))
         except BaseException:
             await self._shutdown()
             raise
+        # The drain begins when Serve begins stopping the replica, not at __del__, which
+        # Serve calls only once no handle call is left (serving/deployments/serve_stop.py).
+        self._stop_watch = asyncio.get_running_loop().create_task(serve_stop.watch(self._drain_now))
 
     async def _start(self, ingress_cfg: IngressConfig, peers: dict[str, str], app_name: str | None) -> None:
         """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
@@ -211,10 +216,19 @@ class LLMServer:
 
     # -- shutdown -----------------------------------------------------------------
 
-    async def _stop_on_loop(self) -> None:
-        stop = getattr(self, "_background_stop", None)
-        if stop is not None:
-            stop.set()
+    async def _drain_now(self) -> None:
+        """Serve began stopping the replica: drain from now, to the deadline a drain from __del__ would keep."""
+        await self._loop.run(
+            self._drain(drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s) + SERVE_SHUTDOWN_WAIT_LOOP_S)
+        )
+
+    async def _drain(self, drain_s: float) -> None:
+        """On the engine loop, at most once (later callers wait for the first): the requests' drain."""
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain_requests(drain_s))
+        await asyncio.shield(self._draining)
+
+    async def _drain_requests(self, drain_s: float) -> None:
         http, self._http = self._http, None
         # Stop accepting connections now; the requests in progress (direct and handle
         # calls alike) get the drain time to finish, then end with a 503 / an SSE error
@@ -222,11 +236,17 @@ class LLMServer:
         stopping = asyncio.ensure_future(http.stop()) if http is not None else None
         serving = getattr(self, "serving", None)
         if serving is not None:
-            ended = await serving.drain(drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s))
+            ended = await serving.drain(drain_s)
             if ended:
                 logger.warning("shutdown: ended %d requests still in progress after the drain time", ended)
         if stopping is not None:
             await stopping
+
+    async def _stop_on_loop(self) -> None:
+        stop = getattr(self, "_background_stop", None)
+        if stop is not None:
+            stop.set()
+        await self._drain(drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s))
         engine, self.engine = self.engine, None
         if engine is not None:
             await engine.shutdown()
@@ -235,6 +255,9 @@ class LLMServer:
         loop = getattr(self, "_loop", None)
         if loop is None:
             return
+        watch = getattr(self, "_stop_watch", None)
+        if watch is not None:
+            watch.cancel()  # a drain it began goes on (shielded); _stop_on_loop waits for it
         try:
             await loop.run(self._stop_on_loop())
         finally:

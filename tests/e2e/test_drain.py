@@ -11,17 +11,29 @@ does: Serve calls the replica's shutdown, which drains. Before, such streams
 were cut with neither an error event nor `[DONE]`; and with a drain that
 ignored the wait loop (a 4 s timeout, 2 s of drain) Serve killed the replica
 while it wrote the error events, in one CI run of the full suite.
+
+A redeploy that replaces the replica while streams run through both paths
+(the direct ingress, and Serve's proxy: handle calls into the replica) ends
+them all the same way. Serve calls `__del__` only once no handle call is
+left, so with the drain begun there it waited until its deadline and killed
+the replica: every stream was cut, direct ones too (the proxy's got
+`replica_unavailable`); the drain now begins when Serve begins the stop
+(serving/deployments/serve_stop.py).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
 from loadtests import sse
-from loadtests.servers import free_ports
+from loadtests.servers import free_ports, write_config
 from tests.e2e.conftest import dev_config, start_stack
 
 DIRECT, PROXY = free_ports(2)
@@ -79,3 +91,77 @@ def test_stop_ends_long_streams_with_an_error_event_and_done(tmp_path):
         )
         assert last["error"]["code"] == "server_shutting_down", last
     assert stopped_s < 40, f"the stop took {stopped_s:.0f} s"
+
+
+def test_redeploy_ends_long_streams_on_both_paths_with_an_error_event_and_done(tmp_path):
+    """Streams keep coming on both paths until the old replica's stop ends one; none in flight is cut.
+
+    When the stop begins depends on the new app's build, 5-20 s after `serve deploy` on a loaded
+    machine, so each client starts a new long stream whenever its last one finished, until the
+    first stream ended by the drain is seen.
+    """
+    data = dev_config(DIRECT, PROXY)
+    model = data["applications"][0]["args"]["models"][0]
+    # Stop the old replica first (no surge): its stop is the only one, and nothing new serves meanwhile.
+    model["deployment"].update(graceful_shutdown_timeout_s=6, max_surge_percent=0)
+    body = {
+        "model": model["id"],
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    outcomes: list[tuple[str, str]] = []  # (path, drained | finished | refused | cut: ...)
+    stop_seen = threading.Event()
+    deadline = time.monotonic() + 240
+
+    def one_stream(port: int) -> str:
+        try:
+            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=90) as r:
+                if r.status_code != 200:
+                    return f"refused: {r.status_code}"
+                events = sse.parse(r.read(), require_done=False)
+        except httpx.ConnectError:
+            return "refused: connect"
+        except (httpx.HTTPError, sse.SSEError) as exc:
+            return f"cut: {exc!r}"
+        if not events or events[-1] != sse.DONE:
+            return f"cut: no [DONE] after {events[-1:]}"
+        last = events[-2]
+        if "error" in last:
+            return "drained" if last["error"]["code"] == "server_shutting_down" else f"cut: {last['error']}"
+        return "finished" if last["choices"][0]["finish_reason"] == "length" else f"cut: {last}"
+
+    def client(port: int) -> None:
+        while not stop_seen.is_set() and time.monotonic() < deadline:
+            outcome = one_stream(port)
+            outcomes.append(("direct" if port == DIRECT else "proxy", outcome))
+            if outcome == "drained":
+                stop_seen.set()
+            elif outcome.startswith("refused"):
+                time.sleep(0.5)
+
+    with start_stack(data, tmp_path / "serve.log") as server:
+        clients = [threading.Thread(target=client, args=(port,)) for port in [DIRECT, PROXY] * (STREAMS // 2)]
+        for t in clients:
+            t.start()
+        model.setdefault("env", {})["SERVING_DEPLOY_GENERATION"] = "2"  # a new runtime_env: a new replica
+        new_config = write_config(data)
+        try:
+            deploy = subprocess.run(
+                [str(Path(sys.executable).with_name("serve")), "deploy", str(new_config), "-a", server.dashboard_url()],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                env={**os.environ, "RAY_AUTH_MODE": "token"},
+            )
+        finally:
+            new_config.unlink()
+            for t in clients:
+                t.join(timeout=300)
+        assert deploy.returncode == 0, deploy.stderr
+    print(f"\nredeploy under load: {sorted(set((p, o, outcomes.count((p, o))) for p, o in outcomes))}")
+    cut = [o for o in outcomes if o[1].startswith("cut")]
+    assert not cut, cut
+    drained = {path for path, outcome in outcomes if outcome == "drained"}
+    assert drained == {"direct", "proxy"}, f"the stop ended no stream on { ({'direct', 'proxy'} - drained) }"

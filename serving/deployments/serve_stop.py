@@ -1,0 +1,71 @@
+"""When Serve begins stopping this replica, so that its drain starts then, not after Serve's wait.
+
+Serve stops a replica (redeploy, downscale, a draining node, `serve shutdown`)
+in two steps: it waits, in loops of `graceful_shutdown_wait_loop_s`, until no
+*handle call* is ongoing, and only then calls the replica's `__del__`; it
+force-kills the replica `graceful_shutdown_timeout_s` after the first step
+began. Our drain (end what is still running with an error event and `[DONE]`)
+lived in `__del__`. So a replica with a stream in flight through a handle (the
+proxy path, another model's direct ingress) never reached `__del__` before the
+kill: every stream it served, direct ones too, was cut without an error event.
+Measured on a 3-node cluster, a node drained as KubeRay does it (SIGTERM to
+`ray start --block`): Serve logged "Waiting for an additional 2.0s to shut
+down: 2 ongoing requests" until its deadline, then the streams were cut
+(tests/e2e/test_cluster.py, tests/e2e/test_drain.py).
+
+Serve offers the user class no hook for the first step. It marks it on its
+replica object (`_shutting_down`, which also turns its data-plane health to
+DRAINING); `watch` polls that flag and calls back once it turns. Where the flag
+cannot be found (another Ray version), the watcher says so once in the log and
+the drain runs from `__del__`, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.2
+
+
+def _serve_replica() -> Any | None:
+    """Serve's replica object in this actor process (what holds `_shutting_down`), if it can be found."""
+    try:
+        import ray
+
+        actors = ray._private.worker.global_worker.actors
+    except Exception:  # not in a Ray worker, or Ray's internals moved
+        return None
+    for actor in list(actors.values()):
+        impl = getattr(actor, "_replica_impl", None)
+        if impl is not None and isinstance(getattr(impl, "_shutting_down", None), bool):
+            return impl
+    return None
+
+
+def stopping_probe(find: Callable[[], Any | None] = _serve_replica) -> Callable[[], bool] | None:
+    """A cheap check of whether Serve has begun stopping this replica, or None where it cannot be known."""
+    replica = find()
+    if replica is None:
+        return None
+    return lambda: bool(replica._shutting_down)
+
+
+async def watch(
+    on_stop: Callable[[], Awaitable[None]],
+    probe: Callable[[], bool] | None = None,
+    poll_s: float = POLL_S,
+) -> None:
+    """Wait until Serve begins stopping the replica, then await `on_stop()`; cancel it to stop watching."""
+    if probe is None:
+        probe = stopping_probe()
+    if probe is None:
+        logger.warning("Serve's stop of this replica cannot be seen; the drain starts at __del__ (serve_stop.py)")
+        return
+    while not probe():
+        await asyncio.sleep(poll_s)
+    await on_stop()
