@@ -245,11 +245,11 @@ def _worker_shape(cfg: AppConfig, where: str) -> dict[str, Any]:
         "min_pods": a.min_replicas,
         "max_pods": a.max_replicas,
         "initial_pods": a.initial_replicas if a.initial_replicas is not None else a.min_replicas,
-        **_stop_times(cfg),
+        **stop_times(cfg),
     }
 
 
-def _stop_times(cfg: AppConfig) -> dict[str, int]:
+def stop_times(cfg: AppConfig) -> dict[str, int]:
     """How a worker pod stops, consistent with the replicas' `graceful_shutdown_timeout_s` (the longest).
 
     On SIGTERM, Ray (2.60) drains the node for RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S
