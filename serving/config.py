@@ -86,6 +86,8 @@ class DeploymentConfig(Strict):
                 raise ValueError(f"{name!r} is not a custom resource: use num_cpus, num_gpus or memory_gib")
             if not name or amount <= 0:
                 raise ValueError(f"resource {name!r}: a non-empty name and an amount > 0")
+            if amount > 1 and not float(amount).is_integer() or round(amount, 4) != amount:
+                raise ValueError(f"resource {name!r}: Ray takes whole amounts, or fractions of 1 in steps of 0.0001")
         return v
 
     @field_validator("max_queued_requests")

@@ -263,6 +263,11 @@ def stop_times(cfg: AppConfig) -> dict[str, int]:
     return {"drain_s": longest + 15, "grace_s": longest + 30, "deletion_delay_s": longest + 30}
 
 
+def _quantity(amount: float) -> str:
+    """A resource amount as KubeRay passes it to `ray start`: exact (no exponent, no rounding)."""
+    return str(int(amount)) if float(amount).is_integer() else repr(float(amount))
+
+
 def _secret_env() -> list[dict[str, Any]]:
     return [
         {
@@ -421,7 +426,7 @@ def _worker(
     if custom:
         # One replica per pod: the group offers what one replica asks for (KubeRay passes the
         # group's `resources` to `ray start --resources`).
-        group["resources"] = {name: f"{amount:g}" for name, amount in sorted(custom.items())}
+        group["resources"] = {name: _quantity(amount) for name, amount in sorted(custom.items())}
     return group
 
 

@@ -37,7 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,8 @@ from typing import Any
 import httpx
 import psutil
 import yaml
+
+from loadtests.servers import SERVE, start_in_own_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -102,6 +104,13 @@ def check_machine() -> None:
         problems.append("no `ip` command (iproute2)")
     if not (CGROUP_ROOT / "cgroup.procs").exists():
         problems.append(f"no cgroup2 hierarchy at {CGROUP_ROOT} (needed to find and kill a node's processes)")
+    if not problems:
+        try:
+            CGROUP_PARENT.mkdir(exist_ok=True)
+            if not (CGROUP_PARENT / "cgroup.kill").exists():
+                problems.append("cgroup2 without cgroup.kill (Linux 5.14+): a node's processes could not be killed")
+        except OSError as exc:
+            problems.append(f"cannot make cgroups under {CGROUP_ROOT}: {exc}")
     if not problems:
         probe = f"{PREFIX}probe{secrets.token_hex(2)}"
         made = _run("ip", "netns", "add", probe, check=False)
@@ -192,10 +201,9 @@ class Node:
         procs_file = str(self.cgroup / "cgroup.procs")
 
         def enter() -> None:
-            # In the child before exec: own process group (a terminal's Ctrl-C reaches the
-            # test runner only), the caller's session (autogroup: see loadtests/servers.py),
-            # and the node's cgroup, which every descendant inherits.
-            os.setpgid(0, 0)
+            # In the child before exec: what every server of the tests gets (its own process
+            # group in the caller's session), and the node's cgroup, which every descendant inherits.
+            start_in_own_group()
             with open(procs_file, "w") as f:
                 f.write(str(os.getpid()))
 
@@ -282,8 +290,8 @@ class Cluster:
         self.bridge = f"{self.name}br"
         self.cgroup = CGROUP_PARENT / self.name
         self._own_workdir = workdir is None
-        # Short, under /tmp: Ray puts unix sockets in the temp dir.
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir="/tmp"))
+        # Short, under /tmp: Ray puts unix sockets in the temp dir. Made by up(), once the machine passed.
+        self.workdir = Path(workdir) if workdir else Path("/tmp") / f"{self.name}-{secrets.token_hex(3)}"
         self.subnet: ipaddress.IPv4Network = ipaddress.ip_network("10.200.0.0/24")
         self.nodes: list[Node] = []
         self._up = False
@@ -328,6 +336,8 @@ class Cluster:
         check_machine()
         self._up = True
         try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "owner").write_text(str(os.getpid()))  # `down --stale` spares a live owner's cluster
             self.subnet = _free_subnet()
             host_ip = self.subnet.network_address + 1
             _run("ip", "link", "add", self.bridge, "type", "bridge")
@@ -381,7 +391,7 @@ class Cluster:
         path = self.workdir / f"deploy-{secrets.token_hex(3)}.yaml"
         path.write_text(yaml.safe_dump(config))
         done = subprocess.run(
-            [str(BIN / "serve"), "deploy", "--address", self.dashboard, str(path)],
+            [SERVE, "deploy", "--address", self.dashboard, str(path)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -399,12 +409,25 @@ class Cluster:
         """Kill every node's processes (workers first), remove namespaces, bridge, cgroups, temp dirs; bounded."""
         if not self._up:
             return
-        self._up = False
+        # A second Ctrl-C (or the CLI's SIGTERM) must not cut the teardown short.
+        in_main = threading.current_thread() is threading.main_thread()
+        held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+        try:
+            self._remove()
+        finally:
+            for sig, handler in held.items():
+                signal.signal(sig, handler)
+
+    def _remove(self) -> None:
         survivors: dict[str, list[int]] = {}
         for node in reversed(self.nodes):
-            left = node.remove()
+            try:
+                left = node.remove()
+            except (OSError, subprocess.SubprocessError) as exc:  # go on with the other nodes
+                left = [f"{exc!r}"]  # type: ignore[list-item]
             if left:
                 survivors[node.netns] = left
+        self._up = False
         _run("ip", "link", "del", self.bridge, check=False)
         with contextlib.suppress(OSError):
             self.cgroup.rmdir()
@@ -456,11 +479,29 @@ class Cluster:
         raise TimeoutError(f"no {what} after {timeout_s:g} s\n{self.logs() if logs else ''}")
 
 
+def _live_clusters() -> set[str]:
+    """Names of the clusters whose owner (the process that made them) still runs."""
+    live = set()
+    for owner in Path("/tmp").glob(f"{PREFIX}*-*/owner"):
+        with contextlib.suppress(OSError, ValueError):
+            if psutil.pid_exists(int(owner.read_text())):
+                live.add(owner.parent.name.split("-")[0])
+    return live
+
+
 def remove_stale() -> list[str]:
-    """Remove what earlier clusters left (a killed test run): their processes, namespaces, links, cgroups."""
+    """Remove what earlier clusters left (a killed test run): processes, namespaces, links, cgroups, dirs.
+
+    A cluster whose owner still runs (another test run's) is left alone.
+    """
+    live = _live_clusters()
+
+    def stale(name: str) -> bool:
+        return name.startswith(PREFIX) and not any(name.startswith(c) for c in live)
+
     removed = []
     if CGROUP_PARENT.exists():
-        for cluster_dir in [d for d in CGROUP_PARENT.iterdir() if d.is_dir()]:
+        for cluster_dir in [d for d in CGROUP_PARENT.iterdir() if d.is_dir() and stale(d.name)]:
             for node_dir in [d for d in cluster_dir.iterdir() if d.is_dir()]:
                 _kill_cgroup(node_dir)
                 with contextlib.suppress(OSError):
@@ -470,18 +511,19 @@ def remove_stale() -> list[str]:
                 removed.append(f"cgroup {cluster_dir.name}")
     for line in _run("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(PREFIX):
+        if stale(name):
             _run("ip", "netns", "del", name, check=False)
             removed.append(f"netns {name}")
     for line in _run("ip", "-o", "link", check=False).stdout.splitlines():
         parts = line.split(":")
         name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
-        if name.startswith(PREFIX):
+        if stale(name):
             _run("ip", "link", "del", name, check=False)
             removed.append(f"link {name}")
     for d in Path("/tmp").glob(f"{PREFIX}*-*"):
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(f"dir {d}")
+        if stale(d.name):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"dir {d}")
     return removed
 
 

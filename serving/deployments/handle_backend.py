@@ -9,6 +9,13 @@ A stream whose replica goes away mid-way (Serve kills a stopping replica at the
 end of its graceful timeout while the handle call still runs; a crash) ends with
 an SSE error event (503, code `replica_unavailable`) and `[DONE]`, as the direct path's
 streams do, instead of a body cut without either: the client knows to retry.
+
+The process relaying streams stops too (the ingress replica on a drained node,
+a direct ingress relaying another model): `RELAYS.drain` lets the streams it
+relays run for the drain time, then ends each at its next chunk with an SSE
+error event (503 `server_shutting_down`) and `[DONE]`, and cancels its handle
+call. Before, Serve killed the relaying replica at its graceful timeout and the
+client saw a cut body, whatever the model's replica was doing.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any, NoReturn
 from serving.api.backend import Generation
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.streaming import DONE, aclose, first_then_rest, sse
-from serving.errors import APIError, EngineUnavailableError, OverloadedError, unwrap
+from serving.errors import APIError, EngineUnavailableError, OverloadedError, ShuttingDownError, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +47,40 @@ def _reraise(exc: BaseException) -> NoReturn:
     raise err from None
 
 
-async def _ended_cleanly(stream: AsyncIterator[bytes], model_id: str) -> AsyncIterator[bytes]:
-    """`stream`, with a failure after its first chunk turned into an error event and `[DONE]`."""
+class RelayDrain:
+    """The streams this process relays through handles, and their end when the process stops."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.ending = False
+
+    async def drain(self, drain_s: float) -> int:
+        """Let the relayed streams run for up to `drain_s`, then end them (each at its next chunk); how many."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        ended = self.active
+        if ended:
+            self.ending = True
+            deadline = loop.time() + 2.0  # their next chunks, and the last events' writes
+            while self.active and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        return ended
+
+
+RELAYS = RelayDrain()  # one per process: every HandleBackend's streams
+
+
+async def _ended_cleanly(stream: AsyncIterator[bytes], model_id: str, relays: RelayDrain) -> AsyncIterator[bytes]:
+    """`stream`, with a failure after its first chunk turned into an error event and `[DONE]`, as is a drain's end."""
+    relays.active += 1
     try:
         async for chunk in stream:
+            if relays.ending:
+                yield sse(ShuttingDownError().body())
+                yield DONE
+                return
             yield chunk
     except Exception as exc:
         err = unwrap(exc)
@@ -56,12 +93,21 @@ async def _ended_cleanly(stream: AsyncIterator[bytes], model_id: str) -> AsyncIt
         yield sse(err.body())
         yield DONE
     finally:
+        relays.active -= 1
         await aclose(stream)
 
 
 class HandleBackend:
-    def __init__(self, model_id: str, deployment_name: str, app_name: str | None = None, handle: Any = None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        deployment_name: str,
+        app_name: str | None = None,
+        handle: Any = None,
+        relays: RelayDrain | None = None,
+    ) -> None:
         self.model_id = model_id
+        self._relays = relays if relays is not None else RELAYS
         self._deployment_name = deployment_name
         self._app_name = app_name
         self._handle = handle
@@ -79,7 +125,7 @@ class HandleBackend:
         try:
             if stream:
                 # a disconnect cancels it in the replica
-                return _ended_cleanly(await first_then_rest(gen, on_close=gen.cancel), self.model_id)
+                return _ended_cleanly(await first_then_rest(gen, on_close=gen.cancel), self.model_id, self._relays)
             body: dict[str, Any] | bytes = await gen.__anext__()
         except StopAsyncIteration:
             raise EngineUnavailableError("the model's replica ended the stream before any output") from None

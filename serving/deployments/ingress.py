@@ -7,6 +7,7 @@ deployments are still bound as arguments so they belong to this app's graph.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,7 +16,8 @@ from ray import serve
 from serving.api.app import build_api
 from serving.api.backend import ModelRegistry
 from serving.config import AppConfig
-from serving.deployments.handle_backend import HandleBackend
+from serving.deployments import serve_stop
+from serving.deployments.handle_backend import RELAYS, HandleBackend
 from serving.deployments.metrics import RayMetrics
 
 
@@ -33,15 +35,23 @@ def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
         metrics=RayMetrics(),  # makes its Ray instruments in the ingress replica, on first use
     )
 
+    # As long as the longest of the models' replicas: the streams relayed through a stopping
+    # ingress replica (a drained node's) get the drain time their model's replica would give them.
+    graceful_s = max(m.deployment.graceful_shutdown_timeout_s for m in cfg.models)
+
     @serve.deployment(
         name="ingress",
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         num_replicas=cfg.ingress.num_replicas,
         max_ongoing_requests=1024,
+        graceful_shutdown_timeout_s=graceful_s,
     )
     @serve.ingress(api)
     class Ingress:
-        def __init__(self, *llm_deployments: Any) -> None:
-            pass
+        async def __init__(self, *llm_deployments: Any) -> None:
+            # Serve waits for this replica's ongoing requests until its force-kill: end the
+            # streams it relays with an error event and [DONE] before then (handle_backend.py).
+            drain_s = serve_stop.drain_from_stop_s(graceful_s)
+            self._stop_watch = asyncio.get_running_loop().create_task(serve_stop.watch(lambda: RELAYS.drain(drain_s)))
 
     return Ingress

@@ -26,7 +26,7 @@ from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments import engine_watchdog, node_tuning, serve_stop
 from serving.deployments.direct.engine_loop import EngineLoop
 from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer
-from serving.deployments.handle_backend import HandleBackend
+from serving.deployments.handle_backend import RELAYS, HandleBackend
 from serving.deployments.metrics import RayMetrics, export_engine_stats
 from serving.engine.base import Engine
 from serving.engine.factory import make_engine
@@ -61,27 +61,6 @@ async def _sse_stream(call: Awaitable[Generation]) -> AsyncIterator[bytes]:
     if isinstance(result, (dict, bytes)):
         raise TypeError("a streaming request got a whole body")
     return result
-
-
-# Serve's `graceful_shutdown_wait_loop_s` (its default; our deployment options leave it):
-# a stopping replica waits this long for the handle calls Serve counts before it calls
-# `__del__`, and the force-kill deadline runs from the start of that wait.
-SERVE_SHUTDOWN_WAIT_LOOP_S = 2.0
-
-
-def drain_time_s(graceful_shutdown_timeout_s: float) -> float:
-    """How long a stopping replica lets its requests finish before ending them.
-
-    Serve kills the replica `graceful_shutdown_timeout_s` after its shutdown
-    began, and `__del__` starts only after one wait loop (Serve's
-    `_drain_ongoing_requests`); ending the rest needs a moment too (their last
-    events, the engine's shutdown). So: what is left after the wait loop, less
-    5 s, or half of it if it is short. (Measured: with the wait loop ignored, a
-    4 s timeout drained for 2 s and Serve killed the replica while it wrote the
-    streams' error events, which then ended without them.)
-    """
-    budget = max(0.0, graceful_shutdown_timeout_s - SERVE_SHUTDOWN_WAIT_LOOP_S)
-    return max(budget / 2, budget - 5.0)
 
 
 class LLMServer:
@@ -218,9 +197,7 @@ class LLMServer:
 
     async def _drain_now(self) -> None:
         """Serve began stopping the replica: drain from now, to the deadline a drain from __del__ would keep."""
-        await self._loop.run(
-            self._drain(drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s) + SERVE_SHUTDOWN_WAIT_LOOP_S)
-        )
+        await self._loop.run(self._drain(serve_stop.drain_from_stop_s(self.cfg.deployment.graceful_shutdown_timeout_s)))
 
     async def _drain(self, drain_s: float) -> None:
         """On the engine loop, at most once (later callers wait for the first): the requests' drain."""
@@ -235,10 +212,11 @@ class LLMServer:
         # event and [DONE] instead of being cut when Serve kills the replica.
         stopping = asyncio.ensure_future(http.stop()) if http is not None else None
         serving = getattr(self, "serving", None)
-        if serving is not None:
-            ended = await serving.drain(drain_s)
-            if ended:
-                logger.warning("shutdown: ended %d requests still in progress after the drain time", ended)
+        # Its own engine's requests, and the streams its direct ingress relays for the app's other models.
+        drains = [RELAYS.drain(drain_s)] + ([serving.drain(drain_s)] if serving is not None else [])
+        ended = sum(await asyncio.gather(*drains))
+        if ended:
+            logger.warning("shutdown: ended %d requests still in progress after the drain time", ended)
         if stopping is not None:
             await stopping
 
@@ -246,15 +224,20 @@ class LLMServer:
         stop = getattr(self, "_background_stop", None)
         if stop is not None:
             stop.set()
-        await self._drain(drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s))
-        engine, self.engine = self.engine, None
-        if engine is not None:
-            await engine.shutdown()
+        try:
+            await self._drain(serve_stop.drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s))
+        finally:  # a drain that failed still stops the engine
+            engine, self.engine = self.engine, None
+            if engine is not None:
+                await engine.shutdown()
 
     async def _shutdown(self) -> None:
+        # Once: a failed __init__ shuts down, and Serve then still calls __del__, whose
+        # coroutine would wait forever on the stopped engine loop (until the force-kill).
         loop = getattr(self, "_loop", None)
-        if loop is None:
+        if loop is None or getattr(self, "_shut_down", False):
             return
+        self._shut_down = True
         watch = getattr(self, "_stop_watch", None)
         if watch is not None:
             watch.cancel()  # a drain it began goes on (shielded); _stop_on_loop waits for it

@@ -31,6 +31,31 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 
+# Serve's `graceful_shutdown_wait_loop_s` (its default; our deployment options leave it):
+# a stopping replica waits this long for the handle calls Serve counts before it calls
+# `__del__`, and the force-kill deadline runs from the start of that wait.
+SERVE_SHUTDOWN_WAIT_LOOP_S = 2.0
+
+
+def drain_time_s(graceful_shutdown_timeout_s: float) -> float:
+    """How long a stopping replica lets its requests finish before ending them.
+
+    Serve kills the replica `graceful_shutdown_timeout_s` after its shutdown
+    began, and `__del__` starts only after one wait loop (Serve's
+    `_drain_ongoing_requests`); ending the rest needs a moment too (their last
+    events, the engine's shutdown). So: what is left after the wait loop, less
+    5 s, or half of it if it is short. (Measured: with the wait loop ignored, a
+    4 s timeout drained for 2 s and Serve killed the replica while it wrote the
+    streams' error events, which then ended without them.)
+    """
+    budget = max(0.0, graceful_shutdown_timeout_s - SERVE_SHUTDOWN_WAIT_LOOP_S)
+    return max(budget / 2, budget - 5.0)
+
+
+def drain_from_stop_s(graceful_shutdown_timeout_s: float) -> float:
+    """The drain time counted from the start of Serve's stop (what `watch` sees): the same deadline."""
+    return drain_time_s(graceful_shutdown_timeout_s) + SERVE_SHUTDOWN_WAIT_LOOP_S
+
 
 def _serve_replica() -> Any | None:
     """Serve's replica object in this actor process (what holds `_shutting_down`), if it can be found."""
@@ -68,4 +93,7 @@ async def watch(
         return
     while not probe():
         await asyncio.sleep(poll_s)
-    await on_stop()
+    try:
+        await on_stop()
+    except Exception:  # the drain from __del__ still runs; nobody awaits this task
+        logger.exception("the drain begun at Serve's stop failed")

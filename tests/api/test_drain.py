@@ -16,7 +16,7 @@ import httpx
 from loadtests import sse
 from loadtests.servers import free_port
 from serving.deployments.direct.http_server import DirectHTTPServer
-from serving.deployments.llm_server import drain_time_s
+from serving.deployments.serve_stop import drain_time_s
 from tests.inprocess import MODEL, simulated_app
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "ignore_eos": True}

@@ -137,7 +137,7 @@ def test_two_models_on_different_nodes_answer_on_every_node(make_cluster):
     first = listings[bases[0]]
     assert sorted(m["id"] for m in first["data"]) == ["sim-llm", "tiny-llama"]
     assert all(listing == first for listing in listings.values()), listings
-    assert httpx.get(f"{bases[0]}/v1/models", timeout=10).status_code == 401  # keys hold on every node
+    assert all(httpx.get(f"{b}/v1/models", timeout=10).status_code == 401 for b in bases)  # keys on every node
 
     for base in bases:
         client = OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=60)
@@ -175,8 +175,8 @@ async def stream_outcome(client: httpx.AsyncClient, base: str, model: str, max_t
         return "refused:connect"
     except (httpx.TransportError, httpx.StreamError) as exc:
         return f"cut:{type(exc).__name__}"
-    if not events or events[-1] != sse.DONE:
-        return "cut:no-done"
+    if len(events) < 2 or events[-1] != sse.DONE:
+        return "cut:no-done" if not events or events[-1] != sse.DONE else "cut:empty"
     if "error" in events[-2]:
         return f"error-event:{events[-2]['error'].get('code')}"
     return "ok" if events[-2]["choices"][0]["finish_reason"] else "cut:no-finish"
@@ -280,9 +280,10 @@ def test_node_drain_as_kuberay_does(make_cluster):
             w2.terminate()
 
             async def watch_node() -> None:
-                while w2.pids():
+                while w2.pids() and time.monotonic() < term + drain_s + 30:
                     await asyncio.sleep(0.5)
-                gone_after.append(time.monotonic() - term)
+                if not w2.pids():
+                    gone_after.append(time.monotonic() - term)
 
             async def new_requests() -> None:  # arriving during the drain, through the head's proxy
                 while time.monotonic() < term + drain_s + 5:
@@ -298,8 +299,9 @@ def test_node_drain_as_kuberay_does(make_cluster):
         if max_tokens == 30 or target == "w1":
             assert outcome == "ok", (target, max_tokens, outcome)  # short ones finish; the other node is untouched
         else:
-            # A long stream on the draining node ends with an error event and [DONE], never cut.
-            assert outcome == "ok" or outcome.startswith("error-event:"), (target, max_tokens, outcome)
+            # A long stream on the draining node (its replica, or through its ingress replica)
+            # finishes or ends with the drain's error event and [DONE], never cut.
+            assert outcome in ("ok", "error-event:server_shutting_down"), (target, max_tokens, outcome)
     assert any(r.startswith("error-event:server_shutting_down") for r in results.values()), results
     assert late and all(r == "ok" for r in late), f"requests arriving during the drain failed: {late}"
 
@@ -335,17 +337,20 @@ def test_head_loss_without_gcs_fault_tolerance(make_cluster):
         during["direct"] += [probe(w1.url(DIRECT)), probe(w2.url(DIRECT))]
         during["proxy"].append(probe(w1.url(PROXY)))
     cluster.restart_node(head)
-    workers_ended = []
-    for worker in (w1, w2):
-        assert worker.wait_stopped(timeout_s=120), f"{worker} still runs 2 minutes after its head died"
-        workers_ended.append(time.monotonic() - lost_at)
+    workers_ended: dict[int, float] = {}
+    while len(workers_ended) < 2 and time.monotonic() < lost_at + 150:
+        for worker in (w1, w2):
+            if worker.index not in workers_ended and not worker.pids():
+                workers_ended[worker.index] = time.monotonic() - lost_at
+        time.sleep(0.5)
+    assert len(workers_ended) == 2, f"workers still running 150 s after their head died: {workers_ended}"
     for worker in (w1, w2):
         cluster.restart_node(worker)
     deploy(cluster, config)
     served_at = time.monotonic() - lost_at
     print(
         f"\nhead loss: while it was away the direct ingress answered {sorted(set(during['direct']))}, "
-        f"the proxy path {sorted(set(during['proxy']))}; workers ended {[round(t) for t in workers_ended]} s "
+        f"the proxy path {sorted(set(during['proxy']))}; workers ended {sorted(round(t) for t in workers_ended.values())} s "
         f"after the loss; serving again {served_at:.0f} s after it (workers restarted, config deployed again)"
     )
     assert set(during["direct"]) == {"200"}, during["direct"]

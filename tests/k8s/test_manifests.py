@@ -642,11 +642,11 @@ def test_renderer_refuses_inconsistent_configs(edit, message, tmp_path):
 def test_custom_resources_are_offered_by_the_worker_group(tmp_path, rayservice_schema):
     """A model pinned by custom resources gets a worker group that offers them (else it never schedules)."""
     data = yaml.safe_load((ROOT / "configs" / "cluster.yaml").read_text())
-    data["applications"][0]["args"]["models"][0]["deployment"]["resources"] = {"pool-a": 1}
+    data["applications"][0]["args"]["models"][0]["deployment"]["resources"] = {"pool-a": 1, "big": 1000001}
     config = tmp_path / "pinned.yaml"
     config.write_text(yaml.safe_dump(data))
     rs = next(o for o in k8s.build_objects(config, "multi-node") if o["kind"] == "RayService")
-    assert _worker(rs)["resources"] == {"pool-a": "1"}
+    assert _worker(rs)["resources"] == {"big": "1000001", "pool-a": "1"}  # exact: "1e+06" would be less
     assert not schema_errors(rayservice_schema, rs)
     assert "resources" not in _worker(_cluster_manifest()[0])
 

@@ -510,7 +510,13 @@ def test_custom_resources_and_spread_reach_ray():
 
 @pytest.mark.parametrize(
     "resources, message",
-    [({"CPU": 1}, "not a custom resource"), ({"GPU": 1}, "not a custom resource"), ({"pool": 0}, "amount > 0")],
+    [
+        ({"CPU": 1}, "not a custom resource"),
+        ({"GPU": 1}, "not a custom resource"),
+        ({"pool": 0}, "amount > 0"),
+        ({"pool": 0.00001}, "steps of 0.0001"),
+        ({"pool": 1.5}, "whole amounts"),
+    ],
 )
 def test_custom_resources_are_checked(resources, message):
     with pytest.raises(ValueError, match=message):

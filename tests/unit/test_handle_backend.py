@@ -8,6 +8,7 @@ with neither an error event nor `[DONE]`; now it ends with both, 503
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -93,3 +94,49 @@ async def test_a_failure_before_the_first_chunk_still_raises():
     stream = FakeStream([ActorDied("gone")])
     with pytest.raises(ActorDied):
         await HandleBackend("m", "d", handle=FakeHandle(stream)).chat(chat(stream=True), "rid")
+
+
+class EndlessStream(FakeStream):
+    """A long generation: a chunk every 10 ms until cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    async def __anext__(self):
+        if self.cancelled:
+            raise StopAsyncIteration
+        await asyncio.sleep(0.01)
+        return CHUNK
+
+
+async def test_a_stopping_relay_ends_its_streams_with_an_error_event_and_done():
+    """The relaying process stops (a drained node's ingress): before, Serve killed it and the body was cut."""
+    from serving.deployments.handle_backend import RelayDrain
+
+    relays = RelayDrain()
+    stream = EndlessStream()
+    backend = HandleBackend("m", "d", handle=FakeHandle(stream), relays=relays)
+    result = await backend.chat(chat(stream=True), "rid")
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        async for chunk in result:
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    assert relays.active == 1
+    ended = await asyncio.wait_for(relays.drain(0.1), 5)  # the drain time runs out with the stream running
+    await asyncio.wait_for(reader, 5)
+    assert ended == 1 and relays.active == 0
+    assert chunks[0] == CHUNK and chunks[-1] == DONE
+    error = json.loads(chunks[-2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "server_shutting_down", error
+    assert stream.cancelled  # the model's replica stops generating for it
+
+
+async def test_an_idle_relay_drains_at_once():
+    from serving.deployments.handle_backend import RelayDrain
+
+    relays = RelayDrain()
+    assert await asyncio.wait_for(relays.drain(30), 1) == 0 and not relays.ending
