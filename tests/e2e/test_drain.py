@@ -40,17 +40,22 @@ DIRECT, PROXY = free_ports(2)
 STREAMS = 16
 
 
-def test_stop_ends_long_streams_with_an_error_event_and_done(tmp_path):
-    data = dev_config(DIRECT, PROXY)
-    model = data["applications"][0]["args"]["models"][0]
-    model["deployment"]["graceful_shutdown_timeout_s"] = 6
-    body = {
-        "model": model["id"],
+def long_story(model_id: str) -> dict:
+    """A stream of 2,000 tokens: far longer than the drain on 2 cores."""
+    return {
+        "model": model_id,
         "messages": [{"role": "user", "content": "tell me a long story"}],
         "max_tokens": 2000,
         "ignore_eos": True,
         "stream": True,
     }
+
+
+def test_stop_ends_long_streams_with_an_error_event_and_done(tmp_path):
+    data = dev_config(DIRECT, PROXY)
+    model = data["applications"][0]["args"]["models"][0]
+    model["deployment"]["graceful_shutdown_timeout_s"] = 6
+    body = long_story(model["id"])
     results: list[list] = []
     failures: list[BaseException] = []
     started = threading.Semaphore(0)
@@ -104,13 +109,7 @@ def test_redeploy_ends_long_streams_on_both_paths_with_an_error_event_and_done(t
     model = data["applications"][0]["args"]["models"][0]
     # Stop the old replica first (no surge): its stop is the only one, and nothing new serves meanwhile.
     model["deployment"].update(graceful_shutdown_timeout_s=6, max_surge_percent=0)
-    body = {
-        "model": model["id"],
-        "messages": [{"role": "user", "content": "tell me a long story"}],
-        "max_tokens": 2000,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    body = long_story(model["id"])
     outcomes: list[tuple[str, str]] = []  # (path, drained | finished | refused | cut: ...)
     stop_seen = threading.Event()
     deadline = time.monotonic() + 240
