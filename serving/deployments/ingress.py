@@ -48,7 +48,7 @@ def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
     )
     @serve.ingress(api)
     class Ingress:
-        async def __init__(self, *llm_deployments: Any) -> None:
+        async def __init__(self, *llm_deployments: Any) -> None:  # type: ignore[misc]  # Serve awaits it
             # Serve waits for this replica's ongoing requests until its force-kill: end the
             # streams it relays with an error event and [DONE] before then (handle_backend.py).
             drain_s = serve_stop.drain_from_stop_s(graceful_s)

@@ -81,7 +81,7 @@ def stopping_probe(find: Callable[[], Any | None] = _serve_replica) -> Callable[
 
 
 async def watch(
-    on_stop: Callable[[], Awaitable[None]],
+    on_stop: Callable[[], Awaitable[object]],
     probe: Callable[[], bool] | None = None,
     poll_s: float = POLL_S,
 ) -> None:
