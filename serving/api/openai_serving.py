@@ -18,7 +18,7 @@ import msgspec
 from serving.api.backend import Generation
 from serving.api.cost import check_cost, request_schema, validate_schema
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import DONE, closing, first_then_rest, sse
+from serving.api.streaming import DONE, closing, drain, first_then_rest, sse
 from serving.api.streaming import encode_json as _encode
 from serving.config import LimitsConfig
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
@@ -275,18 +275,12 @@ class OpenAIServing:
         start of the drain, and refusing once an idle drain had ended at once,
         each failed a short request of tests/e2e/test_faults.py's redeploy).
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if not self.in_flight:
-            return 0
-        self._draining = True
-        ended = sum(p.interrupt(ShuttingDownError()) for p in list(self._active))
-        deadline = loop.time() + 2.0  # time to write their last events
-        while self.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        return ended
+
+        def end() -> int:
+            self._draining = True
+            return sum(p.interrupt(ShuttingDownError()) for p in list(self._active))
+
+        return await drain(lambda: self.in_flight, end, timeout_s)
 
     # -- chat -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ below it (`first_then_rest`, `closing` around the engine's stream).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, AsyncIterator, Callable, TypeVar
 
@@ -31,6 +32,26 @@ T = TypeVar("T")
 encode_json = msgspec.json.Encoder().encode
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def drain(in_flight: Callable[[], int], end: Callable[[], int], timeout_s: float) -> int:
+    """A stopping server's drain: wait up to `timeout_s` for `in_flight()` to reach 0, then `end()` the rest.
+
+    `end()` makes the requests still running end (a stream with an error event and
+    `[DONE]`) and says how many; they get 2 s more to write their last events.
+    Returns how many were ended (0 when none was left).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while in_flight() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if not in_flight():
+        return 0
+    ended = end()
+    deadline = loop.time() + 2.0  # time to write their last events
+    while in_flight() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return ended
 
 
 def sse(payload: Any) -> bytes:

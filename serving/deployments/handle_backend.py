@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from serving.api.backend import Generation
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import DONE, aclose, first_then_rest, sse
+from serving.api.streaming import DONE, aclose, drain, first_then_rest, sse
 from serving.errors import APIError, EngineUnavailableError, OverloadedError, ShuttingDownError, unwrap
 
 logger = logging.getLogger(__name__)
@@ -56,17 +56,12 @@ class RelayDrain:
 
     async def drain(self, drain_s: float) -> int:
         """Let the relayed streams run for up to `drain_s`, then end them (each at its next chunk); how many."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_s
-        while self.active and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        ended = self.active
-        if ended:
+
+        def end() -> int:
             self.ending = True
-            deadline = loop.time() + 2.0  # their next chunks, and the last events' writes
-            while self.active and loop.time() < deadline:
-                await asyncio.sleep(0.02)
-        return ended
+            return self.active
+
+        return await drain(lambda: self.active, end, drain_s)
 
 
 RELAYS = RelayDrain()  # one per process: every HandleBackend's streams
