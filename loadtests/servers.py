@@ -224,6 +224,21 @@ class ServeProcess(ManagedProcess):
         if self._owns_config:
             Path(self.config).unlink(missing_ok=True)
 
+    def deploy(self, data: dict, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
+        """`serve deploy` of a config (as data) to this server's cluster, as a user redeploys it."""
+        path = write_config(data)
+        try:
+            return subprocess.run(
+                [SERVE, "deploy", str(path), "-a", self.dashboard_url()],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                # Ray 2.60 keeps token auth on for clusters a user starts once ~/.ray/auth_token exists.
+                env={**os.environ, "RAY_AUTH_MODE": "token"},
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
     def session_dir(self) -> Path:
         """The local Ray cluster this `serve run` started (its session name ends with our pid)."""
         matches = sorted(Path("/tmp/ray").glob(f"session_*_{self.proc.pid}"))

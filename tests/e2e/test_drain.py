@@ -23,17 +23,13 @@ the replica: every stream was cut, direct ones too (the proxy's got
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
 from loadtests import sse
-from loadtests.servers import free_ports, write_config
+from loadtests.servers import free_ports
 from tests.e2e.conftest import dev_config, start_stack
 
 DIRECT, PROXY = free_ports(2)
@@ -145,17 +141,9 @@ def test_redeploy_ends_long_streams_on_both_paths_with_an_error_event_and_done(t
         for t in clients:
             t.start()
         model.setdefault("env", {})["SERVING_DEPLOY_GENERATION"] = "2"  # a new runtime_env: a new replica
-        new_config = write_config(data)
         try:
-            deploy = subprocess.run(
-                [str(Path(sys.executable).with_name("serve")), "deploy", str(new_config), "-a", server.dashboard_url()],
-                capture_output=True,
-                text=True,
-                timeout=90,
-                env={**os.environ, "RAY_AUTH_MODE": "token"},
-            )
+            deploy = server.deploy(data)
         finally:
-            new_config.unlink()
             for t in clients:
                 t.join(timeout=300)
         assert deploy.returncode == 0, deploy.stderr

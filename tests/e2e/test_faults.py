@@ -13,19 +13,15 @@ the tests run in.
 """
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from loadtests import sse
-from loadtests.servers import free_ports, write_config
+from loadtests.servers import free_ports
 from tests.e2e.conftest import API_KEY, AUTH, dev_config, start_stack
 
 MODEL = "tiny-llama"
@@ -157,7 +153,6 @@ async def test_redeploy_drains_in_flight_streams(faults_server):
     config = dev_config(DIRECT_PORT, PROXY_PORT, keys=True)
     model = config["applications"][0]["args"]["models"][0]
     model.setdefault("env", {})["SERVING_DEPLOY_GENERATION"] = "2"  # a new runtime_env: new replicas
-    new_config = write_config(config)
     before = {p.pid for p in our_engine_cores(faults_server)}
 
     short_outcomes: list[str] = []
@@ -186,21 +181,7 @@ async def test_redeploy_drains_in_flight_streams(faults_server):
         await asyncio.sleep(1.0)
         assert not any(t.done() for t in streams), "streams finished before the redeploy started"
         # in a thread: the streams in flight are read by this event loop meanwhile
-        deploy = await asyncio.to_thread(
-            subprocess.run,
-            [
-                str(Path(sys.executable).with_name("serve")),
-                "deploy",
-                str(new_config),
-                "-a",
-                faults_server.dashboard_url(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "RAY_AUTH_MODE": "token"},
-        )
-        new_config.unlink()
+        deploy = await asyncio.to_thread(faults_server.deploy, config, 60)
         assert deploy.returncode == 0, deploy.stderr
         results = await asyncio.gather(*streams)
         now = await wait_for_swap()
