@@ -17,11 +17,12 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Protocol, Sequence, Union
 
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.streaming import EncodedBody
 from serving.errors import ModelNotFoundError
 
-# A whole response body (as data, or already encoded as JSON when big), or SSE bytes
-# whose first chunk has already been produced.
-Generation = Union[dict[str, Any], bytes, AsyncIterator[bytes]]
+# A whole response body (as data, or already encoded as JSON in pieces when big: with
+# logprobs), or SSE bytes whose first chunk has already been produced.
+Generation = Union[dict[str, Any], EncodedBody, AsyncIterator[bytes]]
 
 
 class ModelBackend(Protocol):

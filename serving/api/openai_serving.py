@@ -13,12 +13,10 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Callable
 
-import msgspec
-
 from serving.api.backend import Generation
 from serving.api.cost import check_cost, request_schema, validate_schema
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import DONE, closing, drain, first_then_rest, sse
+from serving.api.streaming import DONE, PIECE_BYTES, EncodedBody, closing, drain, first_then_rest, sse
 from serving.api.streaming import encode_json as _encode
 from serving.config import LimitsConfig
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
@@ -90,43 +88,80 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, An
     }
 
 
+class _ArrayPieces:
+    """A JSON array built element by element into `PIECE_BYTES` pieces of bytes."""
+
+    __slots__ = ("pieces", "current")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.current = bytearray(b"[")
+
+    def extend(self, elements: bytes) -> None:
+        """`elements`: one or more encoded elements, comma-separated (an encoded list without its brackets)."""
+        if len(self.current) > 1 or self.pieces:
+            self.current += b","
+        self.current += elements
+        if len(self.current) >= PIECE_BYTES:
+            self.pieces.append(bytes(self.current))
+            self.current = bytearray()
+
+    def close(self) -> list[bytes]:
+        return [*self.pieces, bytes(self.current) + b"]"]
+
+
 class LogprobsParts:
-    """One choice's logprobs for a whole (non-streaming) body, kept as encoded JSON pieces.
+    """One choice's logprobs for a whole (non-streaming) body, encoded step by step into pieces.
 
     A body with logprobs holds n x tokens x (top_logprobs + 1) entries. Kept as
     objects, 198k of them made the cyclic GC's passes (and the final build)
     stall every stream of the replica for up to 1 s; encoded step by step into
-    bytes (which the GC does not track), the body is a join at the end.
+    bytes (which the GC does not track), the body is its pieces, never joined
+    into one object here (see `EncodedBody`).
     """
 
-    __slots__ = ("chat", "parts", "offset")
+    __slots__ = ("chat", "arrays", "offset")
+
+    KEYS = (b"tokens", b"token_logprobs", b"top_logprobs", b"text_offset")  # completions' four arrays
 
     def __init__(self, chat: bool) -> None:
         self.chat = chat
-        self.parts: list[list[bytes]] = [[]] if chat else [[], [], [], []]
+        self.arrays = [_ArrayPieces()] if chat else [_ArrayPieces() for _ in self.KEYS]
         self.offset = 0  # completions: text offset of the next token
 
     def add(self, items: list[TokenLogprob]) -> None:
         if not items:
             return
         if self.chat:
-            self.parts[0].append(_encode(_chat_logprobs(items)["content"])[1:-1])
+            self.arrays[0].extend(_encode(_chat_logprobs(items)["content"])[1:-1])
             return
         block = _completion_logprobs(items, self.offset)
         self.offset += sum(len(t.token) for t in items)
-        for parts, key in zip(self.parts, ("tokens", "token_logprobs", "top_logprobs", "text_offset"), strict=True):
-            parts.append(_encode(block[key])[1:-1])
+        for array, key in zip(self.arrays, ("tokens", "token_logprobs", "top_logprobs", "text_offset"), strict=True):
+            array.extend(_encode(block[key])[1:-1])
 
-    def raw(self) -> msgspec.Raw:
-        def array(parts: list[bytes]) -> bytes:
-            return b"[" + b",".join(parts) + b"]"
-
+    def pieces(self) -> list[bytes]:
+        """The encoded logprobs object, in pieces."""
         if self.chat:
-            return msgspec.Raw(b'{"content":' + array(self.parts[0]) + b"}")
-        keys = (b"tokens", b"token_logprobs", b"top_logprobs", b"text_offset")
-        return msgspec.Raw(
-            b"{" + b",".join(b'"' + k + b'":' + array(p) for k, p in zip(keys, self.parts, strict=True)) + b"}"
-        )
+            return [b'{"content":', *self.arrays[0].close(), b"}"]
+        out: list[bytes] = []
+        for i, (key, array) in enumerate(zip(self.KEYS, self.arrays, strict=True)):
+            out.append((b"{" if i == 0 else b",") + b'"' + key + b'":')
+            out.extend(array.close())
+        out.append(b"}")
+        return out
+
+
+def encoded_body(head: dict[str, Any], choices: list[dict[str, Any]], logprobs: list[LogprobsParts],
+                 finish: list[str | None], usage: dict[str, int]) -> EncodedBody:  # fmt: skip
+    """head + choices (each with its logprobs pieces, then its finish_reason) + usage, as an `EncodedBody`."""
+    parts = [_encode(head)[:-1] + b',"choices":[']
+    for i, choice in enumerate(choices):
+        parts.append((b"," if i else b"") + _encode(choice)[:-1] + b',"logprobs":')
+        parts.extend(logprobs[i].pieces())
+        parts.append(b',"finish_reason":' + _encode(finish[i]) + b"}")
+    parts.append(b'],"usage":' + _encode(usage) + b"}")
+    return EncodedBody(parts, usage["total_tokens"])
 
 
 # A whole generation: texts, finish reasons and logprobs per choice, prompt and completion tokens.
@@ -288,27 +323,19 @@ class OpenAIServing:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         return EngineRequest(request_id=request_id, params=generation_params(req), messages=messages)
 
-    async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | bytes:
+    async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._chat_engine_request(req, request_id), req.n
         )
-        body = {
-            "id": f"chatcmpl-{request_id}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_id,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": texts[i]},
-                    "logprobs": logprobs[i].raw() if logprobs is not None else None,
-                    "finish_reason": finish[i],
-                }
-                for i in range(req.n)
-            ],
-            "usage": _usage(prompt_tokens, completion_tokens),
-        }
-        return body if logprobs is None else _encode(body)  # bytes: the logprobs are encoded already
+        head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_id}  # fmt: skip
+        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}} for i in range(req.n)]
+        usage = _usage(prompt_tokens, completion_tokens)
+        if logprobs is not None:  # encoded already, in pieces
+            return encoded_body(head, choices, logprobs, finish, usage)
+        for choice, reason in zip(choices, finish, strict=True):
+            choice.update(logprobs=None, finish_reason=reason)
+        return {**head, "choices": choices, "usage": usage}
 
     async def _chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         engine_request = self._chat_engine_request(req, request_id)
@@ -355,27 +382,19 @@ class OpenAIServing:
             return EngineRequest(request_id=request_id, params=params, prompt_token_ids=[int(t) for t in prompt])
         return EngineRequest(request_id=request_id, params=params, prompt=first)
 
-    async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | bytes:
+    async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
         texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
             self._completion_engine_request(req, request_id), req.n
         )
-        body = {
-            "id": f"cmpl-{request_id}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.model_id,
-            "choices": [
-                {
-                    "index": i,
-                    "text": texts[i],
-                    "logprobs": logprobs[i].raw() if logprobs is not None else None,
-                    "finish_reason": finish[i],
-                }
-                for i in range(req.n)
-            ],
-            "usage": _usage(prompt_tokens, completion_tokens),
-        }
-        return body if logprobs is None else _encode(body)
+        head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
+                "model": self.model_id}  # fmt: skip
+        choices = [{"index": i, "text": texts[i]} for i in range(req.n)]
+        usage = _usage(prompt_tokens, completion_tokens)
+        if logprobs is not None:
+            return encoded_body(head, choices, logprobs, finish, usage)
+        for choice, reason in zip(choices, finish, strict=True):
+            choice.update(logprobs=None, finish_reason=reason)
+        return {**head, "choices": choices, "usage": usage}
 
     async def _completions_stream(self, req: CompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         engine_request = self._completion_engine_request(req, request_id)

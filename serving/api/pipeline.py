@@ -34,7 +34,14 @@ from serving.api.cost import prompt_chars
 from serving.api.middleware import engine_request_id, set_model
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.security import Lease
-from serving.api.streaming import SSE_HEADERS, ClosingStreamingResponse, aclose, encode_json
+from serving.api.streaming import (
+    SSE_HEADERS,
+    ClosingStreamingResponse,
+    EncodedBody,
+    EncodedBodyResponse,
+    aclose,
+    encode_json,
+)
 from serving.errors import ClientDisconnectedError, InvalidRequestError, PayloadTooLargeError
 
 M = TypeVar("M", bound=BaseModel)
@@ -145,8 +152,8 @@ def respond(result: Generation) -> Response:
     # becomes null instead of the error json.dumps raises).
     if isinstance(result, dict):
         return Response(encode_json(result), media_type="application/json")
-    if isinstance(result, bytes):
-        return Response(result, media_type="application/json")
+    if isinstance(result, EncodedBody):
+        return EncodedBodyResponse(result)
     stream: AsyncIterator[bytes] = result
     return ClosingStreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -181,23 +188,13 @@ async def run_generation(
     if isinstance(result, dict):
         lease.settle((result.get("usage") or {}).get("total_tokens"))
         return respond(result)
-    if isinstance(result, bytes):
-        lease.settle(_usage_of(result))
+    if isinstance(result, EncodedBody):
+        lease.settle(result.total_tokens)
         return respond(result)
     return respond(_settled_stream(result, lease, hide_usage))
 
 
 _USAGE_MARK = b',"choices":[],"usage":'  # the last event of a stream that includes usage (openai_serving)
-
-
-def _usage_of(body: bytes) -> int | None:
-    """total_tokens of an encoded response body (its usage object is flat and comes last)."""
-    i = body.rfind(b'"usage":')
-    if i < 0:
-        return None
-    end = body.find(b"}", i)
-    used: int = msgspec.json.decode(body[i + 8 : end + 1])["total_tokens"]
-    return used
 
 
 async def _settled_stream(stream: AsyncIterator[bytes], lease: Lease, hide_usage: bool) -> AsyncIterator[bytes]:

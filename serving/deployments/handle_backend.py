@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from serving.api.backend import Generation
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import DONE, aclose, drain, first_then_rest, sse
+from serving.api.streaming import DONE, EncodedBody, aclose, drain, first_then_rest, sse
 from serving.errors import APIError, EngineUnavailableError, OverloadedError, ShuttingDownError, unwrap
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class HandleBackend:
             if stream:
                 # a disconnect cancels it in the replica
                 return _ended_cleanly(await first_then_rest(gen, on_close=gen.cancel), self.model_id, self._relays)
-            body: dict[str, Any] | bytes = await gen.__anext__()
+            body: dict[str, Any] | EncodedBody = await gen.__anext__()
         except StopAsyncIteration:
             raise EngineUnavailableError("the model's replica ended the stream before any output") from None
         except Exception as exc:

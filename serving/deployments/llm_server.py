@@ -22,6 +22,7 @@ from serving.api.app import build_api
 from serving.api.backend import Generation, ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.streaming import EncodedBody
 from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments import engine_watchdog, node_tuning, serve_stop
 from serving.deployments.direct.engine_loop import EngineLoop
@@ -58,7 +59,7 @@ async def coalesce(stream: AsyncIterator[bytes], window_s: float = COALESCE_WIND
 
 async def _sse_stream(call: Awaitable[Generation]) -> AsyncIterator[bytes]:
     result = await call
-    if isinstance(result, (dict, bytes)):
+    if isinstance(result, (dict, EncodedBody)):
         raise TypeError("a streaming request got a whole body")
     return result
 

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from serving.api.streaming import DONE, sse
+from serving.api.streaming import DONE, EncodedBody, sse
 from serving.deployments.handle_backend import HandleBackend
 from serving.errors import EngineUnavailableError
 from tests.unit.request_factories import chat
@@ -63,7 +63,7 @@ CHUNK = sse({"choices": [{"index": 0, "delta": {"content": "hi"}}]})
 
 async def read_all(backend: HandleBackend) -> list[bytes]:
     result = await backend.chat(chat(stream=True), "rid")
-    assert not isinstance(result, (dict, bytes))
+    assert not isinstance(result, (dict, EncodedBody))
     return [chunk async for chunk in result]
 
 
