@@ -14,21 +14,20 @@ The process relaying streams stops too (the ingress replica on a drained node,
 a direct ingress relaying another model): `RELAYS.drain` lets the streams it
 relays run for the drain time, then ends each at its next chunk with an SSE
 error event (503 `server_shutting_down`) and `[DONE]`, and cancels its handle
-call. Before, Serve killed the relaying replica at its graceful timeout and the
-client saw a cut body, whatever the model's replica was doing.
+call (serving/api/relay.py, shared with the streams forwarded over HTTP).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 from serving.api.backend import Generation
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.streaming import DONE, EncodedBody, aclose, drain, first_then_rest, sse
-from serving.errors import APIError, EngineUnavailableError, OverloadedError, ShuttingDownError, unwrap
+from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
+from serving.api.streaming import EncodedBody, first_then_rest
+from serving.errors import EngineUnavailableError, OverloadedError, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -45,51 +44,6 @@ def _reraise(exc: BaseException) -> NoReturn:
     if err is exc:
         raise exc
     raise err from None
-
-
-class RelayDrain:
-    """The streams this process relays through handles, and their end when the process stops."""
-
-    def __init__(self) -> None:
-        self.active = 0
-        self.ending = False
-
-    async def drain(self, drain_s: float) -> int:
-        """Let the relayed streams run for up to `drain_s`, then end them (each at its next chunk); how many."""
-
-        def end() -> int:
-            self.ending = True
-            return self.active
-
-        return await drain(lambda: self.active, end, drain_s)
-
-
-RELAYS = RelayDrain()  # one per process: every HandleBackend's streams
-
-
-async def _ended_cleanly(stream: AsyncIterator[bytes], model_id: str, relays: RelayDrain) -> AsyncIterator[bytes]:
-    """`stream`, with a failure after its first chunk turned into an error event and `[DONE]`, as is a drain's end."""
-    relays.active += 1
-    try:
-        async for chunk in stream:
-            if relays.ending:
-                yield sse(ShuttingDownError().body())
-                yield DONE
-                return
-            yield chunk
-    except Exception as exc:
-        err = unwrap(exc)
-        if not isinstance(err, APIError):
-            logger.warning("model %s: its replica's stream failed mid-way: %s", model_id, type(exc).__name__)
-            err = EngineUnavailableError(
-                f"The model's replica stopped during the stream ({type(exc).__name__}); retry the request.",
-                code="replica_unavailable",
-            )
-        yield sse(err.body())
-        yield DONE
-    finally:
-        relays.active -= 1
-        await aclose(stream)
 
 
 class HandleBackend:
@@ -120,7 +74,7 @@ class HandleBackend:
         try:
             if stream:
                 # a disconnect cancels it in the replica
-                return _ended_cleanly(await first_then_rest(gen, on_close=gen.cancel), self.model_id, self._relays)
+                return ended_cleanly(await first_then_rest(gen, on_close=gen.cancel), self.model_id, self._relays)
             body: dict[str, Any] | EncodedBody = await gen.__anext__()
         except StopAsyncIteration:
             raise EngineUnavailableError("the model's replica ended the stream before any output") from None

@@ -15,9 +15,10 @@ from ray import serve
 
 from serving.api.app import build_api
 from serving.api.backend import ModelRegistry
+from serving.api.relay import RELAYS
 from serving.config import AppConfig
 from serving.deployments import serve_stop
-from serving.deployments.handle_backend import RELAYS, HandleBackend
+from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics
 
 

@@ -22,12 +22,13 @@ from serving.api.app import build_api
 from serving.api.backend import Generation, ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.relay import RELAYS
 from serving.api.streaming import EncodedBody
 from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments import engine_watchdog, node_tuning, serve_stop
 from serving.deployments.direct.engine_loop import EngineLoop
 from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer
-from serving.deployments.handle_backend import RELAYS, HandleBackend
+from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics, export_engine_stats
 from serving.engine.base import Engine
 from serving.engine.factory import make_engine

@@ -111,7 +111,7 @@ class EndlessStream(FakeStream):
 
 async def test_a_stopping_relay_ends_its_streams_with_an_error_event_and_done():
     """The relaying process stops (a drained node's ingress): before, Serve killed it and the body was cut."""
-    from serving.deployments.handle_backend import RelayDrain
+    from serving.api.relay import RelayDrain
 
     relays = RelayDrain()
     stream = EndlessStream()
@@ -136,7 +136,52 @@ async def test_a_stopping_relay_ends_its_streams_with_an_error_event_and_done():
 
 
 async def test_an_idle_relay_drains_at_once():
-    from serving.deployments.handle_backend import RelayDrain
+    from serving.api.relay import RelayDrain
 
     relays = RelayDrain()
     assert await asyncio.wait_for(relays.drain(30), 1) == 0 and not relays.ending
+
+
+def _ingress_like_class() -> type:
+    """A class made in a function, as `ingress_deployment` makes the ingress: pickled by value, globals and all."""
+    from serving.api.relay import RELAYS
+
+    class Ingress:
+        def relays(self) -> object:
+            return RELAYS
+
+    return Ingress
+
+
+async def test_pickled_as_serve_ships_them_the_drain_and_the_relayed_streams_share_the_process_relay_drain():
+    """Regression: each pickled reference to `RELAYS` became a copy of the build process's.
+
+    The ingress's drain then set `ending` on one copy while its relayed streams read another:
+    a drained node's ingress kept relaying until Serve force-killed it, and the stream was cut
+    (tests/e2e/test_cluster.py::test_node_drain_as_kuberay_does, 1 run in 2 here).
+    """
+    import ray.cloudpickle as cloudpickle
+
+    from serving.api.relay import RELAYS
+
+    ingress = cloudpickle.loads(cloudpickle.dumps(_ingress_like_class()))()
+    assert ingress.relays() is RELAYS
+    stream = EndlessStream()
+    backend = cloudpickle.loads(cloudpickle.dumps(HandleBackend("m", "d")))
+    backend._handle = FakeHandle(stream)
+    result = await backend.chat(chat(stream=True), "rid")
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        async for chunk in result:
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    try:
+        assert await asyncio.wait_for(RELAYS.drain(0.1), 5) == 1
+        await asyncio.wait_for(reader, 5)
+    finally:
+        RELAYS.ending = False  # the process's own: leave it as other tests find it
+    error = json.loads(chunks[-2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "server_shutting_down" and chunks[-1] == DONE, chunks[-2:]
