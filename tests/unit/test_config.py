@@ -6,6 +6,8 @@ option-mapping functions, and vLLM only for the list of AsyncEngineArgs fields.
 
 from __future__ import annotations
 
+import json
+
 import copy
 import subprocess
 import sys
@@ -368,6 +370,25 @@ def test_unknown_vllm_engine_arg_index_points_at_the_model():
 def test_known_vllm_engine_args_pass():
     cfg = parse_app_args(dev_args())
     check_engine_args(cfg, "dev.yaml")
+
+
+def test_engine_arg_names_are_vllm_s_fields_read_without_importing_vllm():
+    """The app's build checks engine_args; importing vLLM for it made a redeploy under load build for 90 s."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; from serving.engine.vllm_engine import engine_arg_names; "
+        "names = engine_arg_names(); print(json.dumps([sorted(names), 'vllm' in sys.modules, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    names, vllm_loaded, torch_loaded = json.loads(out.strip().splitlines()[-1])
+    assert not vllm_loaded and not torch_loaded
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    assert set(names) == {f.name for f in dataclasses.fields(AsyncEngineArgs)}
 
 
 def test_ingress_ranges_and_mode():
