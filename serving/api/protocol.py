@@ -140,6 +140,15 @@ class _SamplingFields(_Strict):
     def usage_event(self) -> bool:
         return self.include_usage or self._usage_event
 
+    # The body as the client sent it (set by the pipeline after parsing): what a request
+    # placed on another replica is forwarded as (serving/routing/forward.py), byte for byte.
+    _raw: bytes | None = PrivateAttr(default=None)
+
+    def raw_body(self) -> bytes:
+        if self._raw is None:
+            return self.model_dump_json(exclude_unset=True).encode()
+        return self._raw
+
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)

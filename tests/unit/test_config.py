@@ -6,9 +6,8 @@ option-mapping functions, and vLLM only for the list of AsyncEngineArgs fields.
 
 from __future__ import annotations
 
-import json
-
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -374,9 +373,6 @@ def test_known_vllm_engine_args_pass():
 
 def test_engine_arg_names_are_vllm_s_fields_read_without_importing_vllm():
     """The app's build checks engine_args; importing vLLM for it made a redeploy under load build for 90 s."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, json; from serving.engine.vllm_engine import engine_arg_names; "
         "names = engine_arg_names(); print(json.dumps([sorted(names), 'vllm' in sys.modules, 'torch' in sys.modules]))"
