@@ -2,7 +2,7 @@
 
 Each test starts a dev stack of its own (free ports), notes the replica's
 engine processes, ends the replica in one of the ways that skip its shutdown,
-and requires every one of those engine processes gone within 10 s:
+and requires every one of those engine processes gone within `GONE_WITHIN_S`:
 
 * SIGKILL of the replica (its raylet lives);
 * what `ray stop --force` does: SIGKILL to every Ray process at once (the
@@ -12,7 +12,11 @@ and requires every one of those engine processes gone within 10 s:
 * SIGKILL of the raylet alone: the replica is orphaned and lives on.
 
 Before the watchdog each left the engine core and its worker running,
-reparented to init, ~2 GB each.
+reparented to init, ~2 GB each. Measured on an idle machine: 0.4 s after a
+SIGKILL of the replica, 4.0 s after `ray stop --force` and after the raylet's
+SIGKILL (the watchdog's poll, then the engines ignore SIGTERM for its grace of
+3 s). Under the full suite a CI run saw more than 10 s for the last two; the
+bound is 20 s: without the watchdog they never go.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from loadtests.servers import ServeProcess, free_ports
 from tests.e2e.conftest import REPLICA, dev_config, start_stack
 
 ENGINES = ("VLLM::EngineCore", "VLLM::Worker")
+GONE_WITHIN_S = 20
 
 
 @pytest.fixture
@@ -61,10 +66,12 @@ def kill(procs: Iterable[psutil.Process]) -> None:
 
 
 def assert_gone_within(procs: list[psutil.Process], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
     while True:
         alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         if not alive:
+            print(f"\nengine processes gone {time.monotonic() - start:.1f} s after the replica's end")
             return
         if time.monotonic() > deadline:
             kill(alive)
@@ -83,7 +90,7 @@ def test_sigkill_of_the_replica(stack):
     everything_of(stack)
     (replica,) = stack.descendants(REPLICA)
     replica.send_signal(signal.SIGKILL)
-    assert_gone_within(engines, 10)
+    assert_gone_within(engines, GONE_WITHIN_S)
 
 
 def is_ray_process(p: psutil.Process) -> bool:
@@ -102,11 +109,11 @@ def test_ray_stop_force(stack):
     assert all(any(k in t for t in texts) for k in ("raylet", "gcs_server", REPLICA)), texts
     assert not set(engines) & set(ray_procs), "ray stop does not target the engine processes themselves"
     kill(ray_procs)
-    assert_gone_within(engines, 10)
+    assert_gone_within(engines, GONE_WITHIN_S)
 
 
 def test_raylet_killed(stack):
     engines = engines_of(stack)
     (raylet,) = [p for p in everything_of(stack) if p.name() == "raylet"]
     raylet.send_signal(signal.SIGKILL)
-    assert_gone_within(engines, 10)
+    assert_gone_within(engines, GONE_WITHIN_S)
