@@ -6,8 +6,14 @@
 
 Workload: K distinct long system prompts (default 8 x ~1500 tokens, built
 offline from a seeded word list) x many short, unique user turns, sent as
-streamed chat completions at a fixed concurrency through Ray Serve's proxy
-(`ingress: {mode: proxy}`, so Serve's request router picks each replica).
+streamed chat completions at a fixed concurrency from one client with one
+connection pool. Routers: Serve's proxy path (`ingress: {mode: proxy}`) with
+each of its request routers (`power_of_two`, `round_robin`, `prefix_aware`),
+and the direct ingress with `routing: connection` (each request served where
+its connection landed: today's fast path before request routing) or
+`routing: request` (every request placed by serving/routing/scheduler.py;
+the `fwd` column counts those served by another replica than the one they
+entered at, from the response headers).
 
 Targets, each started with `serve run` once per router:
   sim   8 replicas of the simulated engine (configs/sim-cluster.yaml's settings)
@@ -49,7 +55,12 @@ from serving.engine.vllm_engine import VLLMEngine
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "loadtests" / "results"
 STATS_ENV = "ROUTING_BENCH_STATS_DIR"
-ROUTERS = ("power_of_two", "round_robin", "prefix_aware")
+# Serve's proxy path with each of its request routers, then the direct ingress: `connection`
+# (each request served where its connection landed) and `request` (every request placed by
+# serving/routing/scheduler.py, forwarded as bytes when its replica is another).
+PROXY_ROUTERS = ("power_of_two", "round_robin", "prefix_aware")
+DIRECT_ROUTING = ("connection", "request")
+ROUTERS = PROXY_ROUTERS + DIRECT_ROUTING
 MODEL = "bench-llm"
 
 # -- engines run inside the replicas ---------------------------------------------------
@@ -191,9 +202,10 @@ async def run_load(
     latencies: list[float] = []
     errors: list[str] = []
     tokens = 0
+    forwarded = 0
 
     async def worker(client: httpx.AsyncClient):
-        nonlocal tokens
+        nonlocal tokens, forwarded
         while True:
             try:
                 idx, user = queue.get_nowait()
@@ -214,6 +226,8 @@ async def run_load(
                     if r.status_code != 200:
                         errors.append(f"{r.status_code}: {(await r.aread())[:200]!r}")
                         continue
+                    entry, served = r.headers.get("x-serving-entry"), r.headers.get("x-serving-replica")
+                    forwarded += bool(entry and served and entry != served)
                     async for event in aiter_events(r.aiter_bytes()):
                         if event.done:
                             continue
@@ -237,7 +251,14 @@ async def run_load(
         t0 = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(worker(client) for _ in range(concurrency))), timeout=timeout_s * 4)
         wall = time.perf_counter() - t0
-    return {"ttfts": ttfts, "latencies": latencies, "errors": errors, "tokens": tokens, "wall_s": wall}
+    return {
+        "ttfts": ttfts,
+        "latencies": latencies,
+        "errors": errors,
+        "tokens": tokens,
+        "wall_s": wall,
+        "forwarded": forwarded,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -298,16 +319,23 @@ def vllm_model(router: str, stats_dir: Path, replicas: int, kv_mib: int) -> dict
     }
 
 
-def serve_config(model: dict[str, Any], port: int) -> dict[str, Any]:
+def serve_config(model: dict[str, Any], port: int, routing: str | None = None) -> dict[str, Any]:
+    """Serve's proxy on `port` (routing None), or the direct ingress on `port` with `routing`."""
+    if routing is None:
+        ingress: dict[str, Any] = {"mode": "proxy", "num_cpus": 0.1}
+        proxy_port = port
+    else:
+        ingress = {"mode": "direct", "host": "127.0.0.1", "port": port, "routing": routing}
+        proxy_port = port + 1
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": port},
+        "http_options": {"host": "127.0.0.1", "port": proxy_port},
         "applications": [
             {
                 "name": "routing-bench",
                 "route_prefix": "/",
                 "import_path": "serving.deployments.app:build_app",
-                "args": {"ingress": {"mode": "proxy", "num_cpus": 0.1}, "auth": "open", "models": [model]},
+                "args": {"ingress": ingress, "auth": "open", "models": [model]},
             }
         ],
     }
@@ -324,12 +352,14 @@ def wait_for_replicas(folder: Path, n: int, timeout_s: float = 600) -> None:
 def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path) -> dict[str, Any]:
     stats_dir = Path(tempfile.mkdtemp(prefix="routing-bench-stats-"))
     try:
+        routing = router if router in DIRECT_ROUTING else None
+        policy = "prefix_aware" if routing else router  # `request` placement reads the model's router_* settings
         if target == "sim":
             replicas, conc, n = args.sim_replicas, args.sim_concurrency, args.sim_requests
-            model = sim_model(router, stats_dir, replicas)
+            model = sim_model(policy, stats_dir, replicas)
         else:
             replicas, conc, n = args.vllm_replicas, args.vllm_concurrency, args.vllm_requests
-            model = vllm_model(router, stats_dir, replicas, args.vllm_kv_mib)
+            model = vllm_model(policy, stats_dir, replicas, args.vllm_kv_mib)
         if args.router_threshold is not None:
             model["router_imbalance_threshold"] = args.router_threshold
         if args.router_load_factor is not None:
@@ -337,7 +367,7 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         plan = requests_plan(n, len(prompts), seed=args.seed)
         log = log_dir / f"serve-{target}-{router}.log"
         ready = f"http://127.0.0.1:{args.port}/ready"
-        with ServeProcess.from_dict(serve_config(model, args.port), ready, log).start(timeout_s=600):
+        with ServeProcess.from_dict(serve_config(model, args.port, routing), ready, log).start(timeout_s=600):
             wait_for_replicas(stats_dir, replicas)
             warmup = args.warmup if args.warmup is not None else 3 * conc
             if warmup:
@@ -402,17 +432,21 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         "requests_per_replica": per_replica,
         "hit_rate_per_replica": replica_hit_rates,
         "max_over_fair_share": (per_replica[0] / fair) if per_replica and fair else float("nan"),
+        "forwarded": load["forwarded"],
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'router':<13} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>6} {'tok/s':>7} {'max/fair':>8} {'err':>4}  requests per replica"
+    head = (
+        f"{'router':<13} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>6} {'tok/s':>7} {'max/fair':>8}"
+        f" {'err':>4} {'fwd':>5}  requests per replica"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['router']:<13} {r['prefix_cache_hit_rate']:>8.3f} {r['ttft_p50_s'] * 1000:>7.0f}ms"
             f" {r['ttft_p99_s'] * 1000:>7.0f}ms {r['requests_per_s']:>6.1f} {r['output_tokens_per_s']:>7.0f}"
-            f" {r['max_over_fair_share']:>8.2f} {r['errors']:>4}  {r['requests_per_replica']}"
+            f" {r['max_over_fair_share']:>8.2f} {r['errors']:>4} {r['forwarded']:>5}  {r['requests_per_replica']}"
         )
     return "\n".join(lines)
 

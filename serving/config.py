@@ -187,6 +187,20 @@ class IngressConfig(Strict):
     mode: Literal["direct", "proxy"] = "direct"
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    routing: Literal["request", "connection"] = Field(
+        "request",
+        description="direct mode: `request` places every request on a replica of its model by prompt prefix, "
+        "load and health, forwarding it over HTTP when that replica is another (serving/routing/scheduler.py); "
+        "`connection` serves each request where its connection landed (the kernel's SO_REUSEPORT spread) "
+        "and reaches other models through Serve handles.",
+    )
+    peer_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="direct mode, request routing: the port of each replica's own listener, which entry points "
+        "forward to (0: any free port; a fixed one allows one replica per node).",
+    )
     num_cpus: float = Field(0.1, ge=0, description="CPU reservation of the ingress deployment (proxy mode).")
     num_replicas: int = Field(
         1,

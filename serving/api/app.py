@@ -56,8 +56,11 @@ def build_api(
     limits: LimitsConfig | None = None,
     observability: ObservabilityConfig | None = None,
     metrics: Metrics | None = None,
+    forward_token: str | None = None,
 ) -> FastAPI:
+    """The app; `forward_token`: the secret that marks requests placed here by another entry point of the app."""
     app = FastAPI(title="serving: OpenAI-compatible LLM API", version=__version__)
+    app.state.forward_token = forward_token
     configure_access_log((observability or ObservabilityConfig()).access_log)
     auth = auth or AuthConfig()
     app.state.registry = registry

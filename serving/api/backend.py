@@ -47,6 +47,16 @@ class ModelBackend(Protocol):
         ...
 
 
+def served_here(backend: ModelBackend) -> ModelBackend | None:
+    """What serves a request in this process: for a backend that places requests on the model's
+    replicas (serving/routing/forward.py), its local engine (None if the model has none here);
+    any other backend serves what it is given."""
+    if getattr(backend, "places_requests", False):
+        local: ModelBackend | None = getattr(backend, "local", None)
+        return local
+    return backend
+
+
 class ModelRegistry:
     """Model id -> backend, in the order the config lists the models."""
 

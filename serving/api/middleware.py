@@ -93,7 +93,7 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", ()), id_header]
-                if metered:
+                if metered and not state.get("forwarded"):  # counted where it entered
                     self._observe(scope, state, message["status"])
             await send(message)
 

@@ -29,8 +29,17 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import State
 
-from serving.api.backend import Generation, ModelBackend
+from serving.api.backend import Generation, ModelBackend, served_here
 from serving.api.cost import prompt_chars
+from serving.api.forwarded import (
+    ENTRY_HEADER,
+    REPLICA_HEADER,
+    TOTAL_TOKENS_HEADER,
+    USAGE_EVENT_HEADER,
+    entered_at,
+    forwarded,
+    placed_on,
+)
 from serving.api.middleware import engine_request_id, set_model
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.security import Lease
@@ -42,7 +51,7 @@ from serving.api.streaming import (
     aclose,
     encode_json,
 )
-from serving.errors import ClientDisconnectedError, InvalidRequestError, PayloadTooLargeError
+from serving.errors import ClientDisconnectedError, EngineUnavailableError, InvalidRequestError, PayloadTooLargeError
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -150,12 +159,20 @@ def worst_case_tokens(req: ChatCompletionRequest | CompletionRequest, context: i
 def respond(result: Generation) -> Response:
     # One JSON encoder for bodies and stream chunks (msgspec: fast, and a -inf logprob
     # becomes null instead of the error json.dumps raises).
+    response: Response
     if isinstance(result, dict):
-        return Response(encode_json(result), media_type="application/json")
-    if isinstance(result, EncodedBody):
-        return EncodedBodyResponse(result)
-    stream: AsyncIterator[bytes] = result
-    return ClosingStreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+        response = Response(encode_json(result), media_type="application/json")
+    elif isinstance(result, EncodedBody):
+        response = EncodedBodyResponse(result)
+    else:
+        stream: AsyncIterator[bytes] = result
+        response = ClosingStreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    replica, entry = placed_on.get(), entered_at.get()
+    if replica is not None:
+        response.headers[REPLICA_HEADER] = replica
+    if entry is not None:
+        response.headers[ENTRY_HEADER] = entry
+    return response
 
 
 async def run_generation(
@@ -168,8 +185,11 @@ async def run_generation(
     state = request.app.state
     raw = await read_body(request, await max_body_bytes(state))
     req = parse_json_model(raw, request.headers.get("content-type", ""), request_model)
+    req._raw = raw  # what a request placed on another replica is sent as
     backend = state.registry.get(req.model)
     set_model(request, backend.model_id)  # only known ids become metric labels
+    if forwarded(request):
+        return await _serve_forwarded(request, req, backend, call)
     limiter = state.limiter
     if not limiter.leases:
         return respond(await until_disconnect(request, call(backend, req, engine_request_id(request))))
@@ -192,6 +212,29 @@ async def run_generation(
         lease.settle(result.total_tokens)
         return respond(result)
     return respond(_settled_stream(result, lease, hide_usage))
+
+
+async def _serve_forwarded(
+    request: Request,
+    req: GenerationRequest,
+    backend: ModelBackend,
+    call: Callable[[ModelBackend, GenerationRequest, str], Awaitable[Generation]],
+) -> Response:
+    """A request another entry point placed here: this replica's engine serves it, uncharged (serving/api/forwarded.py)."""
+    here = served_here(backend)
+    if here is None:
+        raise EngineUnavailableError(
+            f"Model '{req.model}' is not served by this replica; retry the request.", code="replica_unavailable"
+        )
+    if request.headers.get(USAGE_EVENT_HEADER) == "1":
+        req._usage_event = True  # the entry point settles its caller's tokens from it
+    result = await until_disconnect(request, call(here, req, engine_request_id(request)))
+    response = respond(result)
+    if isinstance(result, dict):
+        response.headers[TOTAL_TOKENS_HEADER] = str((result.get("usage") or {}).get("total_tokens", 0))
+    elif isinstance(result, EncodedBody):
+        response.headers[TOTAL_TOKENS_HEADER] = str(result.total_tokens)
+    return response
 
 
 _USAGE_MARK = b',"choices":[],"usage":'  # the last event of a stream that includes usage (openai_serving)

@@ -18,6 +18,7 @@ from serving.config import AppConfig, IngressConfig, ModelConfig, parse_app_args
 from serving.deployments.autoscaling import autoscaling_config
 from serving.deployments.ingress import ingress_deployment
 from serving.deployments.llm_server import LLMServer
+from serving.deployments.registry import forward_token
 from serving.engine.factory import check_engine_args
 from serving.routing import request_router_config
 
@@ -72,10 +73,11 @@ def build_from_config(cfg: AppConfig) -> Application:
     app_args = cfg.model_dump()
     # One creation time for /v1/models on every ingress (each replica's direct one, Serve's proxy path).
     created = int(time.time())
+    token = forward_token() if cfg.ingress.mode == "direct" and cfg.ingress.routing == "request" else None
     llm_apps = [
         serve.deployment(LLMServer)
         .options(**llm_deployment_options(m, cfg.ingress))
-        .bind(m.model_dump(), app_args, peers, created=created)
+        .bind(m.model_dump(), app_args, peers, created=created, forward_token=token)
         for m in cfg.models
     ]
     return ingress_deployment(cfg, created).bind(*llm_apps)

@@ -83,9 +83,11 @@ class HandleBackend:
         return body
 
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Generation:
+        req._raw = None  # the parsed request crosses the handle; its body bytes need not go twice
         return await self._open(self.handle.options(stream=True).chat.remote(req, request_id), req.stream)
 
     async def completions(self, req: CompletionRequest, request_id: str) -> Generation:
+        req._raw = None
         return await self._open(self.handle.options(stream=True).completions.remote(req, request_id), req.stream)
 
     async def stats(self) -> dict[str, float]:

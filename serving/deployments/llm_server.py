@@ -27,11 +27,15 @@ from serving.api.streaming import EncodedBody
 from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments import engine_watchdog, node_tuning, serve_stop
 from serving.deployments.direct.engine_loop import EngineLoop
-from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer
+from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer, own_socket
 from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics, export_engine_stats
+from serving.deployments.registry import Reporter
 from serving.engine.base import Engine
 from serving.engine.factory import make_engine
+from serving.routing.forward import PeerClient, RoutedBackend
+from serving.routing.policy import PrefixAwarePolicy
+from serving.routing.scheduler import DRAINING, READY, STARTING, UNHEALTHY, Endpoint, EndpointTable, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,44 @@ async def _sse_stream(call: Awaitable[Generation]) -> AsyncIterator[bytes]:
     return result
 
 
+class _Routing:
+    """A replica's part in request routing: its own address, its table of the app's replicas, its reporter."""
+
+    def __init__(self, server: LLMServer, app_name: str, replica_id: str, address: str, node: str) -> None:
+        self.replica_id = replica_id
+        self.address = address
+        self.node = node
+        self.state = STARTING
+        self.kv_usage = 0.0
+        self._server = server
+        assert server._forward_token is not None
+        self.client = PeerClient(server._forward_token)
+        self.table = EndpointTable(replica_id, own_load=lambda: server.serving.in_flight)
+        self.reporter = Reporter(app_name, self.table, self.endpoint)
+
+    @classmethod
+    def start(cls, server: LLMServer, app_name: str, host: str, port: int) -> _Routing:
+        import ray
+        from ray import serve
+
+        replica_id = str(serve.get_replica_context().replica_id.unique_id)
+        ip = ray.util.get_node_ip_address() if host in ("0.0.0.0", "::", "") else host
+        address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        return cls(server, app_name, replica_id, address, ray.get_runtime_context().get_node_id())
+
+    def endpoint(self) -> Endpoint:
+        serving = getattr(self._server, "serving", None)
+        return Endpoint(
+            replica_id=self.replica_id,
+            model=self._server.cfg.id,
+            address=self.address,
+            node=self.node,
+            state=self.state,
+            in_flight=serving.in_flight if serving is not None else 0,
+            kv_usage=self.kv_usage,
+        )
+
+
 class LLMServer:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
@@ -94,8 +136,12 @@ class LLMServer:
         peers: dict[str, str],
         app_name: str | None = None,
         created: int | None = None,
+        forward_token: str | None = None,
     ) -> None:
         self._http: DirectHTTPServer | None = None
+        self._forward_token = forward_token
+        self._routing: _Routing | None = None
+        self._reporter_task: asyncio.Task[None] | None = None
         self.engine: Engine | None = None
         self.cfg = ModelConfig.model_validate(model)
         self.app_cfg = AppConfig.model_validate(app)
@@ -119,6 +165,9 @@ class LLMServer:
         # The drain begins when Serve begins stopping the replica, not at __del__, which
         # Serve calls only once no handle call is left (serving/deployments/serve_stop.py).
         self._stop_watch = asyncio.get_running_loop().create_task(serve_stop.watch(self._drain_now))
+        if self._routing is not None:  # request routing: report to the app's registry, refresh the table
+            self._routing.state = READY
+            self._reporter_task = asyncio.get_running_loop().create_task(self._routing.reporter.run())
 
     async def _start(self, ingress_cfg: IngressConfig, peers: dict[str, str], app_name: str | None) -> None:
         """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
@@ -143,7 +192,7 @@ class LLMServer:
         loop = asyncio.get_running_loop()
         self._stats_task = loop.create_task(
             export_engine_stats(
-                self.metrics, self.cfg.id, engine.stats, lambda: self.serving.in_flight, self._background_stop
+                self.metrics, self.cfg.id, self._engine_stats, lambda: self.serving.in_flight, self._background_stop
             )
         )
         threshold = self.cfg.colocate_engine_core_at
@@ -160,16 +209,21 @@ class LLMServer:
         if ingress_cfg.deprioritize_ray_control_plane:
             node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
         if ingress_cfg.mode == "direct":
-            backends: list[ModelBackend] = [
-                self.serving if model_id == self.cfg.id else HandleBackend(model_id, name, app_name)
-                for model_id, name in peers.items()
-            ]
+            extra_sockets = []
+            routed = ingress_cfg.routing == "request" and self._forward_token is not None and app_name is not None
+            if routed:
+                assert app_name is not None and self._forward_token is not None
+                sock = own_socket(ingress_cfg.host, ingress_cfg.peer_port)
+                extra_sockets.append(sock)
+                self._routing = _Routing.start(self, app_name, ingress_cfg.host, sock.getsockname()[1])
+            backends = [self._backend(model_id, name, app_name) for model_id, name in peers.items()]
             api = build_api(
                 ModelRegistry(backends, created=self._created),
                 self.app_cfg.auth,
                 self.app_cfg.limits,
                 self.app_cfg.observability,
                 metrics=self.metrics,
+                forward_token=self._forward_token if routed else None,
             )
             self._http = await DirectHTTPServer.start(
                 api,
@@ -177,7 +231,38 @@ class LLMServer:
                 ingress_cfg.port,
                 self.cfg.deployment.graceful_shutdown_timeout_s,
                 ConnectionLimits.from_config(ingress_cfg),
+                extra_sockets=extra_sockets,
             )
+
+    async def _engine_stats(self) -> dict[str, float]:
+        """The engine's counters, for the metrics; their KV-cache use also goes to the routing registry."""
+        assert self.engine is not None
+        stats = await self.engine.stats()
+        if self._routing is not None:
+            self._routing.kv_usage = float(stats.get("kv_cache_usage", 0.0))
+        return stats
+
+    def _backend(self, model_id: str, deployment_name: str, app_name: str | None) -> ModelBackend:
+        """This replica's engine for its own model, a Serve handle for the others; both placed per request when routed."""
+        own = model_id == self.cfg.id
+        handle = None if own else HandleBackend(model_id, deployment_name, app_name)
+        routing = self._routing
+        if routing is None:
+            return self.serving if own else handle  # type: ignore[return-value]
+        model = next((m for m in self.app_cfg.models if m.id == model_id), self.cfg)
+        policy = PrefixAwarePolicy(
+            model.router_prefix_chars, model.router_imbalance_threshold, model.router_load_factor
+        )
+        return RoutedBackend(
+            model_id,
+            routing.table,
+            Scheduler(policy),
+            routing.client,
+            local=self.serving if own else None,
+            fallback=handle,
+            relays=RELAYS,
+            on_placed=self.metrics.request_placed,
+        )
 
     # -- handle calls (bridged onto the engine loop) --------------------------------
 
@@ -219,12 +304,29 @@ class LLMServer:
         return {"in_flight": float(serving.in_flight if serving else 0)}
 
     async def check_health(self) -> None:
-        await self._loop.run(self.serving.engine.check_health())
+        routing = self._routing
+        try:
+            await self._loop.run(self.serving.engine.check_health())
+        except BaseException:
+            if routing is not None and routing.state != DRAINING:
+                routing.state = UNHEALTHY
+                routing.reporter.poke()
+            raise
+        if routing is not None and routing.state == UNHEALTHY:
+            routing.state = READY
+            routing.reporter.poke()
 
     # -- shutdown -----------------------------------------------------------------
 
+    def _routing_draining(self) -> None:
+        """Entry points stop placing requests here from their next refresh (on Serve's loop)."""
+        if self._routing is not None and self._routing.state != DRAINING:
+            self._routing.state = DRAINING
+            self._routing.reporter.poke()
+
     async def _drain_now(self) -> None:
         """Serve began stopping the replica: drain from now, to the deadline a drain from __del__ would keep."""
+        self._routing_draining()
         await self._loop.run(self._drain(serve_stop.drain_from_stop_s(self.cfg.deployment.graceful_shutdown_timeout_s)))
 
     async def _drain(self, drain_s: float) -> None:
@@ -255,6 +357,8 @@ class LLMServer:
         try:
             await self._drain(serve_stop.drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s))
         finally:  # a drain that failed still stops the engine
+            if self._routing is not None:
+                await self._routing.client.close()
             engine, self.engine = self.engine, None
             if engine is not None:
                 await engine.shutdown()
@@ -269,6 +373,13 @@ class LLMServer:
         watch = getattr(self, "_stop_watch", None)
         if watch is not None:
             watch.cancel()  # a drain it began goes on (shielded); _stop_on_loop waits for it
+        routing = getattr(self, "_routing", None)
+        if routing is not None:
+            self._routing_draining()
+            reporting = getattr(self, "_reporter_task", None)
+            if reporting is not None:
+                reporting.cancel()
+            await routing.reporter.leave(routing.replica_id)
         try:
             await loop.run(self._stop_on_loop())
         finally:

@@ -70,6 +70,12 @@ class _RayInstruments:
         self.completion_tokens = ray_metrics.Counter(
             "serving_completion_tokens", description="Completion tokens.", tag_keys=("model",)
         )
+        self.routed = ray_metrics.Counter(
+            "serving_routed_requests",
+            description="Requests placed by the entry point that received them: served there (local), "
+            "forwarded to another replica, or through a Serve handle (fallback).",
+            tag_keys=("model", "placement"),
+        )
         self.in_flight = ray_metrics.Gauge(
             "serving_in_flight",
             description="Requests in flight per model and replica.",
@@ -103,6 +109,9 @@ class RayMetrics(Metrics):
         m.requests.inc(1, tags={"model": model, "route": route, "status": str(status)})
         if reason:
             m.rejections.inc(1, tags={"model": model, "reason": reason})
+
+    def request_placed(self, model: str, placement: str) -> None:
+        _ray().routed.inc(tags={"model": model, "placement": placement})
 
     def generation_done(self, done: GenerationDone) -> None:
         m = _ray()

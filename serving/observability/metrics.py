@@ -37,6 +37,7 @@ METRIC_NAMES = {
     "queue_wait": "ray_serving_queue_wait_seconds",
     "prompt_tokens": "ray_serving_prompt_tokens_total",
     "completion_tokens": "ray_serving_completion_tokens_total",
+    "routed": "ray_serving_routed_requests_total",
     "in_flight": "ray_serving_in_flight",
     "engine": "ray_serving_engine_{stat}",
 }
@@ -70,6 +71,10 @@ class Metrics(Protocol):
 
     def generation_done(self, done: GenerationDone) -> None:
         """One generation that ran to its end."""
+        return None
+
+    def request_placed(self, model: str, placement: str) -> None:
+        """Where the entry point placed a request: `local`, `forwarded` or `fallback` (a Serve handle)."""
         return None
 
     def engine_stats(self, model: str, replica: str, stats: dict[str, float], in_flight: int) -> None:

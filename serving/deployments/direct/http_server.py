@@ -215,6 +215,17 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def own_socket(host: str, port: int = 0) -> socket.socket:
+    """A listener of this replica alone (no SO_REUSEPORT): the address entry points forward requests to."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 class DirectHTTPServer:
     def __init__(self, server: _Server, task: asyncio.Task) -> None:
         self._server = server
@@ -222,7 +233,13 @@ class DirectHTTPServer:
 
     @classmethod
     async def start(
-        cls, app: Any, host: str, port: int, graceful_timeout_s: float, limits: ConnectionLimits | None = None
+        cls,
+        app: Any,
+        host: str,
+        port: int,
+        graceful_timeout_s: float,
+        limits: ConnectionLimits | None = None,
+        extra_sockets: list[socket.socket] | None = None,
     ) -> DirectHTTPServer:
         protocol = type("Protocol", (GuardedHttpToolsProtocol,), {"limits": limits or ConnectionLimits()})
         config = uvicorn.Config(
@@ -237,7 +254,7 @@ class DirectHTTPServer:
         )
         server = _Server(config)
         sock = reuseport_socket(host, port)
-        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock, *(extra_sockets or [])]))
         while not server.started:
             if task.done():
                 task.result()  # raises the start-up error

@@ -1,0 +1,172 @@
+"""Where every entry point finds the app's replicas: a small Ray actor per app, and each replica's reporter.
+
+Request-level routing (serving/routing/scheduler.py) needs, in every direct
+ingress, the app's LLM replicas with their private addresses, states and
+loads. Each replica runs a `Reporter` on Serve's event loop (the engine loop
+is left to the requests): every `REFRESH_S` one actor call sends its own
+entry and brings back the whole table, which replaces the replica's
+`EndpointTable`. One round trip per replica per refresh, none per request.
+
+The `RoutingRegistry` actor holds only what the replicas last said, stamped
+with its own clock (ages, not times, cross the wire: the nodes' clocks need not
+agree). An entry not refreshed for `EXPIRE_S` is dropped (a replica killed
+without leaving). It is detached, named per app, with no CPU, on the head node
+where there is one; if it is lost it is made again by the next replica that
+reports, and the table fills again within one refresh. While it cannot be
+reached, every entry point keeps its last table: routing goes on with stale
+loads, and each replica always serves what it is sent itself.
+
+A replica reports `starting` until its HTTP server listens, `ready` then,
+`draining` from the moment Serve begins its stop (then leaves the table), and
+`unhealthy` while its engine fails the health check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from serving.routing.scheduler import REFRESH_S, Endpoint, EndpointTable
+
+logger = logging.getLogger(__name__)
+
+EXPIRE_S = 10.0
+CALL_TIMEOUT_S = 2.0
+
+
+class RoutingRegistry:
+    """The app's endpoints as the replicas last reported them (an actor; see the module docstring)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._entries: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def exchange(self, entry: dict[str, Any] | None = None, leave: str | None = None) -> list[dict[str, Any]]:
+        """Record `entry` (or drop the replica `leave`), then return every live entry with its age."""
+        now = self._clock()
+        if entry is not None:
+            self._entries[entry["replica_id"]] = (entry, now)
+        if leave is not None:
+            self._entries.pop(leave, None)
+        for rid in [rid for rid, (_, at) in self._entries.items() if now - at > EXPIRE_S]:
+            del self._entries[rid]
+        return [{**data, "age_s": now - at} for data, at in self._entries.values()]
+
+
+FORWARD_TOKEN_KEY = b"serving:forward-token"
+
+
+def forward_token() -> str:
+    """The secret that marks a request one entry point forwards to another (serving/api/forwarded.py).
+
+    One per Ray cluster, kept in its GCS: the replicas of a redeploy and the old
+    ones still draining agree on it. Outside a Ray cluster (a unit test's build),
+    a fresh one.
+    """
+    try:
+        from ray.experimental import internal_kv
+
+        if internal_kv._internal_kv_initialized():
+            internal_kv._internal_kv_put(FORWARD_TOKEN_KEY, secrets.token_urlsafe(32).encode(), overwrite=False)
+            token = internal_kv._internal_kv_get(FORWARD_TOKEN_KEY)
+            if token:
+                return bytes(token).decode()
+    except Exception:
+        logger.warning("the forward token could not be kept in the GCS: one for this deploy only", exc_info=True)
+    return secrets.token_urlsafe(32)
+
+
+def registry_name(app_name: str) -> str:
+    return f"serving-routing:{app_name}"
+
+
+def registry_actor(app_name: str) -> Any:
+    """The app's registry actor, made if it does not exist (on the head node where it can be)."""
+    options: dict[str, Any] = {
+        "name": registry_name(app_name),
+        "namespace": "serving",
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "num_cpus": 0,
+        "max_restarts": -1,
+        "max_concurrency": 1,
+    }
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None)
+        if head is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head["NodeID"], soft=True)
+    except Exception:  # placement is a preference only
+        logger.debug("no head node found for the routing registry", exc_info=True)
+    return ray.remote(RoutingRegistry).options(**options).remote()
+
+
+class Reporter:
+    """A replica's side: report its own entry, refresh its table, every `REFRESH_S` until stopped."""
+
+    def __init__(
+        self,
+        app_name: str,
+        table: EndpointTable,
+        own: Callable[[], Endpoint],
+        refresh_s: float = REFRESH_S,
+        actor: Callable[[str], Any] = registry_actor,
+    ) -> None:
+        self._app_name = app_name
+        self._table = table
+        self._own = own
+        self._refresh_s = refresh_s
+        self._make_actor = actor
+        self._actor: Any = None
+        self._failing = False
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Report now (a state change: ready, draining), not at the next refresh."""
+        self._wake.set()
+
+    async def _call(self, **kwargs: Any) -> list[dict[str, Any]]:
+        if self._actor is None:
+            self._actor = self._make_actor(self._app_name)
+        try:
+            result: list[dict[str, Any]] = await asyncio.wait_for(
+                self._actor.exchange.remote(**kwargs), timeout=CALL_TIMEOUT_S
+            )
+        except Exception:
+            self._actor = None  # looked up (or made) again next time
+            raise
+        return result
+
+    async def run(self) -> None:
+        while True:
+            try:
+                entries = await self._call(entry=self._own().to_dict())
+                self._table.update(Endpoint.from_dict(e) for e in entries)
+                if self._failing:
+                    logger.warning("routing registry reachable again: %d endpoints", len(entries))
+                self._failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._failing:
+                    logger.warning("routing registry unreachable (%s): routing on the last table", type(exc).__name__)
+                self._failing = True
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._refresh_s)
+            except TimeoutError:
+                pass
+
+    async def leave(self, replica_id: str) -> None:
+        """Leave the table (the replica is stopping; stop `run` first, or it reports itself again)."""
+        try:
+            await self._call(leave=replica_id)
+        except Exception:
+            logger.debug("could not leave the routing registry", exc_info=True)

@@ -1,0 +1,287 @@
+"""`RoutedBackend`: every request placed by the scheduler, served here or forwarded to its replica as bytes.
+
+The entry point (a direct-ingress replica) has authenticated the caller,
+charged its budgets and parsed the body; `Scheduler.pick` then ranks the
+model's replicas. The first is this replica: the local engine serves it, as
+before, with no hop. Another replica: the request's own body bytes go to that
+replica's private listener over a pooled keep-alive HTTP/1.1 connection
+(`PeerClient`, aiohttp), and its answer comes back as bytes: SSE chunks as they
+arrive, or the whole JSON body. No Ray object per chunk, no re-encoding.
+
+The receiving replica knows a forwarded request by the app's forward token
+(`FORWARD_TOKEN_HEADER`, a secret made at each deploy and handed to the
+replicas only): it skips what the entry point did (the key check, the rate
+and token buckets) and serves the request on its own engine, never routing it
+again (no loops). It counts the request in its engine metrics; the entry point
+counts it in the request metrics, once. A client that sends the header without
+the token is an ordinary client.
+
+What can go wrong, and what the caller sees:
+
+* the replica cannot be reached (connection refused or reset before an
+  answer: it went away since the last refresh): the next replica in the
+  ranking, up to `MAX_TRIES`; then this replica's engine, or the Serve
+  handle (`fallback`) for a model this replica does not serve;
+* the replica refuses (4xx, 503 overloaded, 429): its error body and status
+  as they are (`PeerError`);
+* the replica goes away mid-stream, or this replica stops while relaying:
+  the stream ends with an error event and `[DONE]` (`serving.api.relay`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from serving.api.backend import Generation, ModelBackend
+from serving.api.forwarded import (
+    FORWARD_TOKEN_HEADER,
+    TOTAL_TOKENS_HEADER,
+    USAGE_EVENT_HEADER,
+    entered_at,
+    placed_on,
+)
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
+from serving.api.streaming import EncodedBody, aclose, first_then_rest
+from serving.errors import APIError, EngineUnavailableError
+from serving.routing.scheduler import EndpointTable, Scheduler
+
+logger = logging.getLogger(__name__)
+
+MAX_TRIES = 2
+CONNECT_TIMEOUT_S = 2.0
+# Below the peers' uvicorn keep-alive (30 s): a pooled connection is dropped here before
+# the server closes it, so a request never goes down a connection closing under it.
+KEEPALIVE_S = 15.0
+
+
+class PeerUnreachable(Exception):
+    """No answer began: the request may go to another replica."""
+
+
+class PeerError(APIError):
+    """A replica's own error answer, passed on with its status and body."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+        found = body.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
+        super().__init__(
+            str(error.get("message") or f"the model's replica answered {status}"),
+            param=error.get("param"),
+            code=error.get("code"),
+            status_code=status,
+            headers=headers,
+        )
+        self.error_type = str(error.get("type") or ("server_error" if status >= 500 else "invalid_request_error"))
+        self.reason = "forwarded_" + ("server_error" if status >= 500 else "rejected")
+        self._body = body
+
+    def body(self) -> dict[str, Any]:
+        return self._body
+
+
+class PeerClient:
+    """Pooled keep-alive connections to the replicas' private listeners (one session per event loop)."""
+
+    def __init__(self, token: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        self.token = token
+        self._connect_timeout_s = connect_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S, force_close=False)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        return self._session
+
+    async def post(self, address: str, path: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        headers = {FORWARD_TOKEN_HEADER: self.token, "content-type": "application/json", **headers}
+        for attempt in range(2):
+            try:
+                return await self.session().post(f"http://{address}{path}", data=body, headers=headers)
+            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
+                raise PeerUnreachable(f"{address}: {exc}") from exc
+            except aiohttp.ServerDisconnectedError as exc:
+                # A pooled connection the server had just closed: nothing was answered; once more, fresh.
+                if attempt:
+                    raise PeerUnreachable(f"{address}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The response's body as it arrives; the connection goes back to the pool only if the body was read to its end."""
+    complete = False
+    try:
+        async for chunk in resp.content.iter_any():
+            yield chunk
+        complete = True
+    finally:
+        if complete:
+            resp.release()
+        else:
+            resp.close()  # the replica sees the client leave and stops generating
+
+
+async def _error_of(resp: aiohttp.ClientResponse) -> PeerError:
+    raw = await resp.read()
+    resp.release()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict) or "error" not in body:
+        body = {"error": {"message": raw.decode(errors="replace")[:500], "type": "server_error"}}
+    headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
+    return PeerError(resp.status, body, headers)
+
+
+async def _then(stream: AsyncIterator[bytes], done: Callable[[], None]) -> AsyncIterator[bytes]:
+    """`stream`, and `done()` once it ends however it ends."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        done()
+        await aclose(stream)
+
+
+Placed = Callable[[str, str], None]  # (model, "local" | "forwarded" | "fallback")
+
+
+class RoutedBackend:
+    """A model's requests, each placed by the scheduler (see the module docstring)."""
+
+    places_requests = True  # serving.api.backend.served_here: a forwarded request gets `local`
+
+    def __init__(
+        self,
+        model_id: str,
+        table: EndpointTable,
+        scheduler: Scheduler,
+        client: PeerClient,
+        local: ModelBackend | None = None,
+        fallback: ModelBackend | None = None,
+        relays: RelayDrain | None = None,
+        on_placed: Placed | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.local = local
+        self.fallback = fallback
+        self.table = table
+        self.scheduler = scheduler
+        self.client = client
+        self._relays = relays
+        self._on_placed = on_placed
+
+    @property
+    def relays(self) -> RelayDrain:
+        return self._relays if self._relays is not None else RELAYS
+
+    async def chat(self, req: ChatCompletionRequest, request_id: str) -> Generation:
+        return await self._place(req, request_id, "/v1/chat/completions", lambda b: b.chat(req, request_id))
+
+    async def completions(self, req: CompletionRequest, request_id: str) -> Generation:
+        return await self._place(req, request_id, "/v1/completions", lambda b: b.completions(req, request_id))
+
+    def _placed(self, where: str) -> None:
+        if self._on_placed is not None:
+            self._on_placed(self.model_id, where)
+
+    async def _place(
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        request_id: str,
+        path: str,
+        here: Callable[[ModelBackend], Awaitable[Generation]],
+    ) -> Generation:
+        tries = 0
+        if self.table.self_id is not None:
+            entered_at.set(self.table.self_id)
+        for endpoint in self.scheduler.pick(self.model_id, req, self.table):
+            if endpoint.replica_id == self.table.self_id and self.local is not None:
+                break
+            if tries == MAX_TRIES:
+                break
+            tries += 1
+            self.table.started(endpoint.replica_id)
+            try:
+                result = await self._forward(endpoint.address, path, req, request_id)
+            except PeerUnreachable as exc:
+                self.table.finished(endpoint.replica_id)
+                logger.warning("model %s: replica %s unreachable (%s)", self.model_id, endpoint.replica_id, exc)
+                continue
+            except BaseException:
+                self.table.finished(endpoint.replica_id)
+                raise
+            if isinstance(result, (dict, EncodedBody)):
+                self.table.finished(endpoint.replica_id)
+            else:
+                result = _then(result, functools.partial(self.table.finished, endpoint.replica_id))
+            self._placed("forwarded")
+            placed_on.set(endpoint.replica_id)
+            return result
+        if self.local is not None:
+            self._placed("local")
+            if self.table.self_id is not None:
+                placed_on.set(self.table.self_id)
+            return await here(self.local)
+        if self.fallback is not None:
+            self._placed("fallback")
+            return await here(self.fallback)
+        raise EngineUnavailableError(
+            f"No replica of model '{self.model_id}' could be reached; retry shortly.", code="replica_unavailable"
+        )
+
+    async def _forward(
+        self, address: str, path: str, req: ChatCompletionRequest | CompletionRequest, request_id: str
+    ) -> Generation:
+        headers = {"x-request-id": request_id}
+        if req.stream and req.usage_event and not req.include_usage:
+            headers[USAGE_EVENT_HEADER] = "1"
+        resp = await self.client.post(address, path, req.raw_body(), headers)
+        try:
+            if resp.status != 200:
+                raise await _error_of(resp)
+            if resp.content_type == "text/event-stream":
+                stream = await first_then_rest(_chunks(resp))
+                return ended_cleanly(stream, self.model_id, self.relays, source="forwarded replica")
+            body = await resp.read()
+            resp.release()
+            return EncodedBody([body], int(resp.headers.get(TOTAL_TOKENS_HEADER, "0") or 0))
+        except BaseException:
+            resp.close()
+            raise
+
+    # -- what is not per request: the local engine's, or the fallback's ----------------
+
+    def _own(self) -> ModelBackend | None:
+        return self.local if self.local is not None else self.fallback
+
+    async def ready(self) -> bool:
+        own = self._own()
+        if own is not None:
+            return await own.ready()
+        return bool(self.scheduler.candidates(self.model_id, self.table))
+
+    async def context_length(self) -> int | None:
+        own = self._own()
+        return await own.context_length() if own is not None else None
+
+    async def stats(self) -> dict[str, float]:
+        own = self._own()
+        return await own.stats() if own is not None else {}

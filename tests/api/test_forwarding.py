@@ -1,0 +1,230 @@
+"""Requests placed on another replica move there as bytes and come back unchanged (serving/routing/forward.py).
+
+Two or three "replicas" in the test's loop, each the real app (`build_api`)
+over a simulated engine, served on real loopback HTTP by the direct ingress's
+server (a shared port for clients, an own port for forwards, as a replica
+has). Each replica's backend is a `RoutedBackend` over a hand-made endpoint
+table, so a test decides where the scheduler must send a request (a replica
+marked draining is not chosen). No Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtests import sse
+from loadtests.servers import free_port
+from serving.api.app import build_api
+from serving.api.backend import ModelRegistry
+from serving.api.forwarded import FORWARD_TOKEN_HEADER, REPLICA_HEADER
+from serving.api.openai_serving import OpenAIServing
+from serving.config import AuthConfig, LimitsConfig
+from serving.deployments.direct.http_server import DirectHTTPServer, own_socket
+from serving.routing.forward import PeerClient, RoutedBackend
+from serving.routing.scheduler import DRAINING, READY, Endpoint, EndpointTable, Scheduler
+from tests.inprocess import FAST, MODEL, seconds_until, simulated_engine
+
+TOKEN = "forward-token-for-tests"
+KEY = "sk-forwarding-test-key"
+
+
+@dataclass
+class Replica:
+    rid: str
+    port: int  # the shared (client) port
+    own_port: int  # the replica's own listener: where forwards go
+    engine: Any
+    table: EndpointTable
+    http: DirectHTTPServer
+    client: PeerClient
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.own_port}"
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[Any]:
+    made: list[Replica] = []
+
+    async def make(
+        rid: str,
+        *,
+        model: str = MODEL,
+        limits: LimitsConfig | None = None,
+        engine_args: dict[str, Any] | None = None,
+        serve_model: bool = True,
+    ) -> Replica:
+        engine = simulated_engine({**FAST, "decode_s_per_token": 0.002, **(engine_args or {})})
+        info = await engine.start()
+        limits = limits or LimitsConfig()
+        serving = OpenAIServing(engine, model, info.max_model_len, limits=limits, max_token_chars=info.max_token_chars)
+        table = EndpointTable(rid, own_load=lambda: serving.in_flight)
+        client = PeerClient(TOKEN)
+        backend = RoutedBackend(model, table, Scheduler(), client, local=serving if serve_model else None)
+        app = build_api(
+            ModelRegistry([backend], created=1), AuthConfig(api_keys_env="FWD_KEYS"), limits, forward_token=TOKEN
+        )
+        sock = own_socket("127.0.0.1")
+        port = free_port()
+        http = await DirectHTTPServer.start(app, "127.0.0.1", port, graceful_timeout_s=1, extra_sockets=[sock])
+        replica = Replica(rid, port, sock.getsockname()[1], engine, table, http, client)
+        made.append(replica)
+        return replica
+
+    yield make
+    for r in made:
+        await r.client.close()
+        await r.http.stop()
+        await r.engine.shutdown()
+
+
+def connect(replicas: list[Replica], **states: str) -> None:
+    """Every replica's table lists them all (ready unless `states` says otherwise)."""
+    endpoints = [Endpoint(r.rid, MODEL, r.address, state=states.get(r.rid, READY)) for r in replicas]
+    for r in replicas:
+        r.table.update(endpoints)
+
+
+@pytest.fixture(autouse=True)
+def keys(monkeypatch):
+    monkeypatch.setenv("FWD_KEYS", KEY)
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def chat(stream: bool = False, **kw: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "tell me"}],
+        "max_tokens": 12,
+        "stream": stream,
+        **kw,
+    }
+
+
+async def test_a_request_placed_on_another_replica_is_served_there_and_answered_where_it_entered(replicas):
+    a, b = await replicas("a"), await replicas("b")
+    connect([a, b], a=DRAINING)  # a takes no new request: it must go to b
+    async with httpx.AsyncClient(timeout=30) as http:
+        whole = await http.post(f"{a.url}/v1/chat/completions", json=chat(), headers=AUTH)
+        streamed = await http.post(f"{a.url}/v1/chat/completions", json=chat(stream=True), headers=AUTH)
+        here = await http.post(f"{b.url}/v1/chat/completions", json=chat(), headers=AUTH)
+    assert whole.status_code == 200 and whole.headers[REPLICA_HEADER] == "b", whole.text
+    assert streamed.status_code == 200 and streamed.headers[REPLICA_HEADER] == "b"
+    assert here.headers[REPLICA_HEADER] == "b" and here.status_code == 200
+    events = sse.parse(streamed.content)
+    assert events[-1] == sse.DONE
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert whole.json()["usage"]["completion_tokens"] == 12 and whole.json()["choices"][0]["message"]["content"]
+    assert (await a.engine.stats())["requests"] == 0  # a's engine served none of them
+    assert (await b.engine.stats())["requests"] == 3
+
+
+async def test_the_forward_token_alone_admits_a_forwarded_request_and_without_it_the_key_is_required(replicas):
+    b = await replicas("b")
+    connect([b])
+    async with httpx.AsyncClient(timeout=30) as http:
+        forged = await http.post(f"{b.url}/v1/chat/completions", json=chat(), headers={FORWARD_TOKEN_HEADER: "guess"})
+        trusted = await http.post(
+            f"http://{b.address}/v1/chat/completions", json=chat(), headers={FORWARD_TOKEN_HEADER: TOKEN}
+        )
+    assert forged.status_code == 401 and forged.json()["error"]["code"] == "invalid_api_key"
+    assert trusted.status_code == 200, trusted.text
+
+
+async def test_the_entry_point_charges_the_caller_once_and_settles_from_the_forwarded_stream(replicas):
+    limits = LimitsConfig(tokens_per_minute=100_000, requests_per_minute=2)
+    a, b = await replicas("a", limits=limits), await replicas("b", limits=limits)
+    connect([a, b], a=DRAINING)
+    async with httpx.AsyncClient(timeout=30) as http:
+        first = await http.post(f"{a.url}/v1/chat/completions", json=chat(stream=True), headers=AUTH)
+        second = await http.post(f"{a.url}/v1/chat/completions", json=chat(), headers=AUTH)
+        third = await http.post(f"{a.url}/v1/chat/completions", json=chat(), headers=AUTH)
+        at_b = [await http.post(f"{b.url}/v1/chat/completions", json=chat(), headers=AUTH) for _ in range(2)]
+    assert first.status_code == 200 and second.status_code == 200
+    assert third.status_code == 429  # a's budget: 2 requests a minute, wherever they were served
+    assert [r.status_code for r in at_b] == [200, 200]  # b charged none of a's: its own budget is whole
+    events = sse.parse(first.content)[:-1]
+    assert all("usage" not in e or e["usage"] is None for e in events), events[-1]  # not asked for: not shown
+
+
+async def test_a_replica_s_refusal_reaches_the_client_as_it_is(replicas):
+    a, b = await replicas("a"), await replicas("b", engine_args={"max_model_len": 64})
+    connect([a, b], a=DRAINING)
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{a.url}/v1/chat/completions", json=chat(max_tokens=500), headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_an_unreachable_replica_is_skipped(replicas):
+    a, b = await replicas("a"), await replicas("b")
+    gone = Endpoint("gone", MODEL, f"127.0.0.1:{free_port()}")  # listed, but nothing listens there
+    for r in (a, b):
+        r.table.update([gone, Endpoint("a", MODEL, a.address, state=DRAINING), Endpoint("b", MODEL, b.address)])
+    async with httpx.AsyncClient(timeout=30) as http:
+        answers = [
+            await http.post(
+                f"{a.url}/v1/chat/completions", json=chat(messages=[{"role": "user", "content": str(i)}]), headers=AUTH
+            )
+            for i in range(6)
+        ]
+    assert [r.status_code for r in answers] == [200] * 6
+    assert {r.headers[REPLICA_HEADER] for r in answers} == {"b"}
+
+
+async def test_a_client_that_leaves_mid_stream_stops_the_replica_that_serves_it(replicas):
+    a, b = await replicas("a"), await replicas("b", engine_args={"decode_s_per_token": 0.05})
+    connect([a, b], a=DRAINING)
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream(
+            "POST", f"{a.url}/v1/chat/completions", json=chat(True, max_tokens=400), headers=AUTH
+        ) as r:
+            async for _ in r.aiter_bytes():
+                break  # one chunk, then the client leaves
+
+    async def idle() -> bool:
+        stats = await b.engine.stats()
+        return stats["running"] == 0 and stats["waiting"] == 0
+
+    assert await seconds_until(idle, 3) is not None, await b.engine.stats()
+
+
+async def test_a_forwarded_request_is_never_forwarded_again(replicas):
+    """A replica without the model (its table stale) answers 503 rather than passing the request on."""
+    c = await replicas("c", serve_model=False)
+    b = await replicas("b")
+    connect([c, b])
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(
+            f"http://{c.address}/v1/chat/completions", json=chat(), headers={FORWARD_TOKEN_HEADER: TOKEN}
+        )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "replica_unavailable", r.text
+    assert (await b.engine.stats())["requests"] == 0
+
+
+async def test_prefix_affinity_across_entry_points(replicas):
+    """The same prompt entering at any replica is served by one replica; distinct prompts use all three."""
+    rs = [await replicas(rid) for rid in ("a", "b", "c")]
+    connect(rs)
+    served: dict[str, set[str]] = {}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for i in range(12):
+            body = chat(messages=[{"role": "system", "content": f"tenant {i} " * 30}, {"role": "user", "content": "q"}])
+            for r in rs:
+                answer = await http.post(f"{r.url}/v1/chat/completions", json=body, headers=AUTH)
+                assert answer.status_code == 200, answer.text
+                served.setdefault(f"tenant {i}", set()).add(answer.headers[REPLICA_HEADER])
+    assert all(len(where) == 1 for where in served.values()), served
+    assert {next(iter(w)) for w in served.values()} == {"a", "b", "c"}, served
