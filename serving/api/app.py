@@ -57,10 +57,13 @@ def build_api(
     observability: ObservabilityConfig | None = None,
     metrics: Metrics | None = None,
     forward_token: str | None = None,
+    forward_port: int | None = None,
 ) -> FastAPI:
-    """The app; `forward_token`: the secret that marks requests placed here by another entry point of the app."""
+    """The app; `forward_token`: the secret that marks requests placed here by another entry point of the
+    app, accepted only on `forward_port`, the replica's own listener (serving/api/forwarded.py)."""
     app = FastAPI(title="serving: OpenAI-compatible LLM API", version=__version__)
     app.state.forward_token = forward_token
+    app.state.forward_port = forward_port
     configure_access_log((observability or ObservabilityConfig()).access_log)
     auth = auth or AuthConfig()
     app.state.registry = registry

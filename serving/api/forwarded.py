@@ -4,8 +4,10 @@ An entry point that forwards a request has already checked the caller's key,
 charged its request and token budgets and counted the request; it sends the
 body as the client sent it with the app's forward token. Here such a request:
 
-* is authenticated by the token alone (`forwarded`); a wrong or missing token
-  makes it an ordinary request, with the key check and the budgets;
+* is authenticated by the token alone (`forwarded`), on the replica's own
+  port only; a request that claims to be forwarded without the token, or on
+  the port clients use, gets a 403; one without the header is an ordinary
+  request, with the key check and the budgets;
 * is not charged or counted again (the entry point did both, once);
 * is served by this replica's own engine and never placed again
   (`served_here`), so no request can travel in a loop;
@@ -25,6 +27,8 @@ from contextvars import ContextVar
 
 from fastapi import Request
 
+from serving.errors import AuthenticationError
+
 FORWARD_TOKEN_HEADER = "x-serving-forward"
 USAGE_EVENT_HEADER = "x-serving-usage-event"
 TOTAL_TOKENS_HEADER = "x-serving-total-tokens"
@@ -42,10 +46,28 @@ def token_matches(given: str | None, token: str | None) -> bool:
 
 
 def forwarded(request: Request) -> bool:
-    """Whether this request came from another entry point of the app (and is marked so for the rest of it)."""
+    """Whether this request came from another entry point of the app (and is marked so for the rest of it).
+
+    Only on the replica's own port (`forward_port`), never on the port clients use:
+    a token that leaked would otherwise skip the key and the budgets on the public
+    port. A request that claims to be forwarded (the header) without the token, or on
+    the wrong port, is refused with a 403, never served or placed again.
+    """
     known = getattr(request.state, "forwarded", None)
     if known is None:
+        given = request.headers.get(FORWARD_TOKEN_HEADER)
         token = getattr(request.app.state, "forward_token", None)
-        known = token_matches(request.headers.get(FORWARD_TOKEN_HEADER), token)
+        known = False
+        if given is not None and token is not None:
+            port = getattr(request.app.state, "forward_port", None)
+            server = request.scope.get("server")
+            on_own_port = port is None or (server is not None and server[1] == port)
+            if not (on_own_port and token_matches(given, token)):
+                raise AuthenticationError(
+                    "A forwarded request needs the app's forward token, on a replica's own port.",
+                    code="invalid_forward_token",
+                    status_code=403,
+                )
+            known = True
         request.state.forwarded = known
     return bool(known)

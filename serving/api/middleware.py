@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HEADER = REQUEST_ID_HEADER.lower().encode()
+REASON_HEADER = b"x-serving-reason"  # a forwarded request's refusal: its reason, for the entry point's metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -93,7 +94,12 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", ()), id_header]
-                if metered and not state.get("forwarded"):  # counted where it entered
+                if state.get("forwarded"):
+                    # counted where it entered, under the reason found here
+                    err = state.get("error")
+                    if isinstance(err, APIError) and message["status"] >= 400:
+                        message["headers"].append((REASON_HEADER, err.reason.encode()))
+                elif metered:
                     self._observe(scope, state, message["status"])
             await send(message)
 

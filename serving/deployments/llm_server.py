@@ -101,7 +101,7 @@ class _Routing:
         self.kv_usage = 0.0
         self._server = server
         assert server._forward_token is not None
-        self.client = PeerClient(server._forward_token)
+        self.client = PeerClient(server._forward_token, read_timeout_s=server.app_cfg.limits.request_timeout_s + 30)
         self.table = EndpointTable(replica_id, own_load=lambda: server.serving.in_flight)
         self.reporter = Reporter(app_name, self.table, self.endpoint)
 
@@ -210,12 +210,14 @@ class LLMServer:
             node_tuning.deprioritize_ray_control_plane(direct_ingress=ingress_cfg.mode == "direct")
         if ingress_cfg.mode == "direct":
             extra_sockets = []
+            own_port = None
             routed = ingress_cfg.routing == "request" and self._forward_token is not None and app_name is not None
             if routed:
                 assert app_name is not None and self._forward_token is not None
                 sock = own_socket(ingress_cfg.host, ingress_cfg.peer_port)
                 extra_sockets.append(sock)
-                self._routing = _Routing.start(self, app_name, ingress_cfg.host, sock.getsockname()[1])
+                own_port = sock.getsockname()[1]
+                self._routing = _Routing.start(self, app_name, ingress_cfg.host, own_port)
             backends = [self._backend(model_id, name, app_name) for model_id, name in peers.items()]
             api = build_api(
                 ModelRegistry(backends, created=self._created),
@@ -224,6 +226,7 @@ class LLMServer:
                 self.app_cfg.observability,
                 metrics=self.metrics,
                 forward_token=self._forward_token if routed else None,
+                forward_port=own_port,
             )
             self._http = await DirectHTTPServer.start(
                 api,
@@ -374,11 +377,10 @@ class LLMServer:
         if watch is not None:
             watch.cancel()  # a drain it began goes on (shielded); _stop_on_loop waits for it
         routing = getattr(self, "_routing", None)
-        if routing is not None:
+        reporting = getattr(self, "_reporter_task", None)
+        if routing is not None and reporting is not None:  # (a failed start never reported)
             self._routing_draining()
-            reporting = getattr(self, "_reporter_task", None)
-            if reporting is not None:
-                reporting.cancel()
+            reporting.cancel()
             await routing.reporter.leave(routing.replica_id)
         try:
             await loop.run(self._stop_on_loop())

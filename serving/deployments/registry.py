@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 EXPIRE_S = 10.0
 CALL_TIMEOUT_S = 2.0
+MAX_BACKOFF_S = 5.0
 
 
 class RoutingRegistry:
@@ -105,7 +106,13 @@ def registry_actor(app_name: str) -> Any:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head["NodeID"], soft=True)
     except Exception:  # placement is a preference only
         logger.debug("no head node found for the routing registry", exc_info=True)
-    return ray.remote(RoutingRegistry).options(**options).remote()
+    global _actor_class
+    if _actor_class is None:
+        _actor_class = ray.remote(RoutingRegistry)
+    return _actor_class.options(**options).remote()
+
+
+_actor_class: Any = None
 
 
 class Reporter:
@@ -125,7 +132,6 @@ class Reporter:
         self._refresh_s = refresh_s
         self._make_actor = actor
         self._actor: Any = None
-        self._failing = False
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -134,33 +140,39 @@ class Reporter:
 
     async def _call(self, **kwargs: Any) -> list[dict[str, Any]]:
         if self._actor is None:
-            self._actor = self._make_actor(self._app_name)
+            # Looking the actor up (or making it) asks the GCS and waits: not on the replica's loop.
+            self._actor = await asyncio.to_thread(self._make_actor, self._app_name)
         try:
             result: list[dict[str, Any]] = await asyncio.wait_for(
                 self._actor.exchange.remote(**kwargs), timeout=CALL_TIMEOUT_S
             )
+        except TimeoutError:
+            raise  # slow, not gone: the same handle next time (a lost actor is restarted by Ray)
         except Exception:
             self._actor = None  # looked up (or made) again next time
             raise
         return result
 
     async def run(self) -> None:
+        failures = 0
         while True:
             try:
                 entries = await self._call(entry=self._own().to_dict())
                 self._table.update(Endpoint.from_dict(e) for e in entries)
-                if self._failing:
+                if failures:
                     logger.warning("routing registry reachable again: %d endpoints", len(entries))
-                self._failing = False
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not self._failing:
+                if not failures:
                     logger.warning("routing registry unreachable (%s): routing on the last table", type(exc).__name__)
-                self._failing = True
+                failures += 1
             self._wake.clear()
+            # Every refresh while it answers; backing off to MAX_BACKOFF_S while it does not.
+            wait = min(MAX_BACKOFF_S, self._refresh_s * 2 ** min(failures, 5))
             try:
-                await asyncio.wait_for(self._wake.wait(), self._refresh_s)
+                await asyncio.wait_for(self._wake.wait(), wait)
             except TimeoutError:
                 pass
 

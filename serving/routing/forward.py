@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -48,7 +49,7 @@ from serving.api.forwarded import (
 )
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
-from serving.api.streaming import EncodedBody, aclose, first_then_rest
+from serving.api.streaming import PIECE_BYTES, EncodedBody, aclose, first_then_rest
 from serving.errors import APIError, EngineUnavailableError
 from serving.routing.scheduler import EndpointTable, Scheduler
 
@@ -61,6 +62,9 @@ CONNECT_TIMEOUT_S = 2.0
 KEEPALIVE_S = 15.0
 
 
+_REASON = re.compile(r"[a-z_]{1,40}")  # a metric label the replica gave (serving.errors' reasons)
+
+
 class PeerUnreachable(Exception):
     """No answer began: the request may go to another replica."""
 
@@ -68,7 +72,7 @@ class PeerUnreachable(Exception):
 class PeerError(APIError):
     """A replica's own error answer, passed on with its status and body."""
 
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str], reason: str | None = None) -> None:
         found = body.get("error")
         error: dict[str, Any] = found if isinstance(found, dict) else {}
         super().__init__(
@@ -79,7 +83,9 @@ class PeerError(APIError):
             headers=headers,
         )
         self.error_type = str(error.get("type") or ("server_error" if status >= 500 else "invalid_request_error"))
-        self.reason = "forwarded_" + ("server_error" if status >= 500 else "rejected")
+        self.reason = (
+            reason if reason and _REASON.fullmatch(reason) else ("server_error" if status >= 500 else "rejected")
+        )
         self._body = body
 
     def body(self) -> dict[str, Any]:
@@ -87,11 +93,15 @@ class PeerError(APIError):
 
 
 class PeerClient:
-    """Pooled keep-alive connections to the replicas' private listeners (one session per event loop)."""
+    """Pooled keep-alive connections to the replicas' own listeners (made on first use, on the loop that uses it)."""
 
-    def __init__(self, token: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, token: str, read_timeout_s: float = 600.0, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self.token = token
         self._connect_timeout_s = connect_timeout_s
+        # Bounds a peer that went silent without closing (a node gone from the network): no
+        # byte for this long ends the request. As long as the request timeout, since a whole
+        # body comes only when the generation is done.
+        self._read_timeout_s = read_timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -99,23 +109,27 @@ class PeerClient:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S, force_close=False)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._connect_timeout_s, sock_read=self._read_timeout_s
+                ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
 
     async def post(self, address: str, path: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """The replica's answer once its status and headers have come; `PeerUnreachable` if none began."""
         headers = {FORWARD_TOKEN_HEADER: self.token, "content-type": "application/json", **headers}
         for attempt in range(2):
             try:
                 return await self.session().post(f"http://{address}{path}", data=body, headers=headers)
-            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-                raise PeerUnreachable(f"{address}: {exc}") from exc
             except aiohttp.ServerDisconnectedError as exc:
                 # A pooled connection the server had just closed: nothing was answered; once more, fresh.
                 if attempt:
-                    raise PeerUnreachable(f"{address}: {exc}") from exc
+                    raise PeerUnreachable(f"{address}: {exc!r}") from exc
+            except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+                # refused, reset, no route, connect or read timeout: nothing was answered
+                raise PeerUnreachable(f"{address}: {exc!r}") from exc
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
@@ -123,12 +137,25 @@ class PeerClient:
             await self._session.close()
 
 
-async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The response's body as it arrives; the connection goes back to the pool only if the body was read to its end."""
+async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The SSE body as it arrives, cut at event boundaries only (a read may end inside an event).
+
+    The pipeline finds the usage event in a chunk, and a relay may add an error event
+    after one: both need whole events. The connection goes back to the pool only if the
+    body was read to its end.
+    """
     complete = False
+    pending = b""
     try:
-        async for chunk in resp.content.iter_any():
+        async for data in resp.content.iter_any():
+            pending += data
+            end = pending.rfind(b"\n\n")
+            if end < 0:
+                continue
+            chunk, pending = pending[: end + 2], pending[end + 2 :]
             yield chunk
+        if pending.strip():
+            raise aiohttp.ClientPayloadError("the replica's stream ended inside an event")
         complete = True
     finally:
         if complete:
@@ -147,17 +174,31 @@ async def _error_of(resp: aiohttp.ClientResponse) -> PeerError:
     if not isinstance(body, dict) or "error" not in body:
         body = {"error": {"message": raw.decode(errors="replace")[:500], "type": "server_error"}}
     headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
-    return PeerError(resp.status, body, headers)
+    return PeerError(resp.status, body, headers, resp.headers.get("x-serving-reason"))
 
 
-async def _then(stream: AsyncIterator[bytes], done: Callable[[], None]) -> AsyncIterator[bytes]:
-    """`stream`, and `done()` once it ends however it ends."""
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        done()
-        await aclose(stream)
+class _Then:
+    """`stream`, and `done()` once, however it ends: exhausted, failed, or closed before it was read at all."""
+
+    def __init__(self, stream: AsyncIterator[bytes], done: Callable[[], None]) -> None:
+        self._stream = stream
+        self._done: Callable[[], None] | None = done
+
+    def __aiter__(self) -> _Then:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._stream.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+            await aclose(self._stream)
 
 
 Placed = Callable[[str, str], None]  # (model, "local" | "forwarded" | "fallback")
@@ -225,14 +266,21 @@ class RoutedBackend:
                 self.table.finished(endpoint.replica_id)
                 logger.warning("model %s: replica %s unreachable (%s)", self.model_id, endpoint.replica_id, exc)
                 continue
+            except PeerError as exc:
+                self.table.finished(endpoint.replica_id)
+                if exc.status_code == 503 and tries < MAX_TRIES:
+                    # draining, full, its engine down, or not serving the model (a stale table):
+                    # nothing was generated, so the next replica may take it
+                    continue
+                raise
             except BaseException:
                 self.table.finished(endpoint.replica_id)
                 raise
+            self._placed("forwarded")
             if isinstance(result, (dict, EncodedBody)):
                 self.table.finished(endpoint.replica_id)
             else:
-                result = _then(result, functools.partial(self.table.finished, endpoint.replica_id))
-            self._placed("forwarded")
+                result = _Then(result, functools.partial(self.table.finished, endpoint.replica_id))
             placed_on.set(endpoint.replica_id)
             return result
         if self.local is not None:
@@ -258,11 +306,16 @@ class RoutedBackend:
             if resp.status != 200:
                 raise await _error_of(resp)
             if resp.content_type == "text/event-stream":
-                stream = await first_then_rest(_chunks(resp))
+                stream = await first_then_rest(_events(resp))
                 return ended_cleanly(stream, self.model_id, self.relays, source="forwarded replica")
             body = await resp.read()
             resp.release()
-            return EncodedBody([body], int(resp.headers.get(TOTAL_TOKENS_HEADER, "0") or 0))
+            parts = [body[i : i + PIECE_BYTES] for i in range(0, len(body), PIECE_BYTES)] or [b""]
+            return EncodedBody(parts, int(resp.headers.get(TOTAL_TOKENS_HEADER, "0") or 0))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            resp.close()
+            # the replica went away before its first chunk or during a whole body: nothing reached the client
+            raise PeerUnreachable(f"{address}: {exc!r}") from exc
         except BaseException:
             resp.close()
             raise

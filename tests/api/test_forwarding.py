@@ -71,10 +71,14 @@ async def replicas() -> AsyncIterator[Any]:
         table = EndpointTable(rid, own_load=lambda: serving.in_flight)
         client = PeerClient(TOKEN)
         backend = RoutedBackend(model, table, Scheduler(), client, local=serving if serve_model else None)
-        app = build_api(
-            ModelRegistry([backend], created=1), AuthConfig(api_keys_env="FWD_KEYS"), limits, forward_token=TOKEN
-        )
         sock = own_socket("127.0.0.1")
+        app = build_api(
+            ModelRegistry([backend], created=1),
+            AuthConfig(api_keys_env="FWD_KEYS"),
+            limits,
+            forward_token=TOKEN,
+            forward_port=sock.getsockname()[1],
+        )
         port = free_port()
         http = await DirectHTTPServer.start(app, "127.0.0.1", port, graceful_timeout_s=1, extra_sockets=[sock])
         replica = Replica(rid, port, sock.getsockname()[1], engine, table, http, client)
@@ -131,16 +135,21 @@ async def test_a_request_placed_on_another_replica_is_served_there_and_answered_
     assert (await b.engine.stats())["requests"] == 3
 
 
-async def test_the_forward_token_alone_admits_a_forwarded_request_and_without_it_the_key_is_required(replicas):
+async def test_the_forward_token_admits_a_request_only_on_a_replica_s_own_port(replicas):
     b = await replicas("b")
     connect([b])
+    url, own = f"{b.url}/v1/chat/completions", f"http://{b.address}/v1/chat/completions"
     async with httpx.AsyncClient(timeout=30) as http:
-        forged = await http.post(f"{b.url}/v1/chat/completions", json=chat(), headers={FORWARD_TOKEN_HEADER: "guess"})
-        trusted = await http.post(
-            f"http://{b.address}/v1/chat/completions", json=chat(), headers={FORWARD_TOKEN_HEADER: TOKEN}
-        )
-    assert forged.status_code == 401 and forged.json()["error"]["code"] == "invalid_api_key"
+        trusted = await http.post(own, json=chat(), headers={FORWARD_TOKEN_HEADER: TOKEN})
+        guessed = await http.post(own, json=chat(), headers={FORWARD_TOKEN_HEADER: "guess", **AUTH})
+        public = await http.post(url, json=chat(), headers={FORWARD_TOKEN_HEADER: TOKEN})  # a leaked token
+        no_key = await http.post(own, json=chat())
+        keyed = await http.post(own, json=chat(), headers=AUTH)
     assert trusted.status_code == 200, trusted.text
+    for refused in (guessed, public):  # claims to be forwarded: refused, never served or placed again
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "invalid_forward_token", refused.text
+    assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "invalid_api_key"
+    assert keyed.status_code == 200  # an ordinary client on the own port: the key suffices
 
 
 async def test_the_entry_point_charges_the_caller_once_and_settles_from_the_forwarded_stream(replicas):
@@ -166,6 +175,7 @@ async def test_a_replica_s_refusal_reaches_the_client_as_it_is(replicas):
         r = await http.post(f"{a.url}/v1/chat/completions", json=chat(max_tokens=500), headers=AUTH)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert "x-serving-reason" not in r.headers  # said between the replicas only
 
 
 async def test_an_unreachable_replica_is_skipped(replicas):
@@ -201,6 +211,36 @@ async def test_a_client_that_leaves_mid_stream_stops_the_replica_that_serves_it(
     assert await seconds_until(idle, 3) is not None, await b.engine.stats()
 
 
+async def test_a_replica_s_503_sends_the_request_to_the_next_replica(replicas):
+    """A replica that cannot take it (here: its engine is down) answers 503 before generating: the next one serves."""
+    a, b, c = await replicas("a"), await replicas("b"), await replicas("c")
+    connect([a, b, c], a=DRAINING)
+    await b.engine.shutdown()  # b's engine is gone: 503, nothing generated
+    async with httpx.AsyncClient(timeout=30) as http:
+        answers = [
+            await http.post(
+                f"{a.url}/v1/chat/completions",
+                json=chat(messages=[{"role": "user", "content": f"q {i}"}]),
+                headers=AUTH,
+            )
+            for i in range(8)
+        ]
+    assert [r.status_code for r in answers] == [200] * 8, [r.text for r in answers if r.status_code != 200]
+    assert {r.headers[REPLICA_HEADER] for r in answers} == {"c"}
+
+
+async def test_a_forwarded_stream_is_cut_only_between_events(replicas):
+    """However the bytes arrive, the entry point passes on whole events (the usage event is found and removed)."""
+    limits = LimitsConfig(tokens_per_minute=1_000_000)
+    a, b = await replicas("a", limits=limits), await replicas("b", limits=limits)
+    connect([a, b], a=DRAINING)
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{a.url}/v1/chat/completions", json=chat(stream=True, max_tokens=300), headers=AUTH)
+    events = sse.parse(r.content)
+    assert events[-1] == sse.DONE and events[-2]["choices"][0]["finish_reason"] == "length"
+    assert all(e.get("usage") is None for e in events[:-1])
+
+
 async def test_a_forwarded_request_is_never_forwarded_again(replicas):
     """A replica without the model (its table stale) answers 503 rather than passing the request on."""
     c = await replicas("c", serve_model=False)
@@ -228,3 +268,39 @@ async def test_prefix_affinity_across_entry_points(replicas):
                 served.setdefault(f"tenant {i}", set()).add(answer.headers[REPLICA_HEADER])
     assert all(len(where) == 1 for where in served.values()), served
     assert {next(iter(w)) for w in served.values()} == {"a", "b", "c"}, served
+
+
+class SplitResponse:
+    """Stands in for aiohttp's response: the body in the pieces a slow network might give."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.released = self.closed = False
+
+        class Content:
+            async def iter_any(inner) -> AsyncIterator[bytes]:
+                for piece in pieces:
+                    yield piece
+
+        self.content = Content()
+
+    def release(self) -> None:
+        self.released = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_events_are_reassembled_from_any_split_of_the_bytes():
+    from serving.routing.forward import _events
+
+    body = b'data: {"a":1}\n\ndata: {"b":2,"usage":{"total_tokens":3}}\n\ndata: [DONE]\n\n'
+    for cut in range(1, len(body)):
+        resp = SplitResponse([body[:cut], body[cut:]])
+        chunks = [c async for c in _events(resp)]  # type: ignore[arg-type]
+        assert b"".join(chunks) == body and all(c.endswith(b"\n\n") for c in chunks), (cut, chunks)
+        assert resp.released and not resp.closed
+    truncated = SplitResponse([body[:20]])
+    with pytest.raises(Exception, match="inside an event"):
+        [c async for c in _events(truncated)]  # type: ignore[arg-type]
+    assert truncated.closed
