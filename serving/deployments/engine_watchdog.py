@@ -23,15 +23,20 @@ process group does not reach it) and carries no `ray::` title, so `ray stop
 
 from __future__ import annotations
 
+import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import psutil
 
 from serving.deployments.node_tuning import ENGINE_CORE, ENGINE_WORKER, has_title
+
+logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
 GRACE_S = 3.0
@@ -77,14 +82,28 @@ def reap(tracked: dict[int, float], grace_s: float = GRACE_S) -> list[int]:
     return [p.pid for p in alive]
 
 
-def watch(parent_pid: int, poll_s: float = POLL_S) -> list[int]:
-    """Track `parent_pid`'s engine processes until it dies, then reap them (returns the pids reaped)."""
+def watch(
+    parent_pid: int,
+    poll_s: float = POLL_S,
+    known: dict[int, float] | None = None,
+    on_watching: Callable[[], object] | None = None,
+) -> list[int]:
+    """Track `parent_pid`'s engine processes until it dies, then reap them (returns the pids reaped).
+
+    `known`: engine processes the replica handed over at the start (pid -> start time), reaped
+    even if the replica is already gone when the watch begins. `on_watching`: called once the
+    watch has begun.
+    """
+    tracked: dict[int, float] = dict(known or {})
     try:
         parent = psutil.Process(parent_pid)
         raylet = parent.ppid()
     except psutil.Error:
-        return []
-    tracked: dict[int, float] = {}
+        return reap(tracked)  # gone before the watch began: what it handed over still goes
+    if os.getppid() != parent_pid:
+        return reap(tracked)
+    if on_watching is not None:
+        on_watching()
     orphaned = False
     while os.getppid() == parent_pid:
         try:
@@ -103,20 +122,59 @@ def watch(parent_pid: int, poll_s: float = POLL_S) -> list[int]:
     return reaped
 
 
-def start(replica_pid: int | None = None) -> subprocess.Popen[bytes]:
-    """Start the watchdog for this process (the replica); it ends by itself after the replica."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "serving.deployments.engine_watchdog", str(replica_pid or os.getpid())],
+WATCHING = b"watching\n"
+START_TIMEOUT_S = 30.0
+
+
+def start(replica_pid: int | None = None, timeout_s: float = START_TIMEOUT_S) -> subprocess.Popen[bytes]:
+    """Start the watchdog for this process (the replica); it ends by itself after the replica.
+
+    Returns once the watchdog watches (it says so on its stdout), so a replica never reports
+    ready with its engines unguarded. It is handed the engine processes running now: a
+    replica killed while the watchdog was still starting (a CI run under load: the test
+    killed the stack right after it answered /ready) used to leave them running, since the
+    watchdog then found no replica to watch and nothing to reap.
+    """
+    pid = replica_pid or os.getpid()
+    try:
+        known = engine_processes(psutil.Process(pid))
+    except psutil.Error:
+        known = {}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.deployments.engine_watchdog",
+            str(pid),
+            *(f"{p}:{created!r}" for p, created in known.items()),
+        ],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         start_new_session=True,
     )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if ready else b""
+    proc.stdout.close()  # it writes nothing more there
+    if line != WATCHING:
+        logger.warning("the engine watchdog did not say it watches within %gs (%r)", timeout_s, line)
+    return proc
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the replica, which stops its engine
-    reaped = watch(int(args[0]))
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    known = {int(pid): float(created) for pid, created in (a.split(":", 1) for a in args[1:])}
+
+    def watching() -> None:
+        try:
+            os.write(1, WATCHING)
+            os.close(1)
+        except OSError:
+            pass
+
+    reaped = watch(int(args[0]), known=known, on_watching=watching)
     if reaped:
         print(f"engine watchdog: replica {args[0]} is gone; stopped its engine processes {reaped}", file=sys.stderr)
     return 0

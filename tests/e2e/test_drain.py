@@ -113,9 +113,14 @@ def test_redeploy_ends_long_streams_on_both_paths_with_an_error_event_and_done(t
     deadline = time.monotonic() + 360
     deployed_at: list[float] = []
 
-    def one_stream(port: int) -> str:
+    def one_stream(port: int, max_tokens: int) -> str:
         try:
-            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=90) as r:
+            with httpx.stream(
+                "POST",
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={**body, "max_tokens": max_tokens},
+                timeout=90,
+            ) as r:
                 if r.status_code != 200:
                     return f"refused: {r.status_code}"
                 events = sse.parse(r.read(), require_done=False)
@@ -130,9 +135,14 @@ def test_redeploy_ends_long_streams_on_both_paths_with_an_error_event_and_done(t
             return "drained" if last["error"]["code"] == "server_shutting_down" else f"cut: {last['error']}"
         return "finished" if last["choices"][0]["finish_reason"] == "length" else f"cut: {last}"
 
-    def client(port: int) -> None:
+    def client(port: int, index: int) -> None:
+        # The first streams of different lengths: with equal ones all clients ended their
+        # streams together and started the next together, and in a CI run the stop fell
+        # into such a gap for every proxy-path client (none was drained there).
+        max_tokens = 400 + 100 * index
         while not stop_seen.is_set() and time.monotonic() < deadline:
-            outcome = one_stream(port)
+            outcome = one_stream(port, max_tokens)
+            max_tokens = body["max_tokens"]
             outcomes.append(("direct" if port == DIRECT else "proxy", outcome))
             if outcome == "drained" and not stop_seen.is_set():
                 print(f"\nfirst drained stream {time.monotonic() - deployed_at[0]:.1f} s after serve deploy")
@@ -142,7 +152,8 @@ def test_redeploy_ends_long_streams_on_both_paths_with_an_error_event_and_done(t
                 time.sleep(0.5)
 
     with start_stack(data, tmp_path / "serve.log") as server:
-        clients = [threading.Thread(target=client, args=(port,)) for port in [DIRECT, PROXY] * (STREAMS // 2)]
+        ports = [DIRECT, PROXY] * (STREAMS // 2)
+        clients = [threading.Thread(target=client, args=(port, i)) for i, port in enumerate(ports)]
         for t in clients:
             t.start()
         model.setdefault("env", {})["SERVING_DEPLOY_GENERATION"] = "2"  # a new runtime_env: a new replica

@@ -75,13 +75,33 @@ def assert_gone_within(procs: list[psutil.Process], timeout_s: float) -> None:
             return
         if time.monotonic() > deadline:
             kill(alive)
-            pytest.fail(f"engine processes outlived their replica by {timeout_s:g} s: {[p.pid for p in alive]}")
+            pytest.fail(
+                f"engine processes outlived their replica by {timeout_s:g} s: {[p.pid for p in alive]}"
+                f" (their watchdog: {watchdog_state()})"
+            )
         time.sleep(0.2)
+
+
+_WATCHDOGS: list[psutil.Process] = []
+
+
+def watchdog_state() -> str:
+    states = []
+    for w in _WATCHDOGS:
+        try:
+            states.append(f"pid {w.pid} {w.status()} ppid {w.ppid()}")
+        except psutil.Error as exc:
+            states.append(f"pid {w.pid} gone ({type(exc).__name__})")
+    return ", ".join(states) or "none seen"
 
 
 def engines_of(server: ServeProcess) -> list[psutil.Process]:
     engines = server.engine_processes()
     assert {e.name() for e in engines} >= {"VLLM::EngineCore"}, engines
+    (replica,) = server.descendants(REPLICA)
+    watchdogs = [p for p in replica.children() if "serving.deployments.engine_watchdog" in " ".join(p.cmdline())]
+    assert len(watchdogs) == 1, f"the replica runs no engine watchdog: {replica.children()}"
+    _WATCHDOGS[:] = watchdogs
     return engines
 
 

@@ -121,3 +121,43 @@ def test_an_orphaned_replica_is_stopped_with_its_engine():
                 psutil.Process(pid).kill()
             except psutil.Error:
                 pass
+
+
+def test_engines_handed_over_are_stopped_even_if_the_replica_died_before_the_watch_began():
+    """Regression: a replica killed while its watchdog was starting left its engines running.
+
+    Seen in a CI run under load (tests/e2e/test_engine_lifetime.py::test_ray_stop_force): the
+    watchdog found no replica to watch, reaped nothing and exited. The replica now hands over
+    the engine processes it has, and waits until the watchdog watches.
+    """
+    from serving.deployments.engine_watchdog import watch
+
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "VLLM::EngineCore"])
+    gone_replica = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_replica.wait()
+    try:
+        created = psutil.Process(engine.pid).create_time()
+        assert watch(gone_replica.pid, known={engine.pid: created}) == [engine.pid]
+        assert engine.wait(timeout=8) is not None
+    finally:
+        engine.kill()
+
+
+def test_start_returns_once_the_watchdog_watches_so_an_immediate_kill_is_covered():
+    replica = subprocess.Popen(
+        [sys.executable, "-c", REPLICA.replace("time.sleep(2)", "pass"), "kill"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    engine, watchdog = (int(x) for x in replica.stdout.readline().split())
+    try:
+        replica.send_signal(signal.SIGKILL)  # at once: no time given to the watchdog
+        replica.wait()
+        assert gone_within(engine, 8), "the engine outlived its replica"
+    finally:
+        for pid in (engine, watchdog):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
