@@ -7,7 +7,6 @@ ingress deployment bound to them.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ray import serve
@@ -18,7 +17,7 @@ from serving.config import AppConfig, IngressConfig, ModelConfig, parse_app_args
 from serving.deployments.autoscaling import autoscaling_config
 from serving.deployments.ingress import ingress_deployment
 from serving.deployments.llm_server import LLMServer
-from serving.deployments.registry import forward_token
+from serving.deployments.registry import deploy_created, forward_token
 from serving.engine.factory import check_engine_args
 from serving.routing import request_router_config
 
@@ -71,8 +70,9 @@ def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = N
 def build_from_config(cfg: AppConfig) -> Application:
     peers = {m.id: m.deployment_name for m in cfg.models}
     app_args = cfg.model_dump()
-    # One creation time for /v1/models on every ingress (each replica's direct one, Serve's proxy path).
-    created = int(time.time())
+    # One creation time for /v1/models on every ingress (each replica's direct one, Serve's proxy
+    # path), kept across redeploys: it is a constructor argument, so a new value replaced every replica.
+    created = deploy_created()
     token = forward_token() if cfg.ingress.mode == "direct" and cfg.ingress.routing == "request" else None
     llm_apps = [
         serve.deployment(LLMServer)

@@ -61,6 +61,31 @@ class RoutingRegistry:
 
 
 FORWARD_TOKEN_KEY = b"serving:forward-token"
+CREATED_KEY = b"serving:created"
+
+
+def _kept_in_gcs(key: bytes, make: Callable[[], str]) -> str | None:
+    """The value under `key` in the Ray cluster's GCS, stored first if absent; None outside a cluster."""
+    try:
+        from ray.experimental import internal_kv
+
+        if internal_kv._internal_kv_initialized():
+            internal_kv._internal_kv_put(key, make().encode(), overwrite=False)
+            value = internal_kv._internal_kv_get(key)
+            if value:
+                return bytes(value).decode()
+    except Exception:
+        logger.warning("%s could not be kept in the GCS: one for this deploy only", key.decode(), exc_info=True)
+    return None
+
+
+def deploy_created() -> int:
+    """The models' `created` in /v1/models: the first deploy's time in this cluster, the same for every
+    ingress and every redeploy. A value that changed with each build was part of the replicas'
+    constructor arguments, so any `serve deploy` (a new autoscaling bound, say) replaced every
+    replica and reloaded every engine."""
+    value = _kept_in_gcs(CREATED_KEY, lambda: str(int(time.time())))
+    return int(value) if value and value.isdigit() else int(time.time())
 
 
 def forward_token() -> str:
@@ -70,17 +95,7 @@ def forward_token() -> str:
     ones still draining agree on it. Outside a Ray cluster (a unit test's build),
     a fresh one.
     """
-    try:
-        from ray.experimental import internal_kv
-
-        if internal_kv._internal_kv_initialized():
-            internal_kv._internal_kv_put(FORWARD_TOKEN_KEY, secrets.token_urlsafe(32).encode(), overwrite=False)
-            token = internal_kv._internal_kv_get(FORWARD_TOKEN_KEY)
-            if token:
-                return bytes(token).decode()
-    except Exception:
-        logger.warning("the forward token could not be kept in the GCS: one for this deploy only", exc_info=True)
-    return secrets.token_urlsafe(32)
+    return _kept_in_gcs(FORWARD_TOKEN_KEY, lambda: secrets.token_urlsafe(32)) or secrets.token_urlsafe(32)
 
 
 def registry_name(app_name: str) -> str:

@@ -10,7 +10,11 @@ Before (connection-level balancing), one openai client with a connection pool
 sent all its requests to the replicas its connections had landed on: with 4
 threads against 4 replicas, 200 / 101 / 99 / 0 requests; replicas added later
 got nothing from it. The simulated engine: the host has 2 cores, and what is
-measured here is placement, not generation.
+measured here is placement, not generation. (Not tested here: a replica added
+later getting requests from existing connections. A `serve deploy` rebuilds
+the app and replaced every replica here, even with only Serve's own
+per-deployment options changed, so a test cannot add replicas beside the old
+ones that way.)
 """
 
 from __future__ import annotations
@@ -79,27 +83,31 @@ def wait_for_replicas(n: int, timeout_s: float = 60) -> set[str]:
     return seen
 
 
-def test_one_pooled_client_is_spread_over_every_replica_and_reaches_replicas_added_later(tmp_path):
-    data = config(2)
-    with start_stack(data, tmp_path / "serve.log") as server:
+def test_one_pooled_client_is_spread_over_every_replica_whatever_its_connections(tmp_path):
+    with start_stack(config(4), tmp_path / "serve.log"):
+        assert len(wait_for_replicas(4)) == 4, "the replicas never all answered"
         client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0, timeout=30)
-        assert len(wait_for_replicas(2)) == 2, "the replicas never all answered"
-        # Warm the pool: 4 threads, so 4 connections, each landed on whichever replica the kernel chose.
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda i: served_by(client, f"warm {i}"), range(8)))
 
-        data["applications"][0]["args"]["models"][0]["deployment"]["autoscaling"] = {
-            "min_replicas": 4,
-            "max_replicas": 4,
-        }
-        assert server.deploy(data).returncode == 0
-        assert len(wait_for_replicas(4, timeout_s=120)) == 4, "the added replicas never answered"
+        def one(i: int) -> tuple[str, str]:
+            raw = client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=[{"role": "user", "content": f"question {i} about something"}], max_tokens=4
+            )
+            return raw.headers["x-serving-entry"], raw.headers[REPLICA_HEADER]
 
         with ThreadPoolExecutor(4) as pool:
-            counts = Counter(pool.map(lambda i: served_by(client, f"question {i} about something else"), range(400)))
-        print(f"\none pooled client, 4 threads, 400 distinct prompts, 4 replicas: {sorted(counts.values())}")
-        assert len(counts) == 4, counts  # the replicas added after the pool was made get requests from it
+            placed = list(pool.map(one, range(400)))
+        entries = Counter(e for e, _ in placed)
+        counts = Counter(r for _, r in placed)
+        forwarded = sum(e != r for e, r in placed)
+        print(
+            f"\none pooled client, 4 threads, 400 distinct prompts, 4 replicas: served {sorted(counts.values())},"
+            f" entered at {sorted(entries.values())}, {forwarded} forwarded"
+        )
+        # The pool's connections landed on whichever replicas the kernel chose (often fewer than 4);
+        # the requests are spread over all of them anyway.
+        assert len(counts) == 4, counts
         assert max(counts.values()) <= 1.5 * 100, counts
+        assert forwarded > 0
 
         # One prompt, from fresh connections (wherever the kernel lands them): one replica serves it.
         where = set()
