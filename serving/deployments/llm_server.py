@@ -323,9 +323,10 @@ class LLMServer:
 
     def _routing_draining(self) -> None:
         """Entry points stop placing requests here from their next refresh (on Serve's loop)."""
-        if self._routing is not None and self._routing.state != DRAINING:
-            self._routing.state = DRAINING
-            self._routing.reporter.poke()
+        routing = getattr(self, "_routing", None)
+        if routing is not None and routing.state != DRAINING:
+            routing.state = DRAINING
+            routing.reporter.poke()
 
     async def _drain_now(self) -> None:
         """Serve began stopping the replica: drain from now, to the deadline a drain from __del__ would keep."""
@@ -360,8 +361,9 @@ class LLMServer:
         try:
             await self._drain(serve_stop.drain_time_s(self.cfg.deployment.graceful_shutdown_timeout_s))
         finally:  # a drain that failed still stops the engine
-            if self._routing is not None:
-                await self._routing.client.close()
+            routing = getattr(self, "_routing", None)
+            if routing is not None:
+                await routing.client.close()
             engine, self.engine = self.engine, None
             if engine is not None:
                 await engine.shutdown()
