@@ -12,7 +12,10 @@ machine: no process (Ray's or vLLM's), namespace or link.
 * Two models on different nodes, the real vLLM engine on one: every node's
   direct ingress and Serve proxy answer both, `/v1/models` is the same
   everywhere, streams cross nodes both ways.
-* Node loss: a worker's whole process tree killed at once during load.
+* Node loss: a worker's whole process tree killed at once during load. Every
+  node's direct ingress places requests on either worker's replica (request
+  routing), so a request that entered at the surviving node may have been
+  served by the lost one: it ends with an error event, never cut.
 * Node drain as KubeRay does it: SIGTERM to a worker's `ray start --block`.
 * Head loss (Ray's GCS fault tolerance is not configured): what the workers
   do, measured, and what it takes to serve again.
@@ -240,7 +243,10 @@ def test_node_loss_during_load(make_cluster):
         f"after {back.get('replicas', float('nan')) - kill_at:.1f} s"
     )
     assert not [e for e in failed if e[1] < kill_at and e[2] < kill_at], "failures before the kill"
-    assert not [e for e in failed if e[0] == "w1"], "the surviving node's direct ingress lost requests"
+    # The surviving node's direct ingress places requests on either node's replica (request routing):
+    # those it had forwarded to the lost node end with an error event, never cut; none after the kill fails.
+    w1_lost = [e for e in failed if e[0] == "w1"]
+    assert all(e in in_flight and e[3].startswith("error-event:") for e in w1_lost), w1_lost
     assert in_flight, "the kill hit no request in flight: the test tested nothing"
     assert all(e[2] - e[1] < REQUEST_TIMEOUT_S for e in events), "a request hung past its timeout"
     # Through the proxy: only what the dead node held, then served by the survivors.
@@ -296,11 +302,12 @@ def test_node_drain_as_kuberay_does(make_cluster):
     print(f"\nnode drain ({drain_s:g} s): {dict(sorted(results.items()))}; node gone after {gone_after}; late: {late}")
     assert gone_after and gone_after[0] < drain_s + 15, f"the drained node's processes outlived the drain: {gone_after}"
     for (target, max_tokens, _), outcome in results.items():
-        if max_tokens == 30 or target == "w1":
-            assert outcome == "ok", (target, max_tokens, outcome)  # short ones finish; the other node is untouched
+        if max_tokens == 30:
+            assert outcome == "ok", (target, max_tokens, outcome)  # short ones finish within the drain
         else:
-            # A long stream on the draining node (its replica, or through its ingress replica)
-            # finishes or ends with the drain's error event and [DONE], never cut.
+            # A long stream served on the draining node (its replica, whichever node it entered at,
+            # or relayed by its ingress replica) finishes or ends with the drain's error event and
+            # [DONE], never cut.
             assert outcome in ("ok", "error-event:server_shutting_down"), (target, max_tokens, outcome)
     assert any(r.startswith("error-event:server_shutting_down") for r in results.values()), results
     assert late and all(r == "ok" for r in late), f"requests arriving during the drain failed: {late}"
