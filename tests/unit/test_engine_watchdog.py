@@ -45,6 +45,15 @@ def start_replica(mode: str) -> tuple[subprocess.Popen, int, int]:
     return replica, engine_pid, watchdog_pid
 
 
+def kill_all(*pids: int) -> None:
+    """What a test started, whatever it asserted."""
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+
+
 def gone_within(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -66,11 +75,7 @@ def test_engine_of_a_killed_replica_is_stopped():
         assert gone_within(engine, 8), "the engine outlived its replica"
         assert gone_within(watchdog, 8), "the watchdog did not exit after its work"
     finally:
-        for pid in (engine, watchdog):
-            try:
-                psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
+        kill_all(engine, watchdog)
 
 
 def test_a_replica_that_stops_its_engine_leaves_the_watchdog_nothing_to_do():
@@ -156,8 +161,4 @@ def test_start_returns_once_the_watchdog_watches_so_an_immediate_kill_is_covered
         replica.wait()
         assert gone_within(engine, 8), "the engine outlived its replica"
     finally:
-        for pid in (engine, watchdog):
-            try:
-                psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
+        kill_all(engine, watchdog)

@@ -96,6 +96,20 @@ async def test_a_failure_before_the_first_chunk_still_raises():
         await HandleBackend("m", "d", handle=FakeHandle(stream)).chat(chat(stream=True), "rid")
 
 
+async def reading(backend: HandleBackend, chunks: list[bytes]) -> asyncio.Task[None]:
+    """A stream of `backend` being read into `chunks` by a task of its own, under way."""
+    result = await backend.chat(chat(stream=True), "rid")
+    assert not isinstance(result, (dict, EncodedBody))
+
+    async def read() -> None:
+        async for chunk in result:
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    return reader
+
+
 class EndlessStream(FakeStream):
     """A long generation: a chunk every 10 ms until cancelled."""
 
@@ -116,15 +130,8 @@ async def test_a_stopping_relay_ends_its_streams_with_an_error_event_and_done():
     relays = RelayDrain()
     stream = EndlessStream()
     backend = HandleBackend("m", "d", handle=FakeHandle(stream), relays=relays)
-    result = await backend.chat(chat(stream=True), "rid")
     chunks: list[bytes] = []
-
-    async def read() -> None:
-        async for chunk in result:
-            chunks.append(chunk)
-
-    reader = asyncio.create_task(read())
-    await asyncio.sleep(0.05)
+    reader = await reading(backend, chunks)
     assert relays.active == 1
     ended = await asyncio.wait_for(relays.drain(0.1), 5)  # the drain time runs out with the stream running
     await asyncio.wait_for(reader, 5)
@@ -169,15 +176,8 @@ async def test_pickled_as_serve_ships_them_the_drain_and_the_relayed_streams_sha
     stream = EndlessStream()
     backend = cloudpickle.loads(cloudpickle.dumps(HandleBackend("m", "d")))
     backend._handle = FakeHandle(stream)
-    result = await backend.chat(chat(stream=True), "rid")
     chunks: list[bytes] = []
-
-    async def read() -> None:
-        async for chunk in result:
-            chunks.append(chunk)
-
-    reader = asyncio.create_task(read())
-    await asyncio.sleep(0.05)
+    reader = await reading(backend, chunks)
     try:
         assert await asyncio.wait_for(RELAYS.drain(0.1), 5) == 1
         await asyncio.wait_for(reader, 5)
