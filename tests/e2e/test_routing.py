@@ -83,9 +83,27 @@ def wait_for_replicas(n: int, timeout_s: float = 60) -> set[str]:
     return seen
 
 
+def wait_until_routed(n: int, timeout_s: float = 120) -> None:
+    """Until one connection's requests reach n replicas: the entry point's table lists them all.
+
+    Each replica learns the others from the app's registry actor, whose start (a new Ray
+    worker) took more than its 2 s call timeout in a CI run under load; until then every
+    replica serves what it receives itself.
+    """
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    with OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0) as one:
+        i = 0
+        while len(seen) < n and time.monotonic() < deadline:
+            seen.add(served_by(one, f"routed probe {i}"))
+            i += 1
+    assert len(seen) == n, f"one connection's requests reached only {seen}"
+
+
 def test_one_pooled_client_is_spread_over_every_replica_whatever_its_connections(tmp_path):
     with start_stack(config(4), tmp_path / "serve.log"):
         assert len(wait_for_replicas(4)) == 4, "the replicas never all answered"
+        wait_until_routed(4)
         client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0, timeout=30)
 
         def one(i: int) -> tuple[str, str]:
@@ -121,6 +139,7 @@ def test_a_stream_forwarded_to_another_replica_streams(tmp_path):
     """Each chunk arrives as the serving replica writes it: the first within the TTFT, not with the last."""
     with start_stack(config(2), tmp_path / "serve.log"):
         assert len(wait_for_replicas(2)) == 2
+        wait_until_routed(2)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "stream": True}
         seen = set()
         for i in range(20):
