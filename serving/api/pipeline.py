@@ -205,11 +205,8 @@ async def run_generation(
         # A client that left may have cost its whole reservation; a refusal or our failure, nothing.
         lease.settle(None if isinstance(exc, (ClientDisconnectedError, asyncio.CancelledError)) else 0)
         raise
-    if isinstance(result, dict):
-        lease.settle((result.get("usage") or {}).get("total_tokens"))
-        return respond(result)
-    if isinstance(result, EncodedBody):
-        lease.settle(result.total_tokens)
+    if isinstance(result, (dict, EncodedBody)):
+        lease.settle(_whole_body_tokens(result))
         return respond(result)
     return respond(_settled_stream(result, lease, hide_usage))
 
@@ -230,11 +227,18 @@ async def _serve_forwarded(
         req._usage_event = True  # the entry point settles its caller's tokens from it
     result = await until_disconnect(request, call(here, req, engine_request_id(request)))
     response = respond(result)
-    if isinstance(result, dict):
-        response.headers[TOTAL_TOKENS_HEADER] = str((result.get("usage") or {}).get("total_tokens", 0))
-    elif isinstance(result, EncodedBody):
-        response.headers[TOTAL_TOKENS_HEADER] = str(result.total_tokens)
+    if isinstance(result, (dict, EncodedBody)):
+        tokens = _whole_body_tokens(result)
+        response.headers[TOTAL_TOKENS_HEADER] = str(tokens if tokens is not None else 0)
     return response
+
+
+def _whole_body_tokens(result: dict | EncodedBody) -> int | None:
+    """A whole body's usage (what settles the caller's tokens), None if it states none."""
+    if isinstance(result, EncodedBody):
+        return result.total_tokens
+    tokens: int | None = (result.get("usage") or {}).get("total_tokens")
+    return tokens
 
 
 _USAGE_MARK = b',"choices":[],"usage":'  # the last event of a stream that includes usage (openai_serving)

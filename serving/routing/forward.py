@@ -226,12 +226,8 @@ class RoutedBackend:
         self.table = table
         self.scheduler = scheduler
         self.client = client
-        self._relays = relays
+        self.relays = relays if relays is not None else RELAYS  # a pickled one is the process's own
         self._on_placed = on_placed
-
-    @property
-    def relays(self) -> RelayDrain:
-        return self._relays if self._relays is not None else RELAYS
 
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Generation:
         return await self._place(req, request_id, "/v1/chat/completions", lambda b: b.chat(req, request_id))

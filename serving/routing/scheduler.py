@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from serving.routing.policy import PrefixAwarePolicy, rendezvous_order
+from serving.routing.policy import PrefixAwarePolicy
 
 REFRESH_S = 0.25
 STALE_S = 3.0  # twelve missed refreshes: the replica (or its node) is gone, or the registry is
@@ -164,8 +164,3 @@ class Scheduler:
             return sorted(found, key=lambda e: (loads[e.replica_id], e.replica_id))
         order = self.policy.order(key, loads)
         return [by_id[rid] for rid in order]
-
-
-def ranked_without_load(key: bytes, endpoints: Sequence[Endpoint]) -> list[str]:
-    """The rendezvous ranking alone (what every entry point agrees on whatever the loads)."""
-    return rendezvous_order(key, [e.replica_id for e in endpoints])
