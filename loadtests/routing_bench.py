@@ -41,6 +41,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,12 @@ STATS_ENV = "ROUTING_BENCH_STATS_DIR"
 # serving/routing/scheduler.py, forwarded as bytes when its replica is another).
 PROXY_ROUTERS = ("power_of_two", "round_robin", "prefix_aware")
 DIRECT_ROUTING = ("connection", "request")
-ROUTERS = PROXY_ROUTERS + DIRECT_ROUTING
+# HAProxy 2.6 configured by the stack in front of the replicas' own ports (the "routing
+# process" design): consistent hashing of the body's first bytes (model + system prompt)
+# with bounded loads, the forward token set so that each replica serves what it gets.
+HAPROXY = "haproxy"
+ROUTERS = PROXY_ROUTERS + DIRECT_ROUTING + (HAPROXY,)
+APP = "routing-bench"
 MODEL = "bench-llm"
 
 # -- engines run inside the replicas ---------------------------------------------------
@@ -168,9 +174,15 @@ def system_prompts(count: int, target_tokens: int, count_tokens) -> list[str]:
     return prompts
 
 
-def requests_plan(n: int, prompts: int, seed: int = 7) -> list[tuple[int, str]]:
-    """(system prompt index, unique short user turn) for each request."""
+def requests_plan(n: int, prompts: int, seed: int = 7, unique_words: int = 0) -> list[tuple[int, str]]:
+    """(system prompt index, unique user turn) for each request.
+
+    With `unique_words`, the workload with no shared prefix: no system prompt (index -1),
+    and each user turn is `unique_words` random words, its own from the first token on.
+    """
     rng = random.Random(seed)
+    if unique_words:
+        return [(-1, f"Turn {k}: {_words(rng, unique_words)}?") for k in range(n)]
     return [(rng.randrange(prompts), f"Turn {k}: {_words(rng, 12)}?") for k in range(n)]
 
 
@@ -191,8 +203,15 @@ def vllm_token_counter():
 
 
 async def run_load(
-    base_url: str, prompts: list[str], plan: list[tuple[int, str]], concurrency: int, max_tokens: int, timeout_s: float
+    base_urls: list[str],
+    prompts: list[str],
+    plan: list[tuple[int, str]],
+    concurrency: int,
+    max_tokens: int,
+    timeout_s: float,
 ) -> dict[str, Any]:
+    """`concurrency` workers, spread over one pooled client per base URL (a cluster: one per node,
+    as a Kubernetes Service spreads a client's connections over the pods)."""
     import httpx
 
     queue: asyncio.Queue = asyncio.Queue()
@@ -201,6 +220,7 @@ async def run_load(
     ttfts: list[float] = []
     latencies: list[float] = []
     errors: list[str] = []
+    per_request: list[tuple[bool, float, float, int]] = []  # (forwarded, TTFT, latency, output tokens)
     tokens = 0
     forwarded = 0
 
@@ -211,9 +231,12 @@ async def run_load(
                 idx, user = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            messages = [{"role": "user", "content": user}]
+            if idx >= 0:
+                messages.insert(0, {"role": "system", "content": prompts[idx]})
             body = {
                 "model": MODEL,
-                "messages": [{"role": "system", "content": prompts[idx]}, {"role": "user", "content": user}],
+                "messages": messages,
                 "max_tokens": max_tokens,
                 "stream": True,
                 "ignore_eos": True,
@@ -221,13 +244,16 @@ async def run_load(
             }
             t0 = time.perf_counter()
             first = None
+            moved = False
+            completion = 0
             try:
                 async with client.stream("POST", "/v1/chat/completions", json=body) as r:
                     if r.status_code != 200:
                         errors.append(f"{r.status_code}: {(await r.aread())[:200]!r}")
                         continue
                     entry, served = r.headers.get("x-serving-entry"), r.headers.get("x-serving-replica")
-                    forwarded += bool(entry and served and entry != served)
+                    moved = bool(entry and served and entry != served)
+                    forwarded += moved
                     async for event in aiter_events(r.aiter_bytes()):
                         if event.done:
                             continue
@@ -238,18 +264,26 @@ async def run_load(
                         if first is None and data.get("choices") and data["choices"][0]["delta"].get("content"):
                             first = time.perf_counter() - t0
                         if data.get("usage"):
-                            tokens += data["usage"]["completion_tokens"]
+                            completion = data["usage"]["completion_tokens"]
+                            tokens += completion
             except httpx.HTTPError as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             if first is not None:
                 ttfts.append(first)
                 latencies.append(time.perf_counter() - t0)
+                per_request.append((moved, first, latencies[-1], completion))
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+    per_client = -(-concurrency // len(base_urls))
+    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits))
+            for url in base_urls
+        ]
         t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(worker(client) for _ in range(concurrency))), timeout=timeout_s * 4)
+        workers = (worker(clients[i % len(clients)]) for i in range(concurrency))
+        await asyncio.wait_for(asyncio.gather(*workers), timeout=timeout_s * 4)
         wall = time.perf_counter() - t0
     return {
         "ttfts": ttfts,
@@ -258,7 +292,23 @@ async def run_load(
         "tokens": tokens,
         "wall_s": wall,
         "forwarded": forwarded,
+        "per_request": per_request,
     }
+
+
+def by_placement(per_request: list[tuple[bool, float, float, int]]) -> dict[str, dict[str, float]]:
+    """Requests served where they entered against forwarded ones, in the same run: TTFT p50 and
+    each request's own output tokens/s (tokens over its latency), averaged."""
+    out = {}
+    for name, moved in (("local", False), ("forwarded", True)):
+        rows = [r for r in per_request if r[0] == moved]
+        if rows:
+            out[name] = {
+                "requests": len(rows),
+                "ttft_p50_s": percentile([r[1] for r in rows], 50),
+                "tokens_per_s_per_request": statistics.fmean(r[3] / r[2] for r in rows),
+            }
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -319,26 +369,105 @@ def vllm_model(router: str, stats_dir: Path, replicas: int, kv_mib: int) -> dict
     }
 
 
-def serve_config(model: dict[str, Any], port: int, routing: str | None = None) -> dict[str, Any]:
+def serve_config(
+    model: dict[str, Any], port: int, routing: str | None = None, host: str = "127.0.0.1"
+) -> dict[str, Any]:
     """Serve's proxy on `port` (routing None), or the direct ingress on `port` with `routing`."""
     if routing is None:
         ingress: dict[str, Any] = {"mode": "proxy", "num_cpus": 0.1}
         proxy_port = port
     else:
-        ingress = {"mode": "direct", "host": "127.0.0.1", "port": port, "routing": routing}
+        ingress = {"mode": "direct", "host": host, "port": port, "routing": routing}
         proxy_port = port + 1
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": proxy_port},
+        "http_options": {"host": host, "port": proxy_port},
         "applications": [
             {
-                "name": "routing-bench",
+                "name": APP,
                 "route_prefix": "/",
                 "import_path": "serving.deployments.app:build_app",
                 "args": {"ingress": ingress, "auth": "open", "models": [model]},
             }
         ],
     }
+
+
+_SNAPSHOT = """
+import json, ray
+ray.init(namespace="serving", log_to_driver=False, logging_level="ERROR")
+from serving.deployments.registry import forward_token, registry_name
+actor = ray.get_actor(registry_name(%r), namespace="serving")
+print(json.dumps({"endpoints": ray.get(actor.exchange.remote()), "token": forward_token()}))
+"""
+
+
+def routing_snapshot(stack, n: int, timeout_s: float = 120) -> tuple[list[str], str]:
+    """The model's `n` ready replicas' own addresses (from the app's registry actor) and the forward token."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = stack.python(_SNAPSHOT % APP)
+        if done.returncode == 0:
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+            ready = sorted(e["address"] for e in data["endpoints"] if e["model"] == MODEL and e["state"] == "ready")
+            if len(ready) == n:
+                return ready, data["token"]
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the registry never listed {n} ready replicas: {done.stdout[-500:]} {done.stderr[-2000:]}"
+            )
+        time.sleep(2)
+
+
+HAPROXY_CFG = """global
+    maxconn 4096
+    nbthread 1
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 300s
+    timeout server 300s
+    option http-buffer-request
+frontend llm
+    bind {bind}
+    default_backend replicas
+backend replicas
+    # Bytes 0-511 of the body: {{"model": ..., "messages": [{{"role": "system", "content": "...
+    balance hash req.body,bytes(0,512)
+    hash-type consistent
+    # Bounded loads: no replica above 1.5x the mean of connections in use.
+    hash-balance-factor 150
+    http-reuse always
+    http-request set-header x-serving-forward {token}
+{servers}
+"""
+
+
+@contextlib.contextmanager
+def haproxy(addresses: list[str], token: str, port: int, log: Path) -> Iterator[str]:
+    import subprocess
+
+    servers = "\n".join(f"    server r{i} {a}" for i, a in enumerate(addresses))
+    cfg = log.with_suffix(".cfg")
+    cfg.write_text(HAPROXY_CFG.format(bind=f"127.0.0.1:{port}", token=token, servers=servers))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)], stdout=out, stderr=out)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited {proc.returncode}: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                import socket
+
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def wait_for_replicas(folder: Path, n: int, timeout_s: float = 600) -> None:
@@ -349,10 +478,94 @@ def wait_for_replicas(folder: Path, n: int, timeout_s: float = 600) -> None:
         time.sleep(0.5)
 
 
-def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path) -> dict[str, Any]:
+class LocalStack:
+    """Each config started with `serve run` on this machine; the client on loopback."""
+
+    host = "127.0.0.1"
+    nodes = 1
+
+    def __init__(self, port: int, log_dir: Path) -> None:
+        self.port, self.log_dir = port, log_dir
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def python(self, code: str):
+        """Run `code` as a Ray driver of the running stack's cluster."""
+        import subprocess
+        import sys
+
+        env = {**os.environ, "RAY_ADDRESS": "auto"}
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+        )
+
+    @contextlib.contextmanager
+    def serving(self, config: dict[str, Any], name: str) -> Iterator[list[str]]:
+        ready = f"http://127.0.0.1:{self.port}/ready"
+        with ServeProcess.from_dict(config, ready, self.log_dir / f"serve-{name}.log").start(timeout_s=600):
+            yield [f"http://127.0.0.1:{self.port}"]
+
+
+class ClusterStack:
+    """The multi-node harness (tests/cluster.py): a head without CPUs and `nodes` worker nodes,
+    each in a network namespace of its own with its own address. Each config is deployed with
+    `serve deploy` and removed with `serve shutdown`; the client spreads its workers over one
+    connection pool per worker node, as a Kubernetes Service spreads connections over pods."""
+
+    host = "0.0.0.0"
+
+    def __init__(self, nodes: int, port: int) -> None:
+        from tests.cluster import Cluster, NodeSpec
+
+        self.nodes, self.port = nodes, port
+        self.cluster = Cluster([NodeSpec()] + [NodeSpec(cpus=2) for _ in range(nodes)])
+
+    def __enter__(self) -> ClusterStack:
+        self.cluster.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.down()
+
+    def python(self, code: str):
+        """Run `code` as a Ray driver on the head node (in its namespace)."""
+        import subprocess
+        import sys
+
+        env = {**os.environ, **self.cluster.ray_env(), "RAY_ADDRESS": self.cluster.gcs_address}
+        cmd = ["ip", "netns", "exec", self.cluster.head.netns, sys.executable, "-c", code]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+
+    @contextlib.contextmanager
+    def serving(self, config: dict[str, Any], name: str) -> Iterator[list[str]]:
+        import subprocess
+
+        from tests.cluster import SERVE
+
+        workers = self.cluster.workers
+        self.cluster.deploy(config, timeout_s=600, ready=[n.url(self.port, "/ready") for n in workers])
+        try:
+            yield [n.url(self.port) for n in workers]
+        finally:
+            subprocess.run(
+                [SERVE, "shutdown", "-y", "--address", self.cluster.dashboard],
+                capture_output=True,
+                timeout=180,
+                env={**os.environ, **self.cluster.ray_env()},
+            )
+            deadline = time.monotonic() + 120
+            while any(n.processes("ServeReplica") for n in workers) and time.monotonic() < deadline:
+                time.sleep(1)
+
+
+def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict[str, Any]:
     stats_dir = Path(tempfile.mkdtemp(prefix="routing-bench-stats-"))
     try:
-        routing = router if router in DIRECT_ROUTING else None
+        routing = "request" if router == HAPROXY else router if router in DIRECT_ROUTING else None
         policy = "prefix_aware" if routing else router  # `request` placement reads the model's router_* settings
         if target == "sim":
             replicas, conc, n = args.sim_replicas, args.sim_concurrency, args.sim_requests
@@ -360,23 +573,30 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         else:
             replicas, conc, n = args.vllm_replicas, args.vllm_concurrency, args.vllm_requests
             model = vllm_model(policy, stats_dir, replicas, args.vllm_kv_mib)
+        if stack.nodes > 1:
+            model["deployment"]["max_replicas_per_node"] = -(-replicas // stack.nodes)
         if args.router_threshold is not None:
             model["router_imbalance_threshold"] = args.router_threshold
         if args.router_load_factor is not None:
             model["router_load_factor"] = args.router_load_factor
-        plan = requests_plan(n, len(prompts), seed=args.seed)
-        log = log_dir / f"serve-{target}-{router}.log"
-        ready = f"http://127.0.0.1:{args.port}/ready"
-        with ServeProcess.from_dict(serve_config(model, args.port, routing), ready, log).start(timeout_s=600):
+        unique = args.unique_words
+        plan = requests_plan(n, len(prompts), seed=args.seed, unique_words=unique)
+        config = serve_config(model, args.port, routing, host=stack.host)
+        with contextlib.ExitStack() as running:
+            urls = running.enter_context(stack.serving(config, f"{target}-{router}"))
             wait_for_replicas(stats_dir, replicas)
+            if router == HAPROXY:
+                addresses, token = routing_snapshot(stack, replicas)
+                log = Path(tempfile.mkdtemp(prefix="routing-bench-haproxy-")) / "haproxy.log"
+                urls = [running.enter_context(haproxy(addresses, token, args.port + 2, log))]
             warmup = args.warmup if args.warmup is not None else 3 * conc
             if warmup:
                 # Steady state: the first cold prefills of every prompt are not measured.
                 asyncio.run(
                     run_load(
-                        f"http://127.0.0.1:{args.port}",
+                        urls,
                         prompts,
-                        requests_plan(warmup, len(prompts), seed=args.seed + 1),
+                        requests_plan(warmup, len(prompts), seed=args.seed + 1, unique_words=unique),
                         conc,
                         args.max_tokens,
                         args.timeout_s,
@@ -384,9 +604,7 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
                 )
             time.sleep(1.0)
             before = read_stats(stats_dir)
-            load = asyncio.run(
-                run_load(f"http://127.0.0.1:{args.port}", prompts, plan, conc, args.max_tokens, args.timeout_s)
-            )
+            load = asyncio.run(run_load(urls, prompts, plan, conc, args.max_tokens, args.timeout_s))
             time.sleep(1.5)  # the replicas' last stats writes
             after = read_stats(stats_dir)
     finally:
@@ -411,6 +629,8 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
     return {
         "target": target,
         "router": router,
+        "nodes": stack.nodes,
+        "workload": f"unique prompts of {unique} words" if unique else "shared system prompts",
         "replicas": replicas,
         "warmup_requests": warmup,
         "router_settings": {k: v for k, v in model.items() if k.startswith("router_")},
@@ -433,6 +653,7 @@ def bench_one(target: str, router: str, args, prompts: list[str], log_dir: Path)
         "hit_rate_per_replica": replica_hit_rates,
         "max_over_fair_share": (per_replica[0] / fair) if per_replica and fair else float("nan"),
         "forwarded": load["forwarded"],
+        "by_placement": by_placement(load["per_request"]),
     }
 
 
@@ -448,6 +669,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r['ttft_p99_s'] * 1000:>7.0f}ms {r['requests_per_s']:>6.1f} {r['output_tokens_per_s']:>7.0f}"
             f" {r['max_over_fair_share']:>8.2f} {r['errors']:>4} {r['forwarded']:>5}  {r['requests_per_replica']}"
         )
+        placed = r.get("by_placement", {})
+        if len(placed) == 2:
+            local, moved = placed["local"], placed["forwarded"]
+            lines.append(
+                f"{'':<13} local {local['requests']}: TTFT p50 {local['ttft_p50_s'] * 1000:.0f}ms,"
+                f" {local['tokens_per_s_per_request']:.1f} tok/s per request; forwarded {moved['requests']}:"
+                f" TTFT p50 {moved['ttft_p50_s'] * 1000:.0f}ms, {moved['tokens_per_s_per_request']:.1f} tok/s per"
+                f" request ({moved['tokens_per_s_per_request'] / local['tokens_per_s_per_request']:.2f}x)"
+            )
     return "\n".join(lines)
 
 
@@ -479,6 +709,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="unmeasured requests first (default 3 x concurrency; 0: measure the cold start)",
     )
+    p.add_argument(
+        "--unique-words",
+        type=int,
+        default=0,
+        help="the workload with no shared prefix: no system prompt, each request N random words of its own",
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="NODES",
+        help="run on the multi-node harness (tests/cluster.py, root): a head and NODES worker nodes",
+    )
     p.add_argument("--timeout-s", type=float, default=120)
     p.add_argument("--short", action="store_true", help="a quick run: fewer requests")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default loadtests/results/routing-<time>.json)")
@@ -499,24 +742,31 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "runs": [],
     }
-    for target in targets:
-        counter = sim_token_counter() if target == "sim" else vllm_token_counter()
-        prompts = system_prompts(args.prompts, args.system_tokens, counter)
-        rows = []
-        for router in routers:
-            print(f"[{target}] {router}: starting (log: {log_dir / f'serve-{target}-{router}.log'})", flush=True)
-            row = bench_one(target, router, args, prompts, log_dir)
-            row["system_prompt_tokens"] = [counter(t) for t in prompts]
-            rows.append(row)
-            report["runs"].append(row)
-            out.write_text(json.dumps(report, indent=2))
-        replicas = rows[0]["replicas"] if rows else 0
-        print(
-            f"\n== {target}: {replicas} replicas, {args.prompts} system prompts x ~{args.system_tokens} tokens,"
-            f" concurrency {rows[0]['concurrency'] if rows else 0}, {rows[0]['requests'] if rows else 0} requests,"
-            f" max_tokens {args.max_tokens}"
-        )
-        print(table(rows), flush=True)
+    stack = ClusterStack(args.cluster, args.port) if args.cluster else LocalStack(args.port, log_dir)
+    with stack:
+        for target in targets:
+            counter = sim_token_counter() if target == "sim" else vllm_token_counter()
+            prompts = system_prompts(args.prompts, args.system_tokens, counter)
+            rows = []
+            for router in routers:
+                print(f"[{target}] {router}: starting", flush=True)
+                row = bench_one(target, router, args, prompts, stack)
+                row["system_prompt_tokens"] = [counter(t) for t in prompts]
+                rows.append(row)
+                report["runs"].append(row)
+                out.write_text(json.dumps(report, indent=2))
+            replicas = rows[0]["replicas"] if rows else 0
+            workload = (
+                f"unique prompts of {args.unique_words} words"
+                if args.unique_words
+                else f"{args.prompts} system prompts x ~{args.system_tokens} tokens"
+            )
+            print(
+                f"\n== {target}: {replicas} replicas on {stack.nodes} node(s), {workload},"
+                f" concurrency {rows[0]['concurrency'] if rows else 0}, {rows[0]['requests'] if rows else 0} requests,"
+                f" max_tokens {args.max_tokens}"
+            )
+            print(table(rows), flush=True)
     print(f"\nwrote {out}")
     return 0
 

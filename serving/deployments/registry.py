@@ -197,3 +197,36 @@ class Reporter:
             await self._call(leave=replica_id)
         except Exception:
             logger.debug("could not leave the routing registry", exc_info=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m serving.deployments.registry APP [--watch S]`: the app's routing table as JSON lines.
+
+    What every entry point routes by, as the registry holds it: one line per
+    snapshot, `{"time": <unix s>, "endpoints": [...]}`, each endpoint with its
+    state, load and report age. Run where `ray.init()` reaches the cluster
+    (RAY_ADDRESS, or on a node of it). The app's forward token is not printed.
+    """
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m serving.deployments.registry", description=main.__doc__.split("\n")[0])
+    p.add_argument("app", help="the Serve application's name")
+    p.add_argument("--watch", type=float, default=0, metavar="S", help="a snapshot every S seconds until stopped")
+    args = p.parse_args(argv)
+    ray.init(namespace="serving", log_to_driver=False, logging_level="ERROR")
+    try:
+        actor = ray.get_actor(registry_name(args.app), namespace="serving")
+    except ValueError:
+        print(f"no routing registry for app {args.app!r} (no replica with request routing has reported)", flush=True)
+        return 1
+    while True:
+        endpoints = ray.get(actor.exchange.remote(), timeout=10)
+        print(json.dumps({"time": time.time(), "endpoints": endpoints}), flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,6 +19,12 @@ ones that way.)
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -155,3 +161,112 @@ def test_a_stream_forwarded_to_another_replica_streams(tmp_path):
             # 200 tokens at 5 ms: ~1 s of stream, in many pieces over that time.
             assert len(arrivals) > 20 and arrivals[-1] - arrivals[0] > 0.5, arrivals[:5]
         assert len(seen) == 2, seen
+
+
+class RegistryWatch:
+    """`python -m serving.deployments.registry APP --watch`: when each replica was first listed ready, draining."""
+
+    def __init__(self, server) -> None:
+        env = {**os.environ, "RAY_ADDRESS": "auto", "RAY_AUTH_MODE": "token"}
+        cmd = [sys.executable, "-m", "serving.deployments.registry", "routed", "--watch", "0.05"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.first: dict[tuple[str, str], float] = {}  # (replica id, state) -> first wall-clock time seen
+        self.listed: set[str] = set()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                snap = json.loads(line)
+                for e in snap["endpoints"]:
+                    self.first.setdefault((e["replica_id"], e["state"]), snap["time"])
+                self.listed = {e["replica_id"] for e in snap["endpoints"]}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def scaled(replicas: int) -> dict:
+    """config(2)'s app with the replica count set by Serve's own per-deployment override: the app's
+    arguments stay the same, so Serve adds or stops replicas beside the running ones (no rebuild)."""
+    data = config(2)
+    data["applications"][0]["deployments"] = [
+        {"name": f"llm-{MODEL}", "autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas}}
+    ]
+    return data
+
+
+def test_a_new_replica_gets_requests_from_existing_connections_and_a_draining_one_gets_none(tmp_path):
+    """Clients keep their pooled connections while the deployment goes 2 -> 3 -> 2 replicas.
+
+    The replica added gets requests entering at the old ones (the kernel gives it
+    no existing connection); the one Serve stops gets no request sent after it
+    started draining (plus one refresh). The times are printed; the targets
+    (1 s each) are the benchmark's, the bounds here are loose.
+    """
+    with start_stack(scaled(2), tmp_path / "serve.log") as server:
+        first = wait_for_replicas(2)
+        assert len(first) == 2
+        wait_until_routed(2)
+        watch = RegistryWatch(server)
+        client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", timeout=30)
+        done: list[tuple[float, str, str]] = []  # (wall time sent, entry, served by)
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def loop(worker: int) -> None:
+            i = 0
+            while not stop.is_set():
+                sent = time.time()
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model=MODEL, messages=[{"role": "user", "content": f"w{worker} q{i} {sent}"}], max_tokens=4
+                    )
+                    done.append((sent, raw.headers["x-serving-entry"], raw.headers[REPLICA_HEADER]))
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                i += 1
+
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                for w in range(4):
+                    pool.submit(loop, w)
+                time.sleep(2)
+                assert server.deploy(scaled(3)).returncode == 0
+                deadline = time.monotonic() + 120
+                while not (added := {r for _, _, r in done} - first) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert added, "no request reached a third replica"
+                (new,) = added
+                time.sleep(3)
+                assert server.deploy(scaled(2)).returncode == 0
+                deadline = time.monotonic() + 120
+                while not any(s == "draining" for _, s in watch.first) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(5)
+                stop.set()
+        finally:
+            stop.set()
+            watch.close()
+
+        ready_at = watch.first[(new, "ready")]
+        from_old = [(t, e) for t, e, r in done if r == new and e != new]
+        assert from_old, "the new replica got no request through an existing entry point"
+        joined = min(t for t, _ in from_old) - ready_at
+        (gone,) = {rid for rid, s in watch.first if s == "draining"}
+        draining_at = watch.first[(gone, "draining")]
+        after = [t - draining_at for t, _, r in done if r == gone and t > draining_at]
+        # Beside the old replicas, not instead of them: both served after the new one joined.
+        assert first <= {r for t, _, r in done if ready_at < t < draining_at}, "the scale-up replaced replicas"
+        assert any(r == gone for t, _, r in done if t < draining_at)
+        print(
+            f"\nnew replica: first request through an old entry point {joined:.2f} s after it was listed ready;"
+            f" draining replica: {len(after)} requests sent after its drain began, the last"
+            f" {max(after, default=0):.2f} s after; {len(done)} requests, {len(errors)} errors"
+        )
+        assert joined < 5, joined
+        assert max(after, default=0) < 3, after
+        assert not errors, errors[:3]
