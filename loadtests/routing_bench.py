@@ -3,22 +3,46 @@
     python -m loadtests.routing_bench                 # both targets, all routers
     python -m loadtests.routing_bench --short         # a quick run
     python -m loadtests.routing_bench --targets sim --routers power_of_two,prefix_aware
+    python -m loadtests.routing_bench --targets sim --cluster 3     # on 3 worker nodes (root)
+    python -m loadtests.routing_bench --targets sim --unique-words 250   # no shared prefix
 
 Workload: K distinct long system prompts (default 8 x ~1500 tokens, built
 offline from a seeded word list) x many short, unique user turns, sent as
 streamed chat completions at a fixed concurrency from one client with one
-connection pool. Routers: Serve's proxy path (`ingress: {mode: proxy}`) with
-each of its request routers (`power_of_two`, `round_robin`, `prefix_aware`),
-and the direct ingress with `routing: connection` (each request served where
-its connection landed: today's fast path before request routing) or
-`routing: request` (every request placed by serving/routing/scheduler.py;
-the `fwd` column counts those served by another replica than the one they
-entered at, from the response headers).
+connection pool. With `--unique-words N`, the workload routing cannot help
+with: no system prompt, each request N random words of its own.
 
-Targets, each started with `serve run` once per router:
+Routers:
+  power_of_two, round_robin, prefix_aware
+      Serve's proxy path (`ingress: {mode: proxy}`) with that request router.
+  connection
+      The direct ingress, `routing: connection`: each request served where its
+      connection landed (the fast path before request routing).
+  request
+      The direct ingress, `routing: request`: every request placed by
+      serving/routing/scheduler.py where it entered, forwarded as bytes when
+      its replica is another.
+  haproxy
+      HAProxy 2.6 (on PATH) configured by the benchmark, as a stack could run
+      it: one process in front of every replica's own port (from the routing
+      registry), consistent hashing of the body's first 512 bytes (the model
+      and the system prompt's start) with bounded loads (hash-balance-factor
+      150), the forward token set so that each replica serves what it gets.
+The `fwd` column counts requests served by another replica than the one they
+entered at (response headers); for `request` a second line compares the
+forwarded requests with the local ones of the same run.
+
+Targets:
   sim   8 replicas of the simulated engine (configs/sim-cluster.yaml's settings)
   vllm  2 replicas of the real vLLM CPU engine on the tiny model, prefix caching
         on and a small KV cache (--vllm-kv-mib) so that not every prompt fits
+
+Where: by default each router's config is started with `serve run` on this
+machine. With `--cluster N`, on the multi-node harness (tests/cluster.py): a
+head and N worker nodes, each in a network namespace with its own address,
+replicas spread over the workers (max_replicas_per_node), each config
+deployed with `serve deploy`; the client keeps one connection pool per worker
+node (as a Kubernetes Service spreads connections over pods).
 
 Per-replica counters come from the engines themselves: the replicas run the
 engines below (`engine: loadtests.routing_bench:Bench*Engine`), which write
@@ -451,7 +475,7 @@ def haproxy(addresses: list[str], token: str, port: int, log: Path) -> Iterator[
     cfg = log.with_suffix(".cfg")
     cfg.write_text(HAPROXY_CFG.format(bind=f"127.0.0.1:{port}", token=token, servers=servers))
     with open(log, "ab") as out:
-        proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)], stdout=out, stderr=out)
+        proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=out, stderr=out)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -734,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in routers:
         if r not in ROUTERS:
             p.error(f"unknown router {r!r}")
+    if HAPROXY in routers and not shutil.which("haproxy"):
+        p.error("the haproxy router needs HAProxy >= 2.6 on PATH (Debian: apt-get install haproxy)")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="routing-bench-logs-"))

@@ -45,7 +45,10 @@ def deprioritize_ray_control_plane(direct_ingress: bool) -> list[int]:
             if proc.info["uids"] is None or proc.info["uids"].real != uid or proc.pid == os.getpid():
                 continue
             text = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
-            if "VLLM::" in text or not any(p in text for p in patterns):
+            # A Ray worker still starting has no title (`ray::<actor>`) yet: its argv names the
+            # raylet's socket, the GCS, the dashboard's port, and it may become an LLM replica.
+            # Before this check, each replica reniced the replicas that started beside it.
+            if "VLLM::" in text or "default_worker.py" in text or not any(p in text for p in patterns):
                 continue
             if proc.nice() < NICENESS:
                 proc.nice(NICENESS)

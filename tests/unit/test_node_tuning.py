@@ -19,6 +19,9 @@ def fake_processes():
         "controller": "ray::ServeController",
         "engine": "VLLM::EngineCore raylet",  # an engine is never reniced, whatever else it says
         "ingress": "ray::ServeReplica:llm:ingress",
+        # A Ray worker before its title is set: it may become an LLM replica. Its argv names the raylet.
+        "starting": "ray/_private/workers/default_worker.py --raylet-name=/tmp/ray/session_1/sockets/raylet",
+        "replica": "ray::ServeReplica:llm:llm-tiny-llama",
         "other": "unrelated-job",
     }
     procs = {
@@ -44,6 +47,12 @@ def test_direct_mode_also_renices_the_ingress(fake_processes):
     p = fake_processes
     assert p["ingress"].nice() == NICENESS
     assert p["engine"].nice() == 0 and p["other"].nice() == 0
+
+
+def test_llm_replicas_are_never_reniced_not_even_while_they_start(fake_processes):
+    deprioritize_ray_control_plane(direct_ingress=True)
+    p = fake_processes
+    assert p["starting"].nice() == 0 and p["replica"].nice() == 0
 
 
 def test_never_raises_priority(fake_processes):
