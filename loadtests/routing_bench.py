@@ -28,6 +28,10 @@ Routers:
       registry), consistent hashing of the body's first 512 bytes (the model
       and the system prompt's start) with bounded loads (hash-balance-factor
       150), the forward token set so that each replica serves what it gets.
+  ray_haproxy
+      Ray 2.60's own HAProxy mode (RAY_SERVE_ENABLE_HA_PROXY=1, not with
+      --cluster): HAProxy (leastconn) in place of Serve's proxy, in front of
+      the ingress deployment, whose handle calls use the prefix-aware router.
 The `fwd` column counts requests served by another replica than the one they
 entered at (response headers); for `request` a second line compares the
 forwarded requests with the local ones of the same run.
@@ -89,7 +93,11 @@ DIRECT_ROUTING = ("connection", "request")
 # process" design): consistent hashing of the body's first bytes (model + system prompt)
 # with bounded loads, the forward token set so that each replica serves what it gets.
 HAPROXY = "haproxy"
-ROUTERS = PROXY_ROUTERS + DIRECT_ROUTING + (HAPROXY,)
+# Ray 2.60's own HAProxy mode (RAY_SERVE_ENABLE_HA_PROXY=1): HAProxy (leastconn) in place of
+# Serve's proxy, in front of the ingress deployment, which calls the model through a handle
+# placed by its prefix-aware router. This machine only (the cluster's nodes get no such env).
+RAY_HAPROXY = "ray_haproxy"
+ROUTERS = PROXY_ROUTERS + DIRECT_ROUTING + (HAPROXY, RAY_HAPROXY)
 APP = "routing-bench"
 MODEL = "bench-llm"
 
@@ -528,9 +536,10 @@ class LocalStack:
         )
 
     @contextlib.contextmanager
-    def serving(self, config: dict[str, Any], name: str) -> Iterator[list[str]]:
+    def serving(self, config: dict[str, Any], name: str, env: dict[str, str] | None = None) -> Iterator[list[str]]:
         ready = f"http://127.0.0.1:{self.port}/ready"
-        with ServeProcess.from_dict(config, ready, self.log_dir / f"serve-{name}.log").start(timeout_s=600):
+        log = self.log_dir / f"serve-{name}.log"
+        with ServeProcess.from_dict(config, ready, log, env).start(timeout_s=600):
             yield [f"http://127.0.0.1:{self.port}"]
 
 
@@ -565,8 +574,11 @@ class ClusterStack:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
 
     @contextlib.contextmanager
-    def serving(self, config: dict[str, Any], name: str) -> Iterator[list[str]]:
+    def serving(self, config: dict[str, Any], name: str, env: dict[str, str] | None = None) -> Iterator[list[str]]:
         import subprocess
+
+        if env:
+            raise ValueError("the cluster's nodes run with the environment they started with")
 
         from tests.cluster import SERVE
 
@@ -590,7 +602,8 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
     stats_dir = Path(tempfile.mkdtemp(prefix="routing-bench-stats-"))
     try:
         routing = "request" if router == HAPROXY else router if router in DIRECT_ROUTING else None
-        policy = "prefix_aware" if routing else router  # `request` placement reads the model's router_* settings
+        # `request` placement reads the model's router_* settings
+        policy = "prefix_aware" if routing or router == RAY_HAPROXY else router
         if target == "sim":
             replicas, conc, n = args.sim_replicas, args.sim_concurrency, args.sim_requests
             model = sim_model(policy, stats_dir, replicas)
@@ -607,7 +620,8 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
         plan = requests_plan(n, len(prompts), seed=args.seed, unique_words=unique)
         config = serve_config(model, args.port, routing, host=stack.host)
         with contextlib.ExitStack() as running:
-            urls = running.enter_context(stack.serving(config, f"{target}-{router}"))
+            env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if router == RAY_HAPROXY else None
+            urls = running.enter_context(stack.serving(config, f"{target}-{router}", env))
             wait_for_replicas(stats_dir, replicas)
             if router == HAPROXY:
                 addresses, token = routing_snapshot(stack, replicas)
@@ -758,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in routers:
         if r not in ROUTERS:
             p.error(f"unknown router {r!r}")
-    if HAPROXY in routers and not shutil.which("haproxy"):
+    if {HAPROXY, RAY_HAPROXY} & set(routers) and not shutil.which("haproxy"):
         p.error("the haproxy router needs HAProxy >= 2.6 on PATH (Debian: apt-get install haproxy)")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
