@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m serving.deployments.registry", description=main.__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m serving.deployments.registry", description="The app's routing table as JSON lines."
+    )
     p.add_argument("app", help="the Serve application's name")
     p.add_argument("--watch", type=float, default=0, metavar="S", help="a snapshot every S seconds until stopped")
     args = p.parse_args(argv)

@@ -162,6 +162,22 @@ def test_two_models_on_different_nodes_answer_on_every_node(make_cluster):
             assert text and finish, (base, model)
             assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0, (base, model)
 
+    # A request for the model the node it enters has no replica of: placed on the other node's
+    # replica and forwarded there as bytes (request routing), not through a Serve handle. Until
+    # the replicas' routing tables are filled (one registry refresh after they are ready), the
+    # handle serves it, without the placement header.
+    for base, model in ((w1.url(DIRECT), "sim-llm"), (w2.url(DIRECT), "tiny-llama")):
+        body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        deadline = time.monotonic() + 60
+        while True:
+            r = httpx.post(f"{base}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+            assert r.status_code == 200, r.text
+            served, entry = r.headers.get("x-serving-replica"), r.headers.get("x-serving-entry")
+            if served or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert served and entry and served != entry, (base, model, dict(r.headers))
+
 
 # -- node loss ----------------------------------------------------------------------
 
