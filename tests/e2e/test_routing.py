@@ -10,11 +10,10 @@ Before (connection-level balancing), one openai client with a connection pool
 sent all its requests to the replicas its connections had landed on: with 4
 threads against 4 replicas, 200 / 101 / 99 / 0 requests; replicas added later
 got nothing from it. The simulated engine: the host has 2 cores, and what is
-measured here is placement, not generation. (Not tested here: a replica added
-later getting requests from existing connections. A `serve deploy` rebuilds
-the app and replaced every replica here, even with only Serve's own
-per-deployment options changed, so a test cannot add replicas beside the old
-ones that way.)
+measured here is placement, not generation. Replicas are added and stopped
+beside the running ones with Serve's per-deployment override (`deployments:`
+in the app's config): a change under `args` is a new code version, and Serve
+replaces every replica for it.
 """
 
 from __future__ import annotations
