@@ -44,11 +44,14 @@ def deprioritize_ray_control_plane(direct_ingress: bool) -> list[int]:
         try:
             if proc.info["uids"] is None or proc.info["uids"].real != uid or proc.pid == os.getpid():
                 continue
-            text = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
-            # A Ray worker still starting has no title (`ray::<actor>`) yet: its argv names the
-            # raylet's socket, the GCS, the dashboard's port, and it may become an LLM replica.
-            # Before this check, each replica reniced the replicas that started beside it.
-            if "VLLM::" in text or "default_worker.py" in text or not any(p in text for p in patterns):
+            argv = proc.info["cmdline"] or [proc.info["name"] or ""]
+            text = " ".join(argv)
+            # A Ray worker still starting runs default_worker.py without its title (`ray::<actor>`)
+            # yet: its argv names the raylet's socket, and it may become an LLM replica. Before
+            # this check, each replica reniced the replicas that started beside it. (The raylet's
+            # own argv names default_worker.py too, further on: only the program counts.)
+            starting_worker = any(a.endswith("default_worker.py") for a in argv[:2])
+            if "VLLM::" in text or starting_worker or not any(p in text for p in patterns):
                 continue
             if proc.nice() < NICENESS:
                 proc.nice(NICENESS)

@@ -12,22 +12,26 @@ from serving.deployments.node_tuning import NICENESS, EngineCorePlacement, depri
 
 
 @pytest.fixture
-def fake_processes():
+def fake_processes(tmp_path):
     """Sleepers whose command lines look like Ray's processes (the renice matches command lines)."""
     names = {
         "gcs": "gcs_server",
+        # The raylet's argv names the worker command, default_worker.py included.
+        "raylet": "raylet --python_worker_command=python ray/_private/workers/default_worker.py",
         "controller": "ray::ServeController",
         "engine": "VLLM::EngineCore raylet",  # an engine is never reniced, whatever else it says
         "ingress": "ray::ServeReplica:llm:ingress",
-        # A Ray worker before its title is set: it may become an LLM replica. Its argv names the raylet.
-        "starting": "ray/_private/workers/default_worker.py --raylet-name=/tmp/ray/session_1/sockets/raylet",
         "replica": "ray::ServeReplica:llm:llm-tiny-llama",
         "other": "unrelated-job",
     }
-    procs = {
-        key: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", text])
-        for key, text in names.items()
-    }
+    sleep = "import time; time.sleep(60)"
+    procs = {key: subprocess.Popen([sys.executable, "-c", sleep, text]) for key, text in names.items()}
+    # A Ray worker before its title is set (it may become an LLM replica): default_worker.py is
+    # the program, and its argv names the raylet's socket.
+    worker = tmp_path / "default_worker.py"
+    worker.write_text(sleep)
+    raylet_socket = "--raylet-name=/tmp/ray/session_1/sockets/raylet"
+    procs["starting"] = subprocess.Popen([sys.executable, str(worker), raylet_socket])
     yield {key: psutil.Process(p.pid) for key, p in procs.items()}
     for p in procs.values():
         p.kill()
@@ -37,8 +41,8 @@ def fake_processes():
 def test_proxy_mode_renices_the_control_plane_only(fake_processes):
     changed = set(deprioritize_ray_control_plane(direct_ingress=False))
     p = fake_processes
-    assert {p["gcs"].pid, p["controller"].pid} <= changed
-    assert p["gcs"].nice() == NICENESS and p["controller"].nice() == NICENESS
+    assert {p["gcs"].pid, p["raylet"].pid, p["controller"].pid} <= changed
+    assert p["gcs"].nice() == NICENESS and p["raylet"].nice() == NICENESS and p["controller"].nice() == NICENESS
     assert p["engine"].nice() == 0 and p["ingress"].nice() == 0 and p["other"].nice() == 0
 
 
