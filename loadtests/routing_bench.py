@@ -67,6 +67,8 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -75,7 +77,7 @@ from typing import Any
 
 import yaml
 
-from loadtests.servers import ServeProcess
+from loadtests.servers import ManagedProcess, ServeProcess
 from loadtests.sse import aiter_events
 from serving.config import ModelConfig
 from serving.engine.simulator import SimulatedEngine, render_chat, tokenize
@@ -249,8 +251,6 @@ async def run_load(
     queue: asyncio.Queue = asyncio.Queue()
     for item in plan:
         queue.put_nowait(item)
-    ttfts: list[float] = []
-    latencies: list[float] = []
     errors: list[str] = []
     per_request: list[tuple[bool, float, float, int]] = []  # (forwarded, TTFT, latency, output tokens)
     tokens = 0
@@ -302,9 +302,7 @@ async def run_load(
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             if first is not None:
-                ttfts.append(first)
-                latencies.append(time.perf_counter() - t0)
-                per_request.append((moved, first, latencies[-1], completion))
+                per_request.append((moved, first, time.perf_counter() - t0, completion))
 
     per_client = -(-concurrency // len(base_urls))
     limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
@@ -318,8 +316,8 @@ async def run_load(
         await asyncio.wait_for(asyncio.gather(*workers), timeout=timeout_s * 4)
         wall = time.perf_counter() - t0
     return {
-        "ttfts": ttfts,
-        "latencies": latencies,
+        "ttfts": [r[1] for r in per_request],
+        "latencies": [r[2] for r in per_request],
         "errors": errors,
         "tokens": tokens,
         "wall_s": wall,
@@ -475,31 +473,18 @@ backend replicas
 """
 
 
-@contextlib.contextmanager
-def haproxy(addresses: list[str], token: str, port: int, log: Path) -> Iterator[str]:
-    import subprocess
+class HAProxyProcess(ManagedProcess):
+    """HAProxy in front of the replicas' own ports; ready once it answers /ready through a replica."""
 
-    servers = "\n".join(f"    server r{i} {a}" for i, a in enumerate(addresses))
-    cfg = log.with_suffix(".cfg")
-    cfg.write_text(HAPROXY_CFG.format(bind=f"127.0.0.1:{port}", token=token, servers=servers))
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=out, stderr=out)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"haproxy exited {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                import socket
+    def __init__(self, addresses: list[str], token: str, port: int, log_path: Path) -> None:
+        super().__init__(f"http://127.0.0.1:{port}/ready", log_path)
+        servers = "\n".join(f"    server r{i} {a}" for i, a in enumerate(addresses))
+        self.config = log_path.with_suffix(".cfg")
+        self.config.write_text(HAPROXY_CFG.format(bind=f"127.0.0.1:{port}", token=token, servers=servers))
+        self.url = f"http://127.0.0.1:{port}"
 
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    def command(self) -> list[str]:
+        return ["haproxy", "-db", "-f", str(self.config)]
 
 
 def wait_for_replicas(folder: Path, n: int, timeout_s: float = 600) -> None:
@@ -527,9 +512,6 @@ class LocalStack:
 
     def python(self, code: str):
         """Run `code` as a Ray driver of the running stack's cluster."""
-        import subprocess
-        import sys
-
         env = {**os.environ, "RAY_ADDRESS": "auto"}
         return subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
@@ -566,17 +548,12 @@ class ClusterStack:
 
     def python(self, code: str):
         """Run `code` as a Ray driver on the head node (in its namespace)."""
-        import subprocess
-        import sys
-
         env = {**os.environ, **self.cluster.ray_env(), "RAY_ADDRESS": self.cluster.gcs_address}
         cmd = ["ip", "netns", "exec", self.cluster.head.netns, sys.executable, "-c", code]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
 
     @contextlib.contextmanager
     def serving(self, config: dict[str, Any], name: str, env: dict[str, str] | None = None) -> Iterator[list[str]]:
-        import subprocess
-
         if env:
             raise ValueError("the cluster's nodes run with the environment they started with")
 
@@ -626,7 +603,7 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
             if router == HAPROXY:
                 addresses, token = routing_snapshot(stack, replicas)
                 log = Path(tempfile.mkdtemp(prefix="routing-bench-haproxy-")) / "haproxy.log"
-                urls = [running.enter_context(haproxy(addresses, token, args.port + 2, log))]
+                urls = [running.enter_context(HAProxyProcess(addresses, token, args.port + 2, log)).url]
             warmup = args.warmup if args.warmup is not None else 3 * conc
             if warmup:
                 # Steady state: the first cold prefills of every prompt are not measured.

@@ -165,12 +165,11 @@ def test_a_stream_forwarded_to_another_replica_streams(tmp_path):
 class RegistryWatch:
     """`python -m serving.deployments.registry APP --watch`: when each replica was first listed ready, draining."""
 
-    def __init__(self, server) -> None:
+    def __init__(self) -> None:
         env = {**os.environ, "RAY_ADDRESS": "auto", "RAY_AUTH_MODE": "token"}
         cmd = [sys.executable, "-m", "serving.deployments.registry", "routed", "--watch", "0.05"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         self.first: dict[tuple[str, str], float] = {}  # (replica id, state) -> first wall-clock time seen
-        self.listed: set[str] = set()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -181,7 +180,6 @@ class RegistryWatch:
                 snap = json.loads(line)
                 for e in snap["endpoints"]:
                     self.first.setdefault((e["replica_id"], e["state"]), snap["time"])
-                self.listed = {e["replica_id"] for e in snap["endpoints"]}
 
     def close(self) -> None:
         self.proc.kill()
@@ -210,7 +208,7 @@ def test_a_new_replica_gets_requests_from_existing_connections_and_a_draining_on
         first = wait_for_replicas(2)
         assert len(first) == 2
         wait_until_routed(2)
-        watch = RegistryWatch(server)
+        watch = RegistryWatch()
         client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", timeout=30)
         done: list[tuple[float, str, str]] = []  # (wall time sent, entry, served by)
         errors: list[str] = []
