@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -217,16 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--watch", type=float, default=0, metavar="S", help="a snapshot every S seconds until stopped")
     args = p.parse_args(argv)
     ray.init(namespace="serving", log_to_driver=False, logging_level="ERROR")
-    try:
-        actor = ray.get_actor(registry_name(args.app), namespace="serving")
-    except ValueError:
-        print(f"no routing registry for app {args.app!r} (no replica with request routing has reported)", flush=True)
-        return 1
+    actor = None
     while True:
-        endpoints = ray.get(actor.exchange.remote(), timeout=10)
-        print(json.dumps({"time": time.time(), "endpoints": endpoints}), flush=True)
-        if not args.watch:
-            return 0
+        # Watching rides out what a busy cluster does: a registry not made yet, a slow or
+        # restarting actor. Each miss is one line on stderr; one snapshot fails at once.
+        try:
+            if actor is None:
+                actor = ray.get_actor(registry_name(args.app), namespace="serving")
+            endpoints = ray.get(actor.exchange.remote(), timeout=10)
+        except ValueError:
+            message = f"no routing registry for app {args.app!r} (no replica with request routing has reported)"
+            if not args.watch:
+                print(message, flush=True)
+                return 1
+            print(message, file=sys.stderr, flush=True)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+            if not args.watch:
+                raise
+            print(f"registry not answering: {type(exc).__name__}", file=sys.stderr, flush=True)
+            actor = None
+        else:
+            print(json.dumps({"time": time.time(), "endpoints": endpoints}), flush=True)
+            if not args.watch:
+                return 0
         time.sleep(args.watch)
 
 

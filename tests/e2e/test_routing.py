@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -165,21 +166,53 @@ def test_a_stream_forwarded_to_another_replica_streams(tmp_path):
 class RegistryWatch:
     """`python -m serving.deployments.registry APP --watch`: when each replica was first listed ready, draining."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path, timeout_s: float = 60) -> None:
         env = {**os.environ, "RAY_ADDRESS": "auto", "RAY_AUTH_MODE": "token"}
         cmd = [sys.executable, "-m", "serving.deployments.registry", "routed", "--watch", "0.05"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.log = log
+        with log.open("w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         self.first: dict[tuple[str, str], float] = {}  # (replica id, state) -> first wall-clock time seen
+        self.snapshots = 0
+        self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        # Listening before anything changes (its ray.init took seconds in a loaded CI run).
+        deadline = time.monotonic() + timeout_s
+        while not self.snapshots and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not self.snapshots:
+            why = self.why()
+            self.close()
+            raise AssertionError(f"the registry watch printed nothing: {why}")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             with contextlib.suppress(ValueError):
                 snap = json.loads(line)
-                for e in snap["endpoints"]:
-                    self.first.setdefault((e["replica_id"], e["state"]), snap["time"])
+                with self._lock:
+                    for e in snap["endpoints"]:
+                        self.first.setdefault((e["replica_id"], e["state"]), snap["time"])
+                    self.snapshots += 1
+
+    def in_state(self, state: str) -> set[str]:
+        """The replicas listed in `state` at some point so far."""
+        with self._lock:
+            return {rid for rid, s in self.first if s == state}
+
+    def seen(self, replica_id: str, state: str) -> float:
+        """When the replica was first listed in `state`, or a failure saying what the watch saw."""
+        with self._lock:
+            at = self.first.get((replica_id, state))
+            listed = sorted(self.first)
+        if at is None:
+            raise AssertionError(f"{replica_id} never listed {state}; the watch saw {listed}: {self.why()}")
+        return at
+
+    def why(self) -> str:
+        alive = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+        return f"watch {alive} after {self.snapshots} snapshots, stderr: {self.log.read_text()[-2000:]!r}"
 
     def close(self) -> None:
         self.proc.kill()
@@ -208,7 +241,7 @@ def test_a_new_replica_gets_requests_from_existing_connections_and_a_draining_on
         first = wait_for_replicas(2)
         assert len(first) == 2
         wait_until_routed(2)
-        watch = RegistryWatch()
+        watch = RegistryWatch(tmp_path / "watch.log")
         client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", timeout=30)
         done: list[tuple[float, str, str]] = []  # (wall time sent, entry, served by)
         errors: list[str] = []
@@ -241,7 +274,7 @@ def test_a_new_replica_gets_requests_from_existing_connections_and_a_draining_on
                 time.sleep(3)
                 assert server.deploy(scaled(2)).returncode == 0
                 deadline = time.monotonic() + 120
-                while not any(s == "draining" for _, s in watch.first) and time.monotonic() < deadline:
+                while not watch.in_state("draining") and time.monotonic() < deadline:
                     time.sleep(0.2)
                 time.sleep(5)
                 stop.set()
@@ -249,12 +282,14 @@ def test_a_new_replica_gets_requests_from_existing_connections_and_a_draining_on
             stop.set()
             watch.close()
 
-        ready_at = watch.first[(new, "ready")]
+        ready_at = watch.seen(new, "ready")
         from_old = [(t, e) for t, e, r in done if r == new and e != new]
         assert from_old, "the new replica got no request through an existing entry point"
         joined = min(t for t, _ in from_old) - ready_at
-        (gone,) = {rid for rid, s in watch.first if s == "draining"}
-        draining_at = watch.first[(gone, "draining")]
+        draining = watch.in_state("draining")
+        assert len(draining) == 1, f"draining: {draining}; {watch.why()}"
+        (gone,) = draining
+        draining_at = watch.seen(gone, "draining")
         after = [t - draining_at for t, _, r in done if r == gone and t > draining_at]
         # Beside the old replicas, not instead of them: both served after the new one joined.
         assert first <= {r for t, _, r in done if ready_at < t < draining_at}, "the scale-up replaced replicas"
