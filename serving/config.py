@@ -131,6 +131,12 @@ class ModelConfig(Strict):
         "process to its worker's core, so their lockstep spins on one core, not two; released at half of it. "
         "0 = always, null = never (serving/deployments/node_tuning.py). No effect on GPU.",
     )
+    tool_parser: str | None = Field(
+        None,
+        description="vLLM's tool-call parser for the model's output (`hermes` for Qwen2.5 and the builtin tiny "
+        "model, `llama3_json`, `mistral`, ...): needed for `tool_choice: auto`; `required` and named functions "
+        "work without one (structured output).",
+    )
     deployment: DeploymentConfig = DeploymentConfig()
     router: Literal["power_of_two", "round_robin", "prefix_aware"] = Field(
         "power_of_two",

@@ -100,6 +100,7 @@ async def simulated_app(
         metrics=metrics,
         limits=limits,
         max_token_chars=info.max_token_chars,
+        tool_parser=info.tool_parser,
     )
     return InProcessApp(
         [serving], auth=auth, limits=limits, metrics=metrics, api_key=api_key, engine=engine, serving=serving

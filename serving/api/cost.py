@@ -50,10 +50,9 @@ def _depth(node: Any, limit: int) -> int:
     return deepest
 
 
-def check_schema(schema: dict[str, Any] | None, limits: LimitsConfig) -> None:
+def check_schema(schema: dict[str, Any] | None, limits: LimitsConfig, param: str = SCHEMA_PARAM) -> None:
     if schema is None:
         return
-    param = SCHEMA_PARAM
     size = len(encode_json(schema))
     if size > limits.max_schema_bytes:
         raise InvalidRequestError(
@@ -69,7 +68,7 @@ def check_schema(schema: dict[str, Any] | None, limits: LimitsConfig) -> None:
         )
 
 
-def validate_schema(schema: dict[str, Any]) -> None:
+def validate_schema(schema: dict[str, Any], param: str = SCHEMA_PARAM) -> None:
     """Whether `schema` is a valid JSON schema (draft 2020-12): slow on big schemas, so run off the loop.
 
     Every failure is the caller's: a `pattern` Python's `re` cannot compile
@@ -79,7 +78,6 @@ def validate_schema(schema: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
-    param = SCHEMA_PARAM
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:

@@ -14,13 +14,32 @@ import uuid
 from typing import Any, AsyncIterator, Callable
 
 from serving.api.backend import Generation
-from serving.api.cost import check_cost, request_schema, validate_schema
+from serving.api.cost import SCHEMA_PARAM, check_cost, request_schema, validate_schema
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.streaming import DONE, PIECE_BYTES, EncodedBody, closing, drain, first_then_rest, sse
 from serving.api.streaming import encode_json as _encode
+from serving.api.tools import (
+    CONSTRAINED,
+    CallsCollected,
+    ToolCallStream,
+    check_tools,
+    constrained_schema,
+    engine_messages,
+    engine_tools,
+    tool_call_json,
+    tool_schemas,
+)
 from serving.config import LimitsConfig
 from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
-from serving.errors import APIError, EngineError, OverloadedError, RequestTimeoutError, ShuttingDownError, unwrap
+from serving.errors import (
+    APIError,
+    EngineError,
+    InvalidRequestError,
+    OverloadedError,
+    RequestTimeoutError,
+    ShuttingDownError,
+    unwrap,
+)
 from serving.observability.logging import access_log
 from serving.observability.metrics import GenerationDone, Metrics, NullMetrics
 
@@ -31,6 +50,8 @@ def generation_params(req: ChatCompletionRequest | CompletionRequest) -> Generat
         fmt = req.response_format
         json_schema = fmt.json_schema.schema_ if fmt and fmt.type == "json_schema" and fmt.json_schema else None
         json_object = bool(fmt and fmt.type == "json_object")
+        if req.tools and req.tool_mode in CONSTRAINED:  # the call(s) it must make (serving/api/tools.py)
+            json_schema, json_object = constrained_schema(req), False
     else:
         logprobs, json_schema, json_object = req.logprobs, None, False
     return GenerationParams(
@@ -164,8 +185,14 @@ def encoded_body(head: dict[str, Any], choices: list[dict[str, Any]], logprobs: 
     return EncodedBody(parts, usage["total_tokens"])
 
 
-# A whole generation: texts, finish reasons and logprobs per choice, prompt and completion tokens.
-Collected = tuple[list[str], list[str | None], list[LogprobsParts] | None, int, int]
+# A whole generation: texts, finish reasons and logprobs per choice, prompt and completion tokens,
+# and each choice's tool calls when the request has tools.
+Collected = tuple[list[str], list[str | None], list[LogprobsParts] | None, int, int, list[CallsCollected] | None]
+
+
+def _validate_schemas(schemas: list[tuple[dict[str, Any], str]]) -> None:
+    for schema, param in schemas:
+        validate_schema(schema, param)
 
 
 class _Puller:
@@ -207,8 +234,10 @@ class OpenAIServing:
         metrics: Metrics | None = None,
         limits: LimitsConfig | None = None,
         max_token_chars: int | None = None,
+        tool_parser: str | None = None,
     ) -> None:
         self.engine = engine
+        self.tool_parser = tool_parser  # EngineInfo.tool_parser: who finds calls for `tool_choice: auto`
         self.model_id = model_id
         self.max_model_len = max_model_len
         self.max_in_flight = max_in_flight
@@ -274,8 +303,20 @@ class OpenAIServing:
     async def chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> Generation:
         check_cost(req, self.limits, self.max_model_len, self.max_token_chars)
         schema = request_schema(req)
-        if schema:
-            await asyncio.to_thread(validate_schema, schema)  # bounded by check_cost; Python, so the loop keeps going
+        schemas = [(schema, SCHEMA_PARAM)] if schema else []
+        if req.tools is not None or req.tool_choice is not None:
+            check_tools(req, self.limits)
+            schemas += tool_schemas(req)
+            if req.tool_mode == "auto" and self.tool_parser is None:
+                raise InvalidRequestError(
+                    f"The model '{self.model_id}' has no tool-call parser configured (models[].tool_parser), so it "
+                    "cannot choose whether to call a tool: send tool_choice 'required' or a named function, or "
+                    "'none'.",
+                    param="tool_choice",
+                    code="tool_choice_unsupported",
+                )
+        if schemas:  # bounded by check_cost; Python, so the loop keeps going
+            await asyncio.to_thread(_validate_schemas, schemas)
         request_id = request_id or uuid.uuid4().hex
         return await (self._chat_stream(req, request_id) if req.stream else self._chat(req, request_id))
 
@@ -320,16 +361,32 @@ class OpenAIServing:
     # -- chat -------------------------------------------------------------------
 
     def _chat_engine_request(self, req: ChatCompletionRequest, request_id: str) -> EngineRequest:
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return EngineRequest(request_id=request_id, params=generation_params(req), messages=messages)
+        params = generation_params(req)
+        if not req.tools:
+            messages = engine_messages(req)
+            return EngineRequest(request_id=request_id, params=params, messages=messages)
+        return EngineRequest(
+            request_id=request_id,
+            params=params,
+            messages=engine_messages(req),
+            tools=engine_tools(req),
+            parse_tool_calls=req.tool_mode == "auto",
+        )
 
     async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
-        texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
-            self._chat_engine_request(req, request_id), req.n
+        tools = ToolCallStream(req) if req.tools else None
+        texts, finish, logprobs, prompt_tokens, completion_tokens, calls = await self._collect(
+            self._chat_engine_request(req, request_id), req.n, tools
         )
         head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_id}  # fmt: skip
-        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}} for i in range(req.n)]
+        messages: list[dict[str, Any]] = [{"role": "assistant", "content": texts[i]} for i in range(req.n)]
+        if calls is not None:
+            for message, made in zip(messages, calls, strict=True):
+                if made.result():
+                    message["content"] = message["content"] or None
+                    message["tool_calls"] = made.result()
+        choices = [{"index": i, "message": messages[i]} for i in range(req.n)]
         usage = _usage(prompt_tokens, completion_tokens)
         if logprobs is not None:  # encoded already, in pieces
             return encoded_body(head, choices, logprobs, finish, usage)
@@ -368,6 +425,33 @@ class OpenAIServing:
                 )
             return b"data: " + head + b',"choices":' + _encode(choices) + tail
 
+        if req.tools:
+            tools = ToolCallStream(req)
+
+            def render_tools(out: EngineOutput, started: set[int]) -> bytes:
+                """As `render`, with each choice's content and tool-call deltas apart; a step with
+                nothing to send (a call not complete yet) sends nothing."""
+                choices = []
+                for c in out.choices:
+                    text, calls = tools.split(c)
+                    reason = tools.finish_reason(c)
+                    lp = _chat_logprobs(c.logprobs) if want_logprobs and c.logprobs else None
+                    if not text and not calls and reason is None and lp is None and c.index in started:
+                        continue
+                    delta: dict[str, Any] = {} if c.index in started else {"role": "assistant"}
+                    started.add(c.index)
+                    if calls:
+                        if text:
+                            delta["content"] = text
+                        delta["tool_calls"] = [tool_call_json(d) for d in calls]
+                    else:
+                        delta["content"] = text
+                    choices.append({"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": reason})
+                if not choices:
+                    return b""
+                return b"data: " + head + b',"choices":' + _encode(choices) + tail
+
+            return await first_then_rest(self._stream(engine_request, render_tools, req.usage_event, head))
         return await first_then_rest(self._stream(engine_request, render, req.usage_event, head))
 
     # -- completions ------------------------------------------------------------
@@ -383,7 +467,7 @@ class OpenAIServing:
         return EngineRequest(request_id=request_id, params=params, prompt=first)
 
     async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
-        texts, finish, logprobs, prompt_tokens, completion_tokens = await self._collect(
+        texts, finish, logprobs, prompt_tokens, completion_tokens, _ = await self._collect(
             self._completion_engine_request(req, request_id), req.n
         )
         head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
@@ -424,7 +508,7 @@ class OpenAIServing:
 
     # -- shared -----------------------------------------------------------------
 
-    async def _collect(self, request: EngineRequest, n: int) -> Collected:
+    async def _collect(self, request: EngineRequest, n: int, tools: ToolCallStream | None = None) -> Collected:
         self._admit()
         puller = _Puller(asyncio.current_task())
         self._active.add(puller)
@@ -432,7 +516,7 @@ class OpenAIServing:
         timing: dict[str, float | None] = {"first": None, "last": None, "queue_wait": None}
         status, result = "error", None
         try:
-            result = await asyncio.wait_for(self._collect_outputs(request, n, timing), self.timeout_s)
+            result = await asyncio.wait_for(self._collect_outputs(request, n, timing, tools), self.timeout_s)
             status = "ok"
             return result
         except TimeoutError:
@@ -461,11 +545,14 @@ class OpenAIServing:
                 completion_tokens,
             )
 
-    async def _collect_outputs(self, request: EngineRequest, n: int, timing: dict[str, float | None]) -> Collected:
+    async def _collect_outputs(
+        self, request: EngineRequest, n: int, timing: dict[str, float | None], tools: ToolCallStream | None
+    ) -> Collected:
         parts: list[list[str]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
         chat = request.messages is not None
         logprobs = [LogprobsParts(chat) for _ in range(n)] if request.params.logprobs is not None else None
+        calls = [CallsCollected() for _ in range(n)] if tools is not None else None
         prompt_tokens = completion_tokens = 0
         async with closing(self.engine.generate(request)) as outputs:
             async for out in outputs:
@@ -477,14 +564,21 @@ class OpenAIServing:
                     timing["queue_wait"] = out.queue_wait_s
                 prompt_tokens = out.prompt_tokens
                 for c in out.choices:
-                    parts[c.index].append(c.text)
                     completion_tokens += c.num_tokens
                     if c.logprobs and logprobs is not None:
                         logprobs[c.index].add(c.logprobs)
+                    if tools is not None and calls is not None:
+                        text, made = tools.split(c)
+                        parts[c.index].append(text)
+                        calls[c.index].add(made)
+                        if c.finish_reason is not None:
+                            finish[c.index] = tools.finish_reason(c)
+                        continue
+                    parts[c.index].append(c.text)
                     if c.finish_reason is not None:
                         finish[c.index] = c.finish_reason
         texts = ["".join(p) for p in parts]
-        return texts, finish, logprobs, prompt_tokens, completion_tokens
+        return texts, finish, logprobs, prompt_tokens, completion_tokens, calls
 
     async def _stream(
         self,
@@ -524,7 +618,10 @@ class OpenAIServing:
                     prompt_tokens = out.prompt_tokens
                     for c in out.choices:
                         completion_tokens += c.num_tokens
-                    yield render(out, started)
+                    chunk = render(out, started)
+                    if not chunk:
+                        continue  # nothing to send this step (an empty chunk would end a chunked body)
+                    yield chunk
                     sent = True
                     puller.task = current()
             status = "ok"

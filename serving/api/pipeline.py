@@ -60,6 +60,18 @@ GenerationRequest = TypeVar("GenerationRequest", ChatCompletionRequest, Completi
 _UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
+def _union_branch(part: str | int) -> bool:
+    """A part of a pydantic error location that names a union's branch, not a field: `str`,
+    `list[...]`, `literal['none','auto']`, a model class (`NamedToolChoice`); fields are lowercase."""
+    if not isinstance(part, str):
+        return False
+    return (
+        part in _UNION_BRANCHES
+        or part.startswith(("list[", "function-", "literal[", "dict["))
+        or (part[:1].isupper() and part.isidentifier())
+    )
+
+
 # A body cap that follows the models' context (`limits.max_body_bytes: null`): a fixed
 # 1 MB refused long-context prompts the model accepts. 16 bytes a token leaves room
 # for ~4 characters a token, JSON escapes and the message structure; a prompt too long
@@ -119,7 +131,7 @@ def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
         if err["type"] == "model_type" and not err["loc"]:
             raise InvalidRequestError("The request body must be a JSON object.") from None
         # Drop pydantic's union-branch names (messages.0.content.str -> messages.0.content).
-        loc = [str(p) for p in err["loc"] if p not in _UNION_BRANCHES and not str(p).startswith(("list[", "function-"))]
+        loc = [str(p) for p in err["loc"] if not _union_branch(p)]
         param = ".".join(loc) or None
         if err["type"] == "extra_forbidden":
             raise InvalidRequestError(

@@ -2,6 +2,12 @@
 
 Requests are strict (unknown fields are a 400, as OpenAI does) and carry the
 ranges OpenAI documents, so bad input is refused before any engine sees it.
+What real clients send is accepted: `null` for any optional field means unset
+(the spec allows it, and SDKs send it); the fields an assistant message has
+when a client replays a previous response (`model_dump()` of the SDK's message)
+are accepted; fields that cannot change what is generated (`IGNORED_FIELDS`,
+listed in the README) are accepted and ignored. A field that would change the
+result and that we cannot honour stays a 400 that names it.
 Responses are built as plain dicts in the serving modules for speed: streaming
 emits one chunk per engine step and a pydantic round-trip per chunk costs more
 than the rest of the hot path (see loadtests/PERFORMANCE.md).
@@ -9,14 +15,30 @@ than the rest of the hot path (see loadtests/PERFORMANCE.md).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
+
+
+MAX_TOOLS = 128  # as OpenAI
+
+# Accepted and ignored: they cannot change what is generated (README, "OpenAI fields").
+IGNORED_FIELDS = {
+    "chat": ("metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "user"),
+    "completions": ("user",),
+    "stream_options": ("include_obfuscation",),
+    "assistant message": ("refusal", "annotations", "audio (null)", "function_call (null)"),
+}
+
+
+def _null_is(default: Any) -> BeforeValidator:
+    """`null` for this field means unset: its default (a per-field call, nothing per token)."""
+    return BeforeValidator(lambda v: default if v is None else v)
 
 
 class _Strict(BaseModel):
@@ -28,15 +50,73 @@ class TextContentPart(_Strict):
     text: str
 
 
+class RefusalContentPart(_Strict):
+    """In a replayed assistant message: a refusal the model gave (kept as its text)."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    # Its JSON schema: shape here, size and validity checked as response_format's are
+    # (serving/api/tools.py). Omitted or null: a function without parameters.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Strict):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ToolCallFunction(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str  # JSON text, as OpenAI returns it
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextContentPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart | RefusalContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: the call this is the result of
+    # Replayed from a previous response, ignored: what it refused (its content says
+    # it), citations, and the legacy fields a response of ours never sets.
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: None = None
+    function_call: None = None
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a '{self.role}' message needs content")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an 'assistant' message may have tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs tool_call_id")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only a 'tool' message may have tool_call_id")
         return self
 
     def text(self) -> str:
@@ -44,11 +124,12 @@ class ChatMessage(_Strict):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text if isinstance(part, TextContentPart) else part.refusal for part in self.content)
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: Annotated[bool, _null_is(False)] = False
+    include_obfuscation: bool | None = None  # ignored: we add no obfuscation padding
 
 
 class JSONSchemaFormat(_Strict):
@@ -79,18 +160,18 @@ class _SamplingFields(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_N)
+    n: Annotated[int, _null_is(1)] = Field(default=1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    stream: bool = False
+    stream: Annotated[bool, _null_is(False)] = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = None  # ignored (IGNORED_FIELDS)
     # vLLM extensions that load tests and benchmarks rely on.
-    ignore_eos: bool = False
+    ignore_eos: Annotated[bool, _null_is(False)] = False
     top_k: int | None = Field(default=None, ge=-1)
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: Annotated[int, _null_is(0)] = Field(default=0, ge=0)
 
     @field_validator("stop")
     @classmethod
@@ -153,15 +234,34 @@ class _SamplingFields(_Strict):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
+    logprobs: Annotated[bool, _null_is(False)] = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Ignored (IGNORED_FIELDS): they cannot change what is generated.
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
 
     @model_validator(mode="after")
     def _logprobs_consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
+
+    @property
+    def tool_mode(self) -> str:
+        """'none', 'auto', 'required' or 'named' (a function named by tool_choice)."""
+        if not self.tools:
+            return "none"
+        choice = self.tool_choice
+        if choice is None:
+            return "auto"  # OpenAI's default when tools are given
+        return choice if isinstance(choice, str) else "named"
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -171,7 +271,7 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] = Field()
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
-    echo: bool = False
+    echo: Annotated[bool, _null_is(False)] = False
 
     @field_validator("prompt")
     @classmethod

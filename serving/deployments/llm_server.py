@@ -185,6 +185,7 @@ class LLMServer:
             metrics=self.metrics,
             limits=self.app_cfg.limits,
             max_token_chars=info.max_token_chars,
+            tool_parser=info.tool_parser,
         )
         if engine_watchdog.engine_processes(psutil.Process()):
             self._watchdog = engine_watchdog.start()  # reaps them if this replica dies without its shutdown

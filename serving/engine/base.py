@@ -13,6 +13,13 @@ An engine turns one `EngineRequest` into a stream of `EngineOutput`s:
 * Cancellation: cancelling the consuming task or closing the generator aborts
   the request inside the engine (frees its KV cache) before it returns.
 * Failures after the first yield raise `EngineError`/`EngineUnavailableError`.
+* Tools: a chat request's `tools` (OpenAI function definitions) are rendered
+  by the model's chat template, and its messages may carry `tool_calls` (with
+  `arguments` as JSON data) and `tool` results. With `parse_tool_calls`, the
+  engine finds the model's own tool-call syntax in its output (a parser chosen
+  per model): a choice's `text` is then only its content, and its calls come as
+  `ToolCallDelta`s (a call's first delta has its id and name, later ones add
+  pieces of its arguments' JSON). Without it, text is text, whatever it holds.
 
 `check_health()` raises when the engine cannot serve; `stats()` returns the
 engine's own counters for metrics and tests.
@@ -44,12 +51,22 @@ class GenerationParams:
 
 
 @dataclass(slots=True)
+class ToolCallDelta:
+    index: int  # the call's position among its choice's calls
+    id: str | None = None  # set on a call's first delta, with its name
+    name: str | None = None
+    arguments: str = ""  # the next piece of the arguments' JSON
+
+
+@dataclass(slots=True)
 class EngineRequest:
     request_id: str
     params: GenerationParams
     prompt: str | None = None  # completions
     prompt_token_ids: list[int] | None = None  # completions with a tokenized prompt
-    messages: list[dict[str, str]] | None = None  # chat: rendered by the model's template
+    messages: list[dict[str, Any]] | None = None  # chat: rendered by the model's template
+    tools: list[dict[str, Any]] | None = None  # chat: OpenAI tool definitions, for the template
+    parse_tool_calls: bool = False  # chat: find the model's tool calls in its output (see above)
 
 
 @dataclass(slots=True)
@@ -66,6 +83,7 @@ class ChoiceDelta:
     num_tokens: int
     finish_reason: str | None = None  # "stop" | "length" | None while running
     logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCallDelta] | None = None  # only with `parse_tool_calls`
 
 
 @dataclass(slots=True)
@@ -81,6 +99,9 @@ class EngineInfo:
     # The longest token of the vocabulary, in characters: prompt characters / this is a
     # lower bound on its tokens, so an over-long prompt is refused without tokenizing it.
     max_token_chars: int | None = None
+    # The tool-call parser the engine applies with `parse_tool_calls` (None: it has none,
+    # and `tool_choice: auto` is answered as text).
+    tool_parser: str | None = None
 
 
 class Engine(abc.ABC):

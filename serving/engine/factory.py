@@ -31,7 +31,7 @@ def make_engine(cfg: ModelConfig) -> Engine:
     if cfg.engine == "vllm":
         from serving.engine.vllm_engine import VLLMEngine
 
-        return VLLMEngine(resolve_source(cfg.source), cfg.id, cfg.engine_args)
+        return VLLMEngine(resolve_source(cfg.source), cfg.id, cfg.engine_args, tool_parser=cfg.tool_parser)
     if cfg.engine == "simulator":
         from serving.engine.simulator import SimulatedEngine
 
@@ -43,14 +43,21 @@ def make_engine(cfg: ModelConfig) -> Engine:
 
 
 def check_engine_args(cfg: AppConfig, where: str) -> None:
-    """Reject engine_args keys that vLLM's AsyncEngineArgs does not have (when vLLM is installed)."""
-    vllm_models = [m for m in cfg.models if m.engine == "vllm" and m.engine_args]
+    """Reject engine_args keys that vLLM's AsyncEngineArgs does not have, and tool parsers it does not
+    register (when vLLM is installed); a simulated model has no tool parser to choose."""
+    for i, m in enumerate(cfg.models):
+        if m.engine == "simulator" and m.tool_parser is not None:
+            raise ConfigError(
+                f"invalid config in {where}:\n  models.{i}.tool_parser: the simulator has its own (remove it)"
+            )
+    vllm_models = [m for m in cfg.models if m.engine == "vllm" and (m.engine_args or m.tool_parser)]
     if not vllm_models:
         return
     try:
-        from serving.engine.vllm_engine import engine_arg_names
+        from serving.engine.vllm_engine import engine_arg_names, tool_parser_names
 
         known = engine_arg_names()
+        parsers = tool_parser_names()
     except ImportError:
         return
     for i, m in enumerate(cfg.models):
@@ -60,6 +67,11 @@ def check_engine_args(cfg: AppConfig, where: str) -> None:
         if unknown:
             raise ConfigError(
                 f"invalid config in {where}:\n  models.{i}.engine_args: unknown vLLM engine argument(s) {unknown}"
+            )
+        if m.tool_parser is not None and m.tool_parser not in parsers:
+            raise ConfigError(
+                f"invalid config in {where}:\n  models.{i}.tool_parser: vLLM has no tool parser "
+                f"'{m.tool_parser}' (known: {', '.join(sorted(parsers))})"
             )
 
 

@@ -30,7 +30,14 @@ health) but generates deterministic filler text and spends its time in
   request's `seed` (or the prompt when `temperature` is 0), so the same
   request gives the same text; `n`, `stop`, `max_tokens`, `min_tokens`,
   `ignore_eos` (with `eos_probability`) and `logprobs` behave as in vLLM.
-  Structured output (`response_format`) is not simulated.
+* Structured output: with a JSON schema (or `json_object`), the text is the
+  schema's smallest instance (`schema_instance`: required properties only, the
+  first enum value or `anyOf` branch, `minItems` items), in tokens of
+  `chars_per_token` characters, then `stop`. Not a constrained sampler: enough
+  to carry forced tool calls and `response_format` through the serving path.
+* Tool calls (`parse_tool_calls`, its parser is named `simulator`): the model
+  "calls" the request's first tool with its parameters' smallest instance, as
+  `ToolCallDelta`s (the call's id and name, then its arguments in pieces).
 
 Configure it with `engine: simulator` and these names as `engine_args`
 (`SimulatedEngine.from_engine_args` rejects unknown keys).
@@ -41,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import random
 import re
 import time
@@ -55,6 +63,7 @@ from serving.engine.base import (
     EngineOutput,
     EngineRequest,
     TokenLogprob,
+    ToolCallDelta,
 )
 from serving.errors import (
     EngineError,
@@ -173,11 +182,57 @@ def _prompt_size(request: EngineRequest) -> int:
     return len(request.prompt or "")
 
 
-def render_chat(messages: list[dict[str, str]]) -> str:
-    """The tiny model's ChatML template, with the generation prompt."""
-    parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+def _script(request: EngineRequest) -> tuple[str | None, str | None]:
+    """(scripted text, the tool it calls) for structured output or a simulated tool call; (None, None) otherwise."""
+    p = request.params
+    if request.parse_tool_calls and request.tools:
+        function = request.tools[0]["function"]
+        return json.dumps(schema_instance(function.get("parameters") or {})), function["name"]
+    if p.json_schema is not None:
+        return json.dumps(schema_instance(p.json_schema), separators=(",", ":")), None
+    if p.json_object:
+        return "{}", None
+    return None, None
+
+
+def render_chat(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    """The tiny model's ChatML template, with the generation prompt (tools and calls as JSON lines)."""
+    parts = [f"<|im_start|>system\n<tools>{json.dumps(tools)}</tools><|im_end|>\n"] if tools else []
+    for m in messages:
+        calls = "".join(f"\n<tool_call>{json.dumps(c['function'])}</tool_call>" for c in m.get("tool_calls") or ())
+        parts.append(f"<|im_start|>{m['role']}\n{m['content']}{calls}<|im_end|>\n")
     parts.append("<|im_start|>assistant\n")
     return "".join(parts)
+
+
+def schema_instance(schema: Any, depth: int = 0) -> Any:
+    """The smallest JSON value `schema` accepts, as far as a simulator needs (no $ref, no patterns)."""
+    if not isinstance(schema, dict) or depth > 32:
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return schema_instance(schema[key][0], depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = kind[0] if kind else None
+    if kind == "object" or (kind is None and "properties" in schema):
+        props = schema.get("properties") or {}
+        return {k: schema_instance(props.get(k, {}), depth + 1) for k in schema.get("required") or ()}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), depth + 1) for _ in range(int(schema.get("minItems", 0)))]
+    if kind == "string":
+        return "s" * int(schema.get("minLength", 3))
+    if kind == "integer":
+        return int(schema.get("minimum", 0))
+    if kind == "number":
+        return float(schema.get("minimum", 0))
+    if kind == "boolean":
+        return True
+    return None
 
 
 def block_hashes(tokens: list, block_size: int) -> list[int]:
@@ -282,7 +337,7 @@ class SimulatedEngine(Engine):
             await asyncio.sleep(self.config.startup_delay_s)
         self._started_at = time.monotonic()
         self._shut_down = False
-        return EngineInfo(max_model_len=self.config.max_model_len)
+        return EngineInfo(max_model_len=self.config.max_model_len, tool_parser="simulator")
 
     def _dead(self) -> bool:
         if self._shut_down or self._started_at is None:
@@ -310,7 +365,7 @@ class SimulatedEngine(Engine):
 
     def _prompt_tokens(self, request: EngineRequest) -> list:
         if request.messages is not None:
-            return tokenize(render_chat(request.messages), self.config.chars_per_token)
+            return tokenize(render_chat(request.messages, request.tools), self.config.chars_per_token)
         if request.prompt_token_ids is not None:
             vocab = self.config.vocab_size
             if any(t < 0 or t >= vocab for t in request.prompt_token_ids):
@@ -361,6 +416,9 @@ class SimulatedEngine(Engine):
         stops = p.stop or []
         hold = max((len(s) for s in stops), default=1) - 1
         choices = self._choices(request, digest)
+        script, calls = _script(request)
+        if script is not None:
+            stops, hold = [], 0
 
         counters = self._counters
         counters["requests"] += 1
@@ -404,10 +462,13 @@ class SimulatedEngine(Engine):
                 for c in choices:
                     if c.finish_reason is not None:
                         continue
-                    token = vocab[c.rng.randrange(len(vocab))]
+                    if script is None:
+                        token = vocab[c.rng.randrange(len(vocab))]
+                    else:
+                        token = script[len(c.text) : len(c.text) + cfg.chars_per_token]
                     c.tokens += 1
                     c.text += token
-                    finish = None
+                    finish = "stop" if script is not None and len(c.text) >= len(script) else None
                     if stops:
                         window = c.text[-(len(token) + hold) :]
                         base = len(c.text) - len(window)
@@ -435,7 +496,14 @@ class SimulatedEngine(Engine):
                         c.finish_reason = finish
                         live -= 1
                         self._running_seqs -= 1
-                    deltas.append(ChoiceDelta(c.index, piece, 1, finish, logprobs))
+                    if calls is None:
+                        deltas.append(ChoiceDelta(c.index, piece, 1, finish, logprobs))
+                    else:  # a simulated tool call: the text is its arguments
+                        first = c.tokens == 1
+                        call = ToolCallDelta(
+                            0, f"call_sim{c.index}" if first else None, calls if first else None, piece
+                        )
+                        deltas.append(ChoiceDelta(c.index, "", 1, finish, logprobs, [call]))
                 counters["generation_tokens"] += len(deltas)
                 yield EngineOutput(prompt_tokens=prompt_tokens, choices=deltas)
             outcome = "requests_finished"

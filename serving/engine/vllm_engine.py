@@ -23,6 +23,7 @@ from serving.engine.base import (
     EngineRequest,
     GenerationParams,
     TokenLogprob,
+    ToolCallDelta,
 )
 from serving.errors import (
     EngineError,
@@ -128,11 +129,83 @@ def _prompt_chars(request: EngineRequest) -> int:
     return len(request.prompt or "")
 
 
+def tool_parser_names() -> set[str]:
+    """The names vLLM's tool-call parsers are registered under (`vllm/tool_parsers/__init__.py`),
+    read from the source as `engine_arg_names` does, or from the module where it cannot be."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("vllm is not installed")
+    path = Path(next(iter(spec.submodule_search_locations)), "tool_parsers", "__init__.py")
+    try:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_TOOL_PARSERS_TO_REGISTER" for t in node.targets
+            ):
+                return set(ast.literal_eval(node.value))
+    except (OSError, SyntaxError, ValueError):
+        pass
+    from vllm.tool_parsers import ToolParserManager
+
+    return set(ToolParserManager.lazy_parsers) | set(ToolParserManager.tool_parsers)
+
+
+class _ToolCallReader:
+    """One request's tool calls found by vLLM's parser for the model (one parser per choice: they keep state)."""
+
+    def __init__(self, parser_cls: Any, tokenizer: Any, model_config: Any, served_name: str, tools: list[dict]) -> None:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        self._parser_cls = parser_cls
+        self._tokenizer = tokenizer
+        self._model_config = model_config
+        # What vLLM's parsers read from a request: its tools (and, for some, skip_special_tokens).
+        self.request = ChatCompletionRequest(
+            model=served_name, messages=[{"role": "user", "content": ""}], tools=tools, tool_choice="auto"
+        )
+        self._parsers: dict[int, Any] = {}
+        self.skip_special_tokens = getattr(self._new().adjust_request(self.request), "skip_special_tokens", True)
+
+    def _new(self) -> Any:
+        return self._parser_cls(self._tokenizer, self.request.tools, model_config=self._model_config)
+
+    def split(self, output: Any, prompt_ids: list[int]) -> tuple[str, list[ToolCallDelta] | None]:
+        parser = self._parsers.get(output.index)
+        if parser is None:
+            parser = self._parsers[output.index] = self._new()
+        delta = parser.parse_delta(
+            delta_text=output.text,
+            delta_token_ids=list(output.token_ids),
+            request=self.request,
+            prompt_token_ids=prompt_ids,
+            finished=output.finish_reason is not None,
+        )
+        if delta is None:
+            return "", None
+        calls = [
+            ToolCallDelta(
+                index=t.index,
+                id=t.id,
+                name=t.function.name if t.function is not None else None,
+                arguments=(t.function.arguments or "") if t.function is not None else "",
+            )
+            for t in delta.tool_calls
+        ]
+        return delta.content or "", calls or None
+
+
 class VLLMEngine(Engine):
-    def __init__(self, model_path: str, served_model_name: str, engine_args: dict[str, Any]):
+    def __init__(
+        self, model_path: str, served_model_name: str, engine_args: dict[str, Any], tool_parser: str | None = None
+    ):
         self._model_path = model_path
         self._served_name = served_model_name
         self._engine_args = dict(engine_args)
+        self._tool_parser = tool_parser
+        self._parser_cls: Any = None
         self._llm: Any = None  # vllm's AsyncLLM, once started
         self._tokenizer: Any = None
         self._max_model_len = 0
@@ -158,12 +231,21 @@ class VLLMEngine(Engine):
         # BPE) or per code point (SentencePiece), so prompt characters / the longest token
         # bound its tokens from below; x2 leaves room for normalization merging characters.
         longest = max((len(t) for t in self._tokenizer.get_vocab()), default=1)
+        if self._tool_parser is not None:
+            from vllm.parser import ParserManager
+
+            self._parser_cls = ParserManager.get_parser(
+                tool_parser_name=self._tool_parser,
+                enable_auto_tools=True,
+                model_name=self._served_name,
+                tokenizer=self._tokenizer,
+            )
         await self._warm_up()
         # As vLLM's engine core does: move the start-up heap (torch, transformers,
         # Ray) out of the cyclic GC, whose full passes over it stalled streams.
         gc.collect()
         gc.freeze()
-        return EngineInfo(max_model_len=self._max_model_len, max_token_chars=2 * longest)
+        return EngineInfo(max_model_len=self._max_model_len, max_token_chars=2 * longest, tool_parser=self._tool_parser)
 
     async def _warm_up(self) -> None:
         """One tiny request down the logprobs path before serving: its first use paused the
@@ -182,7 +264,9 @@ class VLLMEngine(Engine):
     def _prompt_ids(self, request: EngineRequest) -> list[int]:
         if request.messages is not None:
             try:
-                ids = self._tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
+                ids = self._tokenizer.apply_chat_template(
+                    request.messages, tools=request.tools, tokenize=True, add_generation_prompt=True
+                )
             except Exception as exc:  # a template may reject a message order
                 raise InvalidRequestError(f"cannot apply the chat template: {exc}", param="messages") from None
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
@@ -198,7 +282,7 @@ class VLLMEngine(Engine):
         except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates
             raise InvalidRequestError(f"cannot tokenize the prompt: {exc}", param="prompt") from None
 
-    def _sampling_params(self, p: GenerationParams, max_tokens: int):
+    def _sampling_params(self, p: GenerationParams, max_tokens: int, skip_special_tokens: bool = True):
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         structured = None
@@ -223,6 +307,7 @@ class VLLMEngine(Engine):
             ignore_eos=p.ignore_eos,
             min_tokens=p.min_tokens,
             structured_outputs=structured,
+            skip_special_tokens=skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
         )
 
@@ -244,8 +329,18 @@ class VLLMEngine(Engine):
             raise err
         from vllm.exceptions import VLLMClientError
 
+        tools = None
+        if request.parse_tool_calls and request.tools and self._parser_cls is not None:
+            try:
+                tools = _ToolCallReader(
+                    self._parser_cls, self._tokenizer, self._llm.model_config, self._served_name, request.tools
+                )
+            except ValueError as exc:  # vLLM's own check of the tool definitions
+                raise InvalidRequestError(f"Invalid tools: {exc}", param="tools") from None
         try:
-            sampling = self._sampling_params(request.params, max_tokens or room)
+            sampling = self._sampling_params(
+                request.params, max_tokens or room, tools.skip_special_tokens if tools is not None else True
+            )
         except (ValueError, VLLMClientError) as exc:
             raise InvalidRequestError(str(exc)) from None
         want_logprobs = request.params.logprobs is not None
@@ -263,6 +358,9 @@ class VLLMEngine(Engine):
                     )
                     for o in out.outputs
                 ]
+                if tools is not None:
+                    for choice, o in zip(choices, out.outputs, strict=True):
+                        choice.text, choice.tool_calls = tools.split(o, ids)
                 queue_wait = None
                 if out.finished and out.metrics is not None and out.metrics.scheduled_ts:
                     queue_wait = max(0.0, out.metrics.scheduled_ts - out.metrics.queued_ts)

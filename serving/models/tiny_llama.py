@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-BUILD_VERSION = "v1"
+BUILD_VERSION = "v2"  # v2: the chat template renders tools, calls and their results
 MODEL_NAME = "tiny-llama"
 
 VOCAB_SIZE = 1024
@@ -31,9 +31,37 @@ MAX_POSITIONS = 4096
 SEED = 1234
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+# ChatML, with tools as Qwen2.5 (Hermes) renders them: the tools in a system message,
+# calls as <tool_call>{"name", "arguments"}</tool_call> (what vLLM's `hermes` parser
+# reads), results as <tool_response> in a user turn. Without tools it renders exactly
+# the plain ChatML of v1. (transformers renders with trim_blocks: a newline right after
+# a block tag is dropped, so none is written there.)
+_TOOLS_PREAMBLE = (
+    "<|im_start|>system\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+)
 CHAT_TEMPLATE = (
+    "{% if tools %}" + _TOOLS_PREAMBLE + "{% endif %}"
     "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "<|im_start|>assistant\n{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if not loop.first or message['content'] %}{{ '\\n' }}{% endif %}"
+    '<tool_call>\n{"name": "{{ call[\'function\'][\'name\'] }}", "arguments": '
+    "{{ call['function']['arguments'] | tojson }}}\n</tool_call>"
+    "{% endfor %}<|im_end|>\n"
+    "{% elif message['role'] == 'tool' %}"
+    "<|im_start|>user\n<tool_response>\n{{ message['content'] }}\n</tool_response><|im_end|>\n"
+    "{% else %}"
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )

@@ -70,6 +70,13 @@ def raw_chat(tail: bytes) -> bytes:
     return b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, ' + tail + b"}"
 
 
+def tool(name: str, parameters: Any = None) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
 def deep_schema(depth: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string"}
     for _ in range(depth):
@@ -130,7 +137,7 @@ CASES: list[Case] = [
     Case("messages-missing", 400, chat(messages=DROP), code="missing_required_parameter", param="messages"),
     Case("messages-null", 400, chat(messages=None), param="messages"),
     Case("message-is-string", 400, chat(messages=["hi"])),
-    Case("role-tool-unsupported", 400, chat(messages=[{"role": "tool", "content": "x"}]), param="messages.0.role"),
+    Case("role-unknown", 400, chat(messages=[{"role": "function", "content": "x"}]), param="messages.0.role"),
     Case("role-missing", 400, chat(messages=[{"content": "x"}]), code="missing_required_parameter"),
     Case("role-int", 400, chat(messages=[{"role": 1, "content": "x"}])),
     Case("content-number", 400, chat(messages=[{"role": "user", "content": 42}]), proxy=True),
@@ -279,11 +286,65 @@ CASES: list[Case] = [
     # -- unknown arguments ------------------------------------------------------------
     Case("unknown-argument", 400, chat(frobnicate=1), code="unknown_parameter", param="frobnicate", proxy=True),
     Case(
-        "unknown-argument-tools",
+        "unknown-argument-functions",  # the legacy form of tools: refused, with its name
         400,
-        chat(tools=[{"type": "function", "function": {"name": "f"}}]),
+        chat(functions=[{"name": "f"}]),
         code="unknown_parameter",
-        param="tools",
+        param="functions",
+    ),
+    # -- tools ------------------------------------------------------------------------
+    Case("tool-name-invalid", 400, chat(tools=[tool("get weather!")]), param="tools.0.function.name", proxy=True),
+    Case("tool-names-duplicate", 400, chat(tools=[tool("f"), tool("f")]), param="tools.1.function.name"),
+    Case("tool-type-unknown", 400, chat(tools=[{"type": "retrieval"}]), param="tools.0.type"),
+    Case(
+        "tool-parameters-invalid-schema",
+        400,
+        chat(tools=[tool("f", {"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}})]),
+        param="tools.0.function.parameters",
+        proxy=True,
+    ),
+    Case(
+        "tool-parameters-not-object",
+        400,
+        chat(tools=[tool("f", {"type": "array"})]),
+        param="tools.0.function.parameters",
+    ),
+    Case(
+        "tool-parameters-too-deep",
+        400,
+        chat(tools=[tool("f", {"type": "object", "properties": {"a": deep_schema(100)}})]),
+        code="schema_too_deep",
+        param="tools.0.function.parameters",
+    ),
+    Case("tool-choice-without-tools", 400, chat(tool_choice="required"), param="tool_choice"),
+    Case("tool-choice-unknown-string", 400, chat(tools=[tool("f")], tool_choice="always"), param="tool_choice"),
+    Case(
+        "tool-choice-names-missing-function",
+        400,
+        chat(tools=[tool("f")], tool_choice={"type": "function", "function": {"name": "g"}}),
+        param="tool_choice.function.name",
+        proxy=True,
+    ),
+    Case(
+        "tool-choice-forced-with-response-format",
+        400,
+        chat(tools=[tool("f")], tool_choice="required", response_format={"type": "json_object"}),
+        param="response_format",
+    ),
+    Case("tool-message-without-call-id", 400, chat(messages=[{"role": "tool", "content": "x"}]), param="messages.0"),
+    Case(
+        "tool-calls-arguments-not-string",
+        400,
+        chat(
+            messages=[
+                {"role": "user", "content": "x"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": {}}}],
+                },
+            ]
+        ),
+        param="messages.1.tool_calls.0.function.arguments",
     ),
     Case(
         "unknown-argument-completions",

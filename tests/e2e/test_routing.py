@@ -26,8 +26,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 from openai import OpenAI

@@ -172,3 +172,36 @@ def test_failed_build_leaves_nothing(monkeypatch, tmp_path):
         ensure_tiny_llama()
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
     assert not tiny_llama.model_dir().exists()
+
+
+def test_chat_template_renders_tools_calls_and_results(tokenizer):
+    """Qwen2.5's (Hermes) format, which vLLM's `hermes` parser reads back (tests/unit/test_vllm_tool_parser.py)."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nbe brief\n\n# Tools\n")
+    assert (
+        '\n<tools>\n{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}\n</tools>'
+        in text
+    )
+    assert text.count("<|im_start|>system") == 1  # the system message went into the tools preamble
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    ) in text
+    # without tools, a call-free conversation renders exactly as before (v1's plain ChatML)
+    plain = tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert (
+        plain == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nweather?<|im_end|>\n<|im_start|>assistant\n"
+    )
