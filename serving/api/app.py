@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import __version__
 from serving.api.backend import ModelRegistry
 from serving.api.middleware import RequestContext, error_response, internal_error_response, record_error
-from serving.api.routes import chat, completions, health, models
+from serving.api.routes import chat, completions, health, models, tokenize
 from serving.api.security import Authenticator, RateLimiter, load_api_keys
 from serving.config import AuthConfig, LimitsConfig, ObservabilityConfig
 from serving.errors import APIError, error_body, unwrap
@@ -73,7 +73,7 @@ def build_api(
     app.state.limiter = RateLimiter(app.state.limits)
     if auth.mode == "open":
         logger.warning("auth: open (from the config): the API checks no key, anyone who can reach it may use it")
-    for module in (health, models, chat, completions):
+    for module in (health, models, chat, completions, tokenize):
         app.include_router(module.router)
     _serve_self_contained_openapi(app)
     app.add_middleware(RequestContext, metrics=metrics or NullMetrics(), metered_paths=GENERATION_PATHS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Protocol, Sequence, Union
 
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serving.api.streaming import EncodedBody
 from serving.errors import ModelNotFoundError
 
@@ -33,6 +33,14 @@ class ModelBackend(Protocol):
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Generation: ...
 
     async def completions(self, req: CompletionRequest, request_id: str) -> Generation: ...
+
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        """POST /tokenize's answer: `count`, `max_model_len`, `tokens`, `token_strs`."""
+        ...
+
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        """POST /detokenize's answer: `prompt`."""
+        ...
 
     async def ready(self) -> bool:
         """True when the model's engine can serve."""

@@ -14,8 +14,8 @@ import uuid
 from typing import Any, AsyncIterator, Callable
 
 from serving.api.backend import Generation
-from serving.api.cost import SCHEMA_PARAM, check_cost, request_schema, validate_schema
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.cost import SCHEMA_PARAM, check_cost, check_schema, request_schema, validate_schema
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serving.api.streaming import DONE, PIECE_BYTES, EncodedBody, closing, drain, first_then_rest, sse
 from serving.api.streaming import encode_json as _encode
 from serving.api.tools import (
@@ -26,6 +26,7 @@ from serving.api.tools import (
     constrained_schema,
     engine_messages,
     engine_tools,
+    template_tools,
     tool_call_json,
     tool_schemas,
 )
@@ -325,6 +326,32 @@ class OpenAIServing:
         request_id = request_id or uuid.uuid4().hex
         return await (self._completions_stream(req, request_id) if req.stream else self._completions(req, request_id))
 
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        request = EngineRequest(request_id="tokenize", params=GenerationParams())
+        if req.messages is not None:
+            request.messages = engine_messages(req.messages)
+            request.tools = template_tools(req.tools) if req.tools else None
+            schemas = [
+                (t.function.parameters, f"tools.{i}.function.parameters")
+                for i, t in enumerate(req.tools or ())
+                if t.function.parameters
+            ]
+            for schema, param in schemas:
+                check_schema(schema, self.limits, param=param)
+        else:
+            request.prompt = req.prompt
+        try:
+            ids = await self.engine.tokenize(request, add_special_tokens=req.add_special_tokens is not False)
+        except NotImplementedError:
+            raise InvalidRequestError(f"The model '{self.model_id}' cannot tokenize.", status_code=501) from None
+        return {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids, "token_strs": None}
+
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        try:
+            return {"prompt": await self.engine.detokenize(req.tokens)}
+        except NotImplementedError:
+            raise InvalidRequestError(f"The model '{self.model_id}' cannot detokenize.", status_code=501) from None
+
     async def ready(self) -> bool:
         try:
             await self.engine.check_health()
@@ -363,12 +390,12 @@ class OpenAIServing:
     def _chat_engine_request(self, req: ChatCompletionRequest, request_id: str) -> EngineRequest:
         params = generation_params(req)
         if not req.tools:
-            messages = engine_messages(req)
+            messages = engine_messages(req.messages)
             return EngineRequest(request_id=request_id, params=params, messages=messages)
         return EngineRequest(
             request_id=request_id,
             params=params,
-            messages=engine_messages(req),
+            messages=engine_messages(req.messages),
             tools=engine_tools(req),
             parse_tool_calls=req.tool_mode == "auto",
         )

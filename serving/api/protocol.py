@@ -29,8 +29,19 @@ MAX_TOOLS = 128  # as OpenAI
 
 # Accepted and ignored: they cannot change what is generated (README, "OpenAI fields").
 IGNORED_FIELDS = {
-    "chat": ("metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "user"),
-    "completions": ("user",),
+    "chat": (
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "safety_identifier",
+        "user",
+        "prediction",
+        "modalities (['text'] only)",
+    ),
+    "completions": ("user", "best_of (null or 1)"),
     "stream_options": ("include_obfuscation",),
     "assistant message": ("refusal", "annotations", "audio (null)", "function_call (null)"),
 }
@@ -245,7 +256,11 @@ class ChatCompletionRequest(_SamplingFields):
     store: bool | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None  # our prefix cache keeps what its memory allows
+    prompt_cache_options: dict[str, Any] | None = None
     safety_identifier: str | None = None
+    prediction: dict[str, Any] | None = None  # a latency hint (predicted outputs): the output is the same
+    modalities: list[Literal["text"]] | None = None  # text is all we generate; asking for audio is a 400
 
     @model_validator(mode="after")
     def _logprobs_consistent(self) -> ChatCompletionRequest:
@@ -272,6 +287,7 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] = Field()
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: Annotated[bool, _null_is(False)] = False
+    best_of: Literal[1] | None = None  # more candidates than returned is not served (vLLM's V1 engine has none)
 
     @field_validator("prompt")
     @classmethod
@@ -292,3 +308,30 @@ class CompletionRequest(_SamplingFields):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+
+MAX_DETOKENIZE_TOKENS = 1_000_000
+
+
+class TokenizeRequest(_Strict):
+    """POST /tokenize, as vLLM serves it: a prompt, or chat messages (templated, with their tools, as generation
+    would see them; the generation prompt added). Exactly one of the two."""
+
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    tools: list[ChatTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    add_special_tokens: bool | None = None  # a prompt's BOS; default true (as vLLM)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send either 'prompt' or 'messages'")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("'tools' go with 'messages'")
+        return self
+
+
+class DetokenizeRequest(_Strict):
+    model: str = Field(min_length=1)
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_DETOKENIZE_TOKENS)

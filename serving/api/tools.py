@@ -28,7 +28,7 @@ import uuid
 from typing import Any
 
 from serving.api.cost import check_schema
-from serving.api.protocol import ChatCompletionRequest
+from serving.api.protocol import ChatCompletionRequest, ChatMessage, ChatTool
 from serving.config import LimitsConfig
 from serving.engine.base import ChoiceDelta, ToolCallDelta
 from serving.errors import InvalidRequestError
@@ -140,20 +140,24 @@ def engine_tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
     """The tools as the chat template gets them (OpenAI's shape), None when they must not be offered."""
     if req.tool_mode == "none" or not req.tools:
         return None
+    return template_tools(req.tools)
+
+
+def template_tools(tools: list[ChatTool]) -> list[dict[str, Any]]:
     return [
         {
             "type": "function",
             "function": t.function.model_dump(exclude_none=True) | {"parameters": parameters_of(t.function.parameters)},
         }
-        for t in req.tools
+        for t in tools
     ]
 
 
-def engine_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+def engine_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """The messages as the chat template gets them: text content; a call's arguments as JSON data (as vLLM
     hands them to templates, which write `arguments | tojson`), or the text when it is not JSON."""
     out: list[dict[str, Any]] = []
-    for m in req.messages:
+    for m in messages:
         message: dict[str, Any] = {"role": m.role, "content": m.text()}
         if m.name is not None:
             message["name"] = m.name

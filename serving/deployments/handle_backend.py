@@ -24,7 +24,7 @@ import logging
 from typing import Any, NoReturn
 
 from serving.api.backend import Generation
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
 from serving.api.streaming import EncodedBody, first_then_rest
 from serving.errors import EngineUnavailableError, OverloadedError, unwrap
@@ -89,6 +89,20 @@ class HandleBackend:
     async def completions(self, req: CompletionRequest, request_id: str) -> Generation:
         req._raw = None
         return await self._open(self.handle.options(stream=True).completions.remote(req, request_id), req.stream)
+
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await self.handle.tokenize.remote(req)
+        except Exception as exc:
+            _reraise(exc)
+        return result
+
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await self.handle.detokenize.remote(req)
+        except Exception as exc:
+            _reraise(exc)
+        return result
 
     async def stats(self) -> dict[str, float]:
         try:

@@ -21,7 +21,7 @@ import psutil
 from serving.api.app import build_api
 from serving.api.backend import Generation, ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serving.api.relay import RELAYS
 from serving.api.streaming import EncodedBody
 from serving.config import AppConfig, IngressConfig, ModelConfig
@@ -291,6 +291,12 @@ class LLMServer:
                 yield chunk
         finally:
             self._handle_streams.open -= 1
+
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        return await self._loop.run(self.serving.tokenize(req))
+
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        return await self._loop.run(self.serving.detokenize(req))
 
     async def ready(self) -> bool:
         await self._loop.run(self.serving.engine.check_health())

@@ -22,7 +22,9 @@ An engine turns one `EngineRequest` into a stream of `EngineOutput`s:
   pieces of its arguments' JSON). Without it, text is text, whatever it holds.
 
 `check_health()` raises when the engine cannot serve; `stats()` returns the
-engine's own counters for metrics and tests.
+engine's own counters for metrics and tests. `tokenize()` gives the token ids
+`generate()` would see for the same request's prompt (a chat templated, with
+its tools), and `detokenize()` their text: vLLM's /tokenize and /detokenize.
 """
 
 from __future__ import annotations
@@ -115,6 +117,14 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def check_health(self) -> None: ...
+
+    async def tokenize(self, request: EngineRequest, add_special_tokens: bool = True) -> list[int]:
+        """The prompt's token ids as `generate` sees them; `add_special_tokens` for a plain prompt (BOS)."""
+        raise NotImplementedError
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """The text of `token_ids` (an `InvalidRequestError` for an id outside the vocabulary)."""
+        raise NotImplementedError
 
     async def stats(self) -> dict[str, float]:
         """Counters for metrics and tests. Keys, where the engine has them: running,

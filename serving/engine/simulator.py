@@ -35,6 +35,8 @@ health) but generates deterministic filler text and spends its time in
   first enum value or `anyOf` branch, `minItems` items), in tokens of
   `chars_per_token` characters, then `stop`. Not a constrained sampler: enough
   to carry forced tool calls and `response_format` through the serving path.
+* /tokenize gives each toy token a stable id (a hash), /detokenize a
+  placeholder per id: counts are right, texts are not.
 * Tool calls (`parse_tool_calls`, its parser is named `simulator`): the model
   "calls" the request's first tool with its parameters' smallest instance, as
   `ToolCallDelta`s (the call's id and name, then its arguments in pieces).
@@ -52,6 +54,7 @@ import json
 import random
 import re
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -360,6 +363,18 @@ class SimulatedEngine(Engine):
 
     async def shutdown(self) -> None:
         self._shut_down = True
+
+    async def tokenize(self, request: EngineRequest, add_special_tokens: bool = True) -> list[int]:
+        """The toy tokens as ids (a stable hash of each; token-id prompts as given): their count is the usage's."""
+        tokens, _, _ = await asyncio.to_thread(self._prepare, request)
+        vocab = self.config.vocab_size
+        return [t if isinstance(t, int) else zlib.crc32(t.encode()) % vocab for t in tokens]
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        vocab = self.config.vocab_size
+        if any(t < 0 or t >= vocab for t in token_ids):
+            raise InvalidRequestError(f"token ids must be in [0, {vocab})", param="tokens")
+        return "".join(f"<{t}>" for t in token_ids)  # the hash is not reversible: a placeholder per token
 
     # -- requests ---------------------------------------------------------------
 

@@ -261,6 +261,25 @@ class VLLMEngine(Engine):
 
     # -- requests ---------------------------------------------------------------
 
+    async def tokenize(self, request: EngineRequest, add_special_tokens: bool = True) -> list[int]:
+        if self._tokenizer is None:
+            raise EngineUnavailableError("the engine has not started")
+        if request.prompt is not None and not add_special_tokens:
+            prompt = request.prompt
+            return list(await asyncio.to_thread(self._tokenizer.encode, prompt, add_special_tokens=False))
+        if _prompt_chars(request) <= INLINE_PROMPT_CHARS:
+            return self._prompt_ids(request)
+        return await asyncio.get_running_loop().run_in_executor(self._prepare, self._prompt_ids, request)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        if self._tokenizer is None:
+            raise EngineUnavailableError("the engine has not started")
+        vocab = len(self._tokenizer)
+        if any(t < 0 or t >= vocab for t in token_ids):
+            raise InvalidRequestError(f"token ids must be in [0, {vocab})", param="tokens")
+        text: str = await asyncio.get_running_loop().run_in_executor(self._prepare, self._tokenizer.decode, token_ids)
+        return text
+
     def _prompt_ids(self, request: EngineRequest) -> list[int]:
         if request.messages is not None:
             try:

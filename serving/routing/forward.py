@@ -47,7 +47,7 @@ from serving.api.forwarded import (
     entered_at,
     placed_on,
 )
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
 from serving.api.streaming import PIECE_BYTES, EncodedBody, aclose, first_then_rest
 from serving.errors import APIError, EngineUnavailableError
@@ -320,6 +320,21 @@ class RoutedBackend:
 
     def _own(self) -> ModelBackend | None:
         return self.local if self.local is not None else self.fallback
+
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        return await self._serving_backend().tokenize(req)
+
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        return await self._serving_backend().detokenize(req)
+
+    def _serving_backend(self) -> ModelBackend:
+        """Tokenizing is the model's, not a replica's: this replica's engine, or the model's deployment."""
+        own = self._own()
+        if own is None:
+            raise EngineUnavailableError(
+                f"No replica of model '{self.model_id}' could be reached; retry shortly.", code="replica_unavailable"
+            )
+        return own
 
     async def ready(self) -> bool:
         own = self._own()

@@ -228,3 +228,28 @@ def test_langchain_structured_output_by_function_calling(chat_model):
     # function calling: a named tool_choice, the model's schema enforced by structured output
     result = chat_model.with_structured_output(Weather, method="function_calling").invoke("Weather in Paris?")
     assert isinstance(result, Weather)
+
+
+# -- /tokenize and /detokenize: the model's own tokenizer ------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["direct", "proxy"])
+def test_tokenize_counts_what_generation_counts(dev_server, tokenizer, path):
+    import httpx
+
+    from tests.e2e.conftest import AUTH, PROXY_URL
+
+    base = DIRECT_URL if path == "direct" else PROXY_URL
+    with httpx.Client(base_url=base, headers=AUTH, timeout=60) as http:
+        r = http.post("/tokenize", json={"model": MODEL, "messages": ASK, "tools": [WEATHER]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["count"] == prompt_tokens(tokenizer, ASK, [WEATHER]) == len(body["tokens"])
+        assert body["max_model_len"] == 2048
+        text = "The quick brown fox."
+        r = http.post("/tokenize", json={"model": MODEL, "prompt": text, "add_special_tokens": False})
+        ids = r.json()["tokens"]
+        assert ids == tokenizer.encode(text, add_special_tokens=False)
+        assert http.post("/detokenize", json={"model": MODEL, "tokens": ids}).json() == {"prompt": text}
+        r = http.post("/detokenize", json={"model": MODEL, "tokens": [len(tokenizer) + 5]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"

@@ -85,7 +85,7 @@ def test_history_calls_reach_the_template_with_arguments_as_data():
             {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "sunny"}]},
         ]
     )
-    _, assistant, tool = engine_messages(req)
+    _, assistant, tool = engine_messages(req.messages)
     assert assistant["content"] == ""
     assert [c["function"]["arguments"] for c in assistant["tool_calls"]] == [{"city": "Oslo"}, "not json"]
     assert tool == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
