@@ -181,6 +181,18 @@ class ModelConfig(Strict):
         return "llm-" + re.sub(r"[^A-Za-z0-9-]", "-", self.id).lower()
 
 
+class ResponsesConfig(Strict):
+    """Stored responses of /v1/responses (`store: true`, OpenAI's default): shared by every replica of the app."""
+
+    ttl_s: float = Field(3600.0, gt=0, description="how long a stored response can be read or continued")
+    max_bytes: int = Field(
+        256 << 20, ge=1 << 20, description="all stored responses of the app, encoded; oldest dropped"
+    )
+    max_record_bytes: int = Field(
+        8 << 20, ge=1 << 10, description="one stored response with its conversation; a bigger one is not kept"
+    )
+
+
 class IngressConfig(Strict):
     """How HTTP reaches the models.
 
@@ -319,6 +331,7 @@ class AppConfig(Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:

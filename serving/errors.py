@@ -91,6 +91,14 @@ class ModelNotFoundError(APIError):
         )
 
 
+class NotFoundError(APIError):
+    """A stored object (a response) that does not exist, expired, or is another API key's."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    reason = "not_found"
+
+
 class AuthenticationError(APIError):
     status_code = 401
     error_type = "invalid_request_error"

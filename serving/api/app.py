@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import __version__
 from serving.api.backend import ModelRegistry
 from serving.api.middleware import RequestContext, error_response, internal_error_response, record_error
-from serving.api.routes import chat, completions, health, models, tokenize
+from serving.api.responses.store import MemoryResponseStore, ResponseStore
+from serving.api.routes import chat, completions, health, models, responses, tokenize
 from serving.api.security import Authenticator, RateLimiter, load_api_keys
 from serving.config import AuthConfig, LimitsConfig, ObservabilityConfig
 from serving.errors import APIError, error_body, unwrap
@@ -28,7 +29,7 @@ from serving.observability.metrics import Metrics, NullMetrics
 logger = logging.getLogger(__name__)
 
 # The routes whose requests are counted and logged one by one (RequestContext).
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 
 
 def _serve_self_contained_openapi(app: FastAPI) -> None:
@@ -58,6 +59,7 @@ def build_api(
     metrics: Metrics | None = None,
     forward_token: str | None = None,
     forward_port: int | None = None,
+    response_store: ResponseStore | None = None,
 ) -> FastAPI:
     """The app; `forward_token`: the secret that marks requests placed here by another entry point of the
     app, accepted only on `forward_port`, the replica's own listener (serving/api/forwarded.py)."""
@@ -67,13 +69,15 @@ def build_api(
     configure_access_log((observability or ObservabilityConfig()).access_log)
     auth = auth or AuthConfig()
     app.state.registry = registry
+    # Stored responses: the app's shared store where there is one (a Ray actor), this process's otherwise.
+    app.state.response_store = response_store if response_store is not None else MemoryResponseStore()
     # Fails closed: a named key source that gives no usable key stops the start-up here.
     app.state.authenticator = Authenticator(load_api_keys(auth))
     app.state.limits = limits or LimitsConfig()
     app.state.limiter = RateLimiter(app.state.limits)
     if auth.mode == "open":
         logger.warning("auth: open (from the config): the API checks no key, anyone who can reach it may use it")
-    for module in (health, models, chat, completions, tokenize):
+    for module in (health, models, chat, completions, responses, tokenize):
         app.include_router(module.router)
     _serve_self_contained_openapi(app)
     app.add_middleware(RequestContext, metrics=metrics or NullMetrics(), metered_paths=GENERATION_PATHS)

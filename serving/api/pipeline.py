@@ -21,7 +21,7 @@ factory turns them into OpenAI error bodies and the middleware counts them.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import msgspec
 from fastapi import Request
@@ -112,6 +112,19 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def _most_telling(errors: list[Any]) -> Any:
+    """The error to report of several (a union tries every branch): a wrong `type` tag first (the
+    item is of another kind), then the deepest location (the branch that got furthest), then the first."""
+
+    def rank(indexed: tuple[int, Any]) -> tuple[int, int, int]:
+        i, err = indexed
+        loc = [p for p in err["loc"] if not _union_branch(p)]
+        wrong_kind = bool(loc) and loc[-1] == "type" and err["type"] in ("literal_error", "union_tag_invalid")
+        return (0 if wrong_kind else 1, -len(loc), i)
+
+    return min(enumerate(errors), key=rank)[1]
+
+
 def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
     if content_type and "json" not in content_type.split(";")[0].strip().lower():
         raise InvalidRequestError(f"Content-Type must be application/json, got '{content_type}'", status_code=415)
@@ -124,7 +137,7 @@ def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
         # and the Rust parser refuses absurd nesting and numbers instead of recursing.
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        err = _most_telling(exc.errors(include_url=False))
         if err["type"] == "json_invalid":
             detail = err.get("ctx", {}).get("error", err["msg"])
             raise InvalidRequestError(f"The request body is not valid JSON: {detail}.") from None
@@ -202,9 +215,20 @@ async def run_generation(
     set_model(request, backend.model_id)  # only known ids become metric labels
     if forwarded(request):
         return await _serve_forwarded(request, req, backend, call)
-    limiter = state.limiter
+    return respond(await admitted_generation(request, caller, req, backend, call))
+
+
+async def admitted_generation(
+    request: Request,
+    caller: str,
+    req: GenerationRequest,
+    backend: ModelBackend,
+    call: Callable[[ModelBackend, GenerationRequest, str], Awaitable[Generation]],
+) -> Generation:
+    """Steps 7-8 for a parsed request (the generation routes, and /v1/responses for the chat it becomes)."""
+    limiter = request.app.state.limiter
     if not limiter.leases:
-        return respond(await until_disconnect(request, call(backend, req, engine_request_id(request))))
+        return await until_disconnect(request, call(backend, req, engine_request_id(request)))
     prompt, completion = worst_case_tokens(req, await backend.context_length())
     lease = limiter.reserve(caller, prompt, completion)
     hide_usage = bool(req.stream and not req.include_usage)
@@ -219,8 +243,8 @@ async def run_generation(
         raise
     if isinstance(result, (dict, EncodedBody)):
         lease.settle(_whole_body_tokens(result))
-        return respond(result)
-    return respond(_settled_stream(result, lease, hide_usage))
+        return result
+    return _settled_stream(result, lease, hide_usage)
 
 
 async def _serve_forwarded(

@@ -20,6 +20,7 @@ from serving.config import AppConfig
 from serving.deployments import serve_stop
 from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics
+from serving.deployments.response_store import RayResponseStore
 
 
 def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
@@ -34,6 +35,7 @@ def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
         cfg.limits,
         cfg.observability,
         metrics=RayMetrics(),  # makes its Ray instruments in the ingress replica, on first use
+        response_store=RayResponseStore(cfg.responses),  # the app's, found from the replica's context
     )
 
     # As long as the longest of the models' replicas: the streams relayed through a stopping

@@ -31,6 +31,7 @@ from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPS
 from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics, export_engine_stats
 from serving.deployments.registry import Reporter
+from serving.deployments.response_store import RayResponseStore
 from serving.engine.base import Engine
 from serving.engine.factory import make_engine
 from serving.routing.forward import PeerClient, RoutedBackend
@@ -228,6 +229,7 @@ class LLMServer:
                 metrics=self.metrics,
                 forward_token=self._forward_token if routed else None,
                 forward_port=own_port,
+                response_store=RayResponseStore(self.app_cfg.responses, app_name),
             )
             self._http = await DirectHTTPServer.start(
                 api,

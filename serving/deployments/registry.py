@@ -105,8 +105,16 @@ def registry_name(app_name: str) -> str:
 
 def registry_actor(app_name: str) -> Any:
     """The app's registry actor, made if it does not exist (on the head node where it can be)."""
+    global _actor_class
+    if _actor_class is None:
+        _actor_class = ray.remote(RoutingRegistry)
+    return _actor_class.options(**app_actor_options(registry_name(app_name))).remote()
+
+
+def app_actor_options(name: str) -> dict[str, Any]:
+    """A detached, named, CPU-less actor of the app, looked up if it exists, on the head node where it can be."""
     options: dict[str, Any] = {
-        "name": registry_name(app_name),
+        "name": name,
         "namespace": "serving",
         "lifetime": "detached",
         "get_if_exists": True,
@@ -121,11 +129,8 @@ def registry_actor(app_name: str) -> Any:
         if head is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head["NodeID"], soft=True)
     except Exception:  # placement is a preference only
-        logger.debug("no head node found for the routing registry", exc_info=True)
-    global _actor_class
-    if _actor_class is None:
-        _actor_class = ray.remote(RoutingRegistry)
-    return _actor_class.options(**options).remote()
+        logger.debug("no head node found for %s", name, exc_info=True)
+    return options
 
 
 _actor_class: Any = None

@@ -18,6 +18,7 @@ EXPECTED_REASONS = {
     "InvalidRequestError": "invalid_request",
     "PromptTooLongError": "context_length",
     "ModelNotFoundError": "model_not_found",
+    "NotFoundError": "not_found",
     "AuthenticationError": "auth",
     "RateLimitError": "rate_limit",
     "PayloadTooLargeError": "body_too_large",
