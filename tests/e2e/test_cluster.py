@@ -11,7 +11,8 @@ machine: no process (Ray's or vLLM's), namespace or link.
 
 * Two models on different nodes, the real vLLM engine on one: every node's
   direct ingress and Serve proxy answer both, `/v1/models` is the same
-  everywhere, streams cross nodes both ways.
+  everywhere, streams cross nodes both ways, a stored response made on one
+  node is read and continued on the others.
 * Node loss: a worker's whole process tree killed at once during load. Every
   node's direct ingress places requests on either worker's replica (request
   routing), so a request that entered at the surviving node may have been
@@ -177,6 +178,18 @@ def test_two_models_on_different_nodes_answer_on_every_node(make_cluster):
                 break
             time.sleep(0.5)
         assert served and entry and served != entry, (base, model, dict(r.headers))
+
+    # A stored response (/v1/responses) made on one node is read and continued on every other:
+    # the app's one response store (a Ray actor), not the replica that answered.
+    made_on = OpenAI(base_url=f"{w1.url(DIRECT)}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    first = made_on.responses.create(model="tiny-llama", input="hello", max_output_tokens=4)
+    for base in (w2.url(DIRECT), head.url(PROXY)):
+        elsewhere = OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+        assert elsewhere.responses.retrieve(first.id).output_text == first.output_text, base
+        follow = elsewhere.responses.create(
+            model="sim-llm", input="and?", previous_response_id=first.id, max_output_tokens=2
+        )
+        assert follow.previous_response_id == first.id and follow.usage.input_tokens > 0, base
 
 
 # -- node loss ----------------------------------------------------------------------
