@@ -238,7 +238,7 @@ class _SamplingFields(_Strict):
 
     def raw_body(self) -> bytes:
         if self._raw is None:
-            return self.model_dump_json(exclude_unset=True).encode()
+            return self.model_dump_json(exclude_unset=True, by_alias=True).encode()
         return self._raw
 
 

@@ -10,6 +10,7 @@ marked draining is not chosen). No Ray.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -304,3 +305,25 @@ async def test_events_are_reassembled_from_any_split_of_the_bytes():
     with pytest.raises(Exception, match="inside an event"):
         [c async for c in _events(truncated)]  # type: ignore[arg-type]
     assert truncated.closed
+
+
+async def test_a_response_placed_on_another_replica_goes_as_the_chat_it_amounts_to(replicas):
+    """/v1/responses at an entry point whose replica drains: its chat is forwarded as JSON the other replica
+    parses strictly (aliased fields such as `json_schema.schema` included), streamed or not."""
+    a, b = await replicas("a"), await replicas("b")
+    connect([a, b], a=DRAINING)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    body = {
+        "model": MODEL,
+        "input": "ok?",
+        "instructions": "JSON only.",
+        "text": {"format": {"type": "json_schema", "name": "answer", "schema": schema}},
+    }
+    async with httpx.AsyncClient(timeout=30) as http:
+        whole = await http.post(f"{a.url}/v1/responses", json=body, headers=AUTH)
+        streamed = await http.post(f"{a.url}/v1/responses", json={**body, "stream": True}, headers=AUTH)
+    assert whole.status_code == 200 and whole.headers[REPLICA_HEADER] == "b", whole.text
+    assert json.loads(whole.json()["output"][0]["content"][0]["text"]) == {"ok": True}
+    assert streamed.status_code == 200 and streamed.headers[REPLICA_HEADER] == "b", streamed.text
+    assert b"event: response.completed" in streamed.content
+    assert (await b.engine.stats())["requests"] == 2 and (await a.engine.stats())["requests"] == 0
