@@ -89,6 +89,9 @@ class PeerError(APIError):
         self._body = body
 
     def body(self) -> dict[str, Any]:
+        error = self._body.get("error")
+        if isinstance(error, dict) and error.get("param") != self.param:  # renamed where it entered (/v1/responses)
+            return {**self._body, "error": {**error, "param": self.param}}
         return self._body
 
 

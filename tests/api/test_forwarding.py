@@ -327,3 +327,15 @@ async def test_a_response_placed_on_another_replica_goes_as_the_chat_it_amounts_
     assert streamed.status_code == 200 and streamed.headers[REPLICA_HEADER] == "b", streamed.text
     assert b"event: response.completed" in streamed.content
     assert (await b.engine.stats())["requests"] == 2 and (await a.engine.stats())["requests"] == 0
+
+
+async def test_a_forwarded_refusal_names_the_parameter_as_the_responses_client_sent_it(replicas):
+    a, b = await replicas("a"), await replicas("b")
+    connect([a, b], a=DRAINING)
+    fmt = {"type": "json_schema", "name": "x", "schema": {"type": "string", "pattern": "("}}
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(
+            f"{a.url}/v1/responses", json={"model": MODEL, "input": "x", "text": {"format": fmt}}, headers=AUTH
+        )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema", r.text
+    assert (await b.engine.stats())["requests"] == 0  # refused by b before its engine

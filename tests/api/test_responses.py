@@ -195,6 +195,14 @@ BAD = [
     ({"tools": [{"type": "web_search"}]}, 400, "tools.0.type"),
     ({"previous_response_id": "resp_nope"}, 404, "previous_response_id"),
     ({"frobnicate": 1}, 400, "frobnicate"),
+    ({"tools": [{**WEATHER, "parameters": {"type": "object", "minProperties": -1}}]}, 400, "tools.0.parameters"),
+    ({"tools": [WEATHER, WEATHER]}, 400, "tools.1.name"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, 400, "tool_choice.name"),
+    (
+        {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "pattern": "("}}}},
+        400,
+        "text.format.schema",
+    ),
 ]
 
 

@@ -60,6 +60,14 @@ def chat(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not DROP}
 
 
+RESPONSES_PATH = "/v1/responses"
+
+
+def response(**fields: Any) -> dict[str, Any]:
+    body = {"model": MODEL, "input": "hi", "max_output_tokens": 2, **fields}
+    return {k: v for k, v in body.items() if v is not DROP}
+
+
 def completion(**fields: Any) -> dict[str, Any]:
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, **fields}
     return {k: v for k, v in body.items() if v is not DROP}
@@ -354,6 +362,53 @@ CASES: list[Case] = [
         code="unknown_parameter",
         param="suffix",
     ),
+    # -- /v1/responses ----------------------------------------------------------------
+    Case("responses-input-missing", 400, response(input=DROP), path=RESPONSES_PATH, param="input", proxy=True),
+    Case("responses-input-empty", 400, response(input=[]), path=RESPONSES_PATH, param="input"),
+    Case(
+        "responses-input-item-unknown",
+        400,
+        response(input=[{"type": "image", "url": "x"}]),
+        path=RESPONSES_PATH,
+        param="input.0",
+    ),
+    Case(
+        "responses-builtin-tool",
+        400,
+        response(tools=[{"type": "web_search"}]),
+        path=RESPONSES_PATH,
+        param="tools.0.type",
+    ),
+    Case("responses-background", 400, response(background=True), path=RESPONSES_PATH, param="background"),
+    Case("responses-truncation-auto", 400, response(truncation="auto"), path=RESPONSES_PATH, param="truncation"),
+    Case(
+        "responses-json-schema-without-schema",
+        400,
+        response(text={"format": {"type": "json_schema", "name": "x"}}),
+        path=RESPONSES_PATH,
+        param="text.format",
+    ),
+    Case(
+        "responses-schema-invalid",
+        400,
+        response(text={"format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "pattern": "("}}}),
+        path=RESPONSES_PATH,
+        param="text.format.schema",
+        proxy=True,
+    ),
+    Case(
+        "responses-previous-unknown",
+        404,
+        response(previous_response_id="resp_does_not_exist"),
+        path=RESPONSES_PATH,
+        code="response_not_found",
+        param="previous_response_id",
+        proxy=True,
+    ),
+    Case(
+        "responses-max-output-zero", 400, response(max_output_tokens=0), path=RESPONSES_PATH, param="max_output_tokens"
+    ),
+    Case("responses-get-unknown", 404, None, path="/v1/responses/resp_nope", method="GET", code="response_not_found"),
     # -- strings the engine must survive: served or refused, never a 5xx --------------
     Case("nul-in-content", OK_OR_4XX, chat(messages=[{"role": "user", "content": "a\u0000b"}]), proxy=True),
     Case("nul-in-prompt", OK_OR_4XX, completion(prompt="a\u0000b"), path=COMPLETIONS_PATH),

@@ -110,6 +110,30 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[ChatC
     return chat, conversation
 
 
+_PARAMS = (  # a chat request's parameter -> the Responses request's, for errors raised by the chat path
+    ("response_format.json_schema.schema", "text.format.schema"),
+    ("response_format", "text.format"),
+    ("max_completion_tokens", "max_output_tokens"),
+    ("max_tokens", "max_output_tokens"),
+    ("messages", "input"),
+    ("tool_choice.function.", "tool_choice."),
+)
+
+
+def responses_param(param: str | None) -> str | None:
+    """The name a Responses client knows for a parameter the chat path named (`tools.0.function.parameters`
+    is `tools.0.parameters`, `response_format.json_schema.schema` is `text.format.schema`, ...)."""
+    if param is None:
+        return None
+    for chat, ours in _PARAMS:
+        if param.startswith(chat):
+            return ours + param[len(chat) :]
+    parts = param.split(".")
+    if len(parts) >= 3 and parts[0] == "tools" and parts[2] == "function":
+        return ".".join([*parts[:2], *parts[3:]])
+    return param
+
+
 def _usage(chat_usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not chat_usage:
         return None

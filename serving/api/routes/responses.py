@@ -15,10 +15,10 @@ from serving.api.dependencies import AdmittedCaller, Caller
 from serving.api.middleware import set_model
 from serving.api.pipeline import admitted_generation, max_body_bytes, parse_json_model, read_body, respond
 from serving.api.responses.protocol import ResponsesRequest
-from serving.api.responses.serving import ResponseEvents, new_id, now, response_of, to_chat
+from serving.api.responses.serving import ResponseEvents, new_id, now, response_of, responses_param, to_chat
 from serving.api.routes import json_body_schema
 from serving.api.streaming import EncodedBody, encode_json
-from serving.errors import NotFoundError
+from serving.errors import APIError, NotFoundError
 
 router = APIRouter()
 
@@ -47,7 +47,11 @@ async def create_response(request: Request, caller: AdmittedCaller) -> Response:
         history = previous["conversation"]
     chat, conversation = to_chat(req, history)
     response_id, created_at = new_id("resp"), now()
-    result = await admitted_generation(request, caller, chat, backend, lambda b, r, rid: b.chat(r, rid))
+    try:
+        result = await admitted_generation(request, caller, chat, backend, lambda b, r, rid: b.chat(r, rid))
+    except APIError as exc:
+        exc.param = responses_param(exc.param)  # named as the client sent it
+        raise
     if isinstance(result, (dict, EncodedBody)):
         body = result if isinstance(result, dict) else msgspec.json.decode(result.join())
         response, record = response_of(req, body, response_id, created_at, conversation)
