@@ -91,15 +91,14 @@ class HandleBackend:
         return await self._open(self.handle.options(stream=True).completions.remote(req, request_id), req.stream)
 
     async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
-        try:
-            result: dict[str, Any] = await self.handle.tokenize.remote(req)
-        except Exception as exc:
-            _reraise(exc)
-        return result
+        return await self._unary("tokenize", req)
 
     async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        return await self._unary("detokenize", req)
+
+    async def _unary(self, method: str, req: Any) -> dict[str, Any]:
         try:
-            result: dict[str, Any] = await self.handle.detokenize.remote(req)
+            result: dict[str, Any] = await getattr(self.handle, method).remote(req)
         except Exception as exc:
             _reraise(exc)
         return result

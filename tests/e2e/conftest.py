@@ -76,6 +76,12 @@ def client(dev_server):
 
 
 @pytest.fixture(scope="session")
+def proxy_client(dev_server):
+    """Serve's proxy path of the dev stack (another process than the direct ingress: the ingress deployment's)."""
+    return OpenAI(base_url=f"{PROXY_URL}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
 def any_client(base_url):
     """The same tests through the direct ingress and through Serve's proxy path."""
     return OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0, timeout=60)

@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import API_KEY, DIRECT_URL, OTHER_KEY, PROXY_URL
+from tests.e2e.conftest import DIRECT_URL, OTHER_KEY
 
 MODEL = "tiny-llama"
 WEATHER = {
@@ -42,13 +42,13 @@ def prompt_tokens(messages) -> int:
 
 
 @pytest.fixture(scope="module")
-def direct(dev_server):
-    return OpenAI(base_url=f"{DIRECT_URL}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+def direct(client):
+    return client
 
 
 @pytest.fixture(scope="module")
-def proxy(dev_server):
-    return OpenAI(base_url=f"{PROXY_URL}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+def proxy(proxy_client):
+    return proxy_client
 
 
 def test_stored_on_one_path_read_and_continued_on_the_other(direct, proxy):

@@ -5,9 +5,12 @@ A chat is templated as generation would template it (its tools included), so
 requests-per-minute bucket as generation; nothing generated, so no tokens charged.
 """
 
+from typing import TypeVar
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from serving.api.backend import ModelBackend
 from serving.api.dependencies import AdmittedCaller
 from serving.api.middleware import set_model
 from serving.api.pipeline import max_body_bytes, parse_json_model, read_body, until_disconnect
@@ -18,21 +21,26 @@ from serving.api.streaming import encode_json
 router = APIRouter()
 
 
-@router.post("/tokenize", openapi_extra=json_body_schema(TokenizeRequest))
-async def tokenize(request: Request, caller: AdmittedCaller) -> Response:
+M = TypeVar("M", TokenizeRequest, DetokenizeRequest)
+
+
+async def _parsed(request: Request, model: type[M]) -> tuple[M, ModelBackend]:
     raw = await read_body(request, await max_body_bytes(request.app.state))
-    req = parse_json_model(raw, request.headers.get("content-type", ""), TokenizeRequest)
+    req = parse_json_model(raw, request.headers.get("content-type", ""), model)
     backend = request.app.state.registry.get(req.model)
     set_model(request, backend.model_id)
+    return req, backend
+
+
+@router.post("/tokenize", openapi_extra=json_body_schema(TokenizeRequest))
+async def tokenize(request: Request, caller: AdmittedCaller) -> Response:
+    req, backend = await _parsed(request, TokenizeRequest)
     return Response(encode_json(await until_disconnect(request, backend.tokenize(req))), media_type="application/json")
 
 
 @router.post("/detokenize", openapi_extra=json_body_schema(DetokenizeRequest))
 async def detokenize(request: Request, caller: AdmittedCaller) -> Response:
-    raw = await read_body(request, await max_body_bytes(request.app.state))
-    req = parse_json_model(raw, request.headers.get("content-type", ""), DetokenizeRequest)
-    backend = request.app.state.registry.get(req.model)
-    set_model(request, backend.model_id)
+    req, backend = await _parsed(request, DetokenizeRequest)
     return Response(
         encode_json(await until_disconnect(request, backend.detokenize(req))), media_type="application/json"
     )
