@@ -26,6 +26,7 @@ from serving.api.tools import (
     constrained_schema,
     engine_messages,
     engine_tools,
+    function_call_json,
     template_tools,
     tool_call_json,
     tool_schemas,
@@ -412,7 +413,10 @@ class OpenAIServing:
             for message, made in zip(messages, calls, strict=True):
                 if made.result():
                     message["content"] = message["content"] or None
-                    message["tool_calls"] = made.result()
+                    if req.legacy_functions:  # one call, in the legacy shape
+                        message["function_call"] = made.result()[0]["function"]
+                    else:
+                        message["tool_calls"] = made.result()
         choices = [{"index": i, "message": messages[i]} for i in range(req.n)]
         usage = _usage(prompt_tokens, completion_tokens)
         if logprobs is not None:  # encoded already, in pieces
@@ -454,6 +458,7 @@ class OpenAIServing:
 
         if req.tools:
             tools = ToolCallStream(req)
+            legacy = req.legacy_functions
 
             def render_tools(out: EngineOutput, started: set[int]) -> bytes:
                 """As `render`, with each choice's content and tool-call deltas apart; a step with
@@ -470,7 +475,12 @@ class OpenAIServing:
                     if calls:
                         if text:
                             delta["content"] = text
-                        delta["tool_calls"] = [tool_call_json(d) for d in calls]
+                        if legacy:  # one call: the first
+                            first = [d for d in calls if d.index == 0]
+                            if first:
+                                delta["function_call"] = function_call_json(first[0])
+                        else:
+                            delta["tool_calls"] = [tool_call_json(d) for d in calls]
                     else:
                         delta["content"] = text
                     choices.append({"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": reason})

@@ -43,7 +43,7 @@ IGNORED_FIELDS = {
     ),
     "completions": ("user", "best_of (null or 1)"),
     "stream_options": ("include_obfuscation",),
-    "assistant message": ("refusal", "annotations", "audio (null)", "function_call (null)"),
+    "assistant message": ("refusal", "annotations", "audio (null)"),
 }
 
 
@@ -106,28 +106,32 @@ class ToolCall(_Strict):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextContentPart | RefusalContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
     tool_call_id: str | None = None  # tool: the call this is the result of
+    # The legacy form (`functions`): an assistant's one call, and a `function` message
+    # with its result (`name`); rendered as a tool call and a tool result.
+    function_call: ToolCallFunction | None = None
     # Replayed from a previous response, ignored: what it refused (its content says
-    # it), citations, and the legacy fields a response of ours never sets.
+    # it), citations, and audio a response of ours never has.
     refusal: str | None = None
     annotations: list[Any] | None = None
     audio: None = None
-    function_call: None = None
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a '{self.role}' message needs content")
-        if self.tool_calls is not None and self.role != "assistant":
-            raise ValueError("only an 'assistant' message may have tool_calls")
+        if (self.tool_calls is not None or self.function_call is not None) and self.role != "assistant":
+            raise ValueError("only an 'assistant' message may have tool_calls or function_call")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a 'tool' message needs tool_call_id")
         if self.tool_call_id is not None and self.role != "tool":
             raise ValueError("only a 'tool' message may have tool_call_id")
+        if self.role == "function" and not self.name:
+            raise ValueError("a 'function' message needs the function's name")
         return self
 
     def text(self) -> str:
@@ -251,6 +255,10 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[ChatTool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # The legacy form of tools: served as tools (one call at most), answered in its own
+    # shape (`message.function_call`, `finish_reason: function_call`).
+    functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    function_call: Literal["none", "auto"] | FunctionName | None = None
     # Ignored (IGNORED_FIELDS): they cannot change what is generated.
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -267,6 +275,31 @@ class ChatCompletionRequest(_SamplingFields):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
+
+    _legacy_functions: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _functions_as_tools(self) -> ChatCompletionRequest:
+        if self.functions is None and self.function_call is None:
+            return self
+        if self.tools is not None or self.tool_choice is not None:
+            raise ValueError("send either tools (and tool_choice) or the legacy functions (and function_call)")
+        if self.functions:
+            self.tools = [ChatTool(type="function", function=f) for f in self.functions]
+            choice = self.function_call
+            self.tool_choice = (
+                NamedToolChoice(type="function", function=choice) if isinstance(choice, FunctionName) else choice
+            )
+            self.parallel_tool_calls = False
+            self._legacy_functions = True
+        elif self.function_call not in (None, "none"):
+            raise ValueError("function_call asks for a call, but no functions were given")
+        return self
+
+    @property
+    def legacy_functions(self) -> bool:
+        """Asked with `functions`: the call is answered as `function_call`."""
+        return self._legacy_functions
 
     @property
     def tool_mode(self) -> str:

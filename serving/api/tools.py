@@ -161,6 +161,17 @@ def engine_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         message: dict[str, Any] = {"role": m.role, "content": m.text()}
         if m.name is not None:
             message["name"] = m.name
+        if m.function_call is not None:  # the legacy form: one call, its id made from its name
+            fn = m.function_call
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{fn.name}",
+                    "type": "function",
+                    "function": {"name": fn.name, "arguments": _json_or_text(fn.arguments)},
+                }
+            ]
+        if m.role == "function":
+            message = {"role": "tool", "content": m.text(), "tool_call_id": f"call_{m.name}", "name": m.name}
         if m.tool_calls:
             message["tool_calls"] = [
                 {
@@ -282,6 +293,13 @@ def decoder_for(req: ChatCompletionRequest) -> NamedCall | CallArray | None:
     return None
 
 
+def function_call_json(delta: ToolCallDelta) -> dict[str, Any]:
+    """One streamed legacy `function_call` delta (the name in the first)."""
+    if delta.id is not None:
+        return {"name": delta.name, "arguments": delta.arguments}
+    return {"arguments": delta.arguments}
+
+
 def tool_call_json(delta: ToolCallDelta) -> dict[str, Any]:
     """One streamed `tool_calls` entry, as OpenAI sends it (id, type and name only in a call's first)."""
     if delta.id is not None:
@@ -352,5 +370,5 @@ class ToolCallStream:
 
     def finish_reason(self, c: ChoiceDelta) -> str | None:
         if c.finish_reason == "stop" and c.index in self._called:
-            return "tool_calls"
+            return "function_call" if self._req.legacy_functions else "tool_calls"
         return c.finish_reason

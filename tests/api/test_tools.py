@@ -296,7 +296,9 @@ BAD = [
     ("audio-replayed", {"messages": [{"role": "assistant", "content": "x", "audio": {"id": "a"}}]}, "messages.0.audio"),
     ("too-many-tools", {"tools": [WEATHER] * 129}, "tools"),
     ("unknown-field-still-refused", {"logit_bias": {"1": 5}}, "logit_bias"),
-    ("functions-legacy-refused", {"functions": [WEATHER["function"]]}, "functions"),
+    ("functions-with-tools", {"functions": [WEATHER["function"]], "tools": [WEATHER]}, None),
+    ("function-call-without-functions", {"function_call": "auto"}, None),
+    ("function-message-without-name", {"messages": [{"role": "function", "content": "x"}]}, "messages.0"),
 ]
 
 
@@ -323,3 +325,40 @@ async def test_auto_needs_a_parser(make_app):
         model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=200
     )
     assert r.choices[0].message.tool_calls
+
+
+async def test_legacy_functions_answered_in_their_own_shape(server):
+    """`functions` / `function_call` (the form before tools): served as tools, answered as `function_call`."""
+    function = WEATHER["function"]
+    r = await server.client.chat.completions.create(
+        model=MODEL, messages=ASK, functions=[function], function_call={"name": "get_weather"}, max_tokens=200
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    assert choice.message.function_call.name == "get_weather"
+    assert json.loads(choice.message.function_call.arguments) == {"city": "Paris", "days": 0}
+    stream = await server.client.chat.completions.create(
+        model=MODEL, messages=ASK, functions=[function], max_tokens=200, stream=True
+    )
+    name, arguments, finish = None, "", []
+    async for chunk in stream:
+        for c in chunk.choices:
+            if c.delta.function_call is not None:
+                name = name or c.delta.function_call.name
+                arguments += c.delta.function_call.arguments or ""
+            assert not c.delta.tool_calls
+            if c.finish_reason:
+                finish.append(c.finish_reason)
+    assert (
+        name == "get_weather" and json.loads(arguments) == {"city": "Paris", "days": 0} and finish == ["function_call"]
+    )
+    # the history in the legacy shape: the assistant's function_call and a `function` message
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": arguments}},
+        {"role": "function", "name": "get_weather", "content": "sunny"},
+    ]
+    r = await server.client.chat.completions.create(
+        model=MODEL, messages=history, functions=[function], function_call="none", max_tokens=3
+    )
+    assert r.choices[0].message.content and r.choices[0].finish_reason == "length"

@@ -293,13 +293,8 @@ CASES: list[Case] = [
     ),
     # -- unknown arguments ------------------------------------------------------------
     Case("unknown-argument", 400, chat(frobnicate=1), code="unknown_parameter", param="frobnicate", proxy=True),
-    Case(
-        "unknown-argument-functions",  # the legacy form of tools: refused, with its name
-        400,
-        chat(functions=[{"name": "f"}]),
-        code="unknown_parameter",
-        param="functions",
-    ),
+    Case("functions-with-tools", 400, chat(functions=[{"name": "f"}], tools=[tool("g")])),
+    Case("unknown-argument-logit-bias", 400, chat(logit_bias={"1": 5}), code="unknown_parameter", param="logit_bias"),
     # -- tools ------------------------------------------------------------------------
     Case("tool-name-invalid", 400, chat(tools=[tool("get weather!")]), param="tools.0.function.name", proxy=True),
     Case("tool-names-duplicate", 400, chat(tools=[tool("f"), tool("f")]), param="tools.1.function.name"),
