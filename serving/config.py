@@ -192,6 +192,12 @@ class ResponsesConfig(Strict):
         8 << 20, ge=1 << 10, description="one stored response with its conversation; a bigger one is not kept"
     )
 
+    @model_validator(mode="after")
+    def _record_fits(self) -> ResponsesConfig:
+        if self.max_record_bytes > self.max_bytes:
+            raise ValueError(f"max_record_bytes ({self.max_record_bytes}) must be <= max_bytes ({self.max_bytes})")
+        return self
+
 
 class IngressConfig(Strict):
     """How HTTP reaches the models.

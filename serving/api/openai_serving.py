@@ -27,6 +27,7 @@ from serving.api.tools import (
     engine_messages,
     engine_tools,
     function_call_json,
+    legacy_param,
     template_tools,
     tool_call_json,
     tool_schemas,
@@ -306,9 +307,11 @@ class OpenAIServing:
         check_cost(req, self.limits, self.max_model_len, self.max_token_chars)
         schema = request_schema(req)
         schemas = [(schema, SCHEMA_PARAM)] if schema else []
-        if req.tools is not None or req.tool_choice is not None:
+        if req.tools is not None or req.tool_choice is not None or req.function_call is not None:
             check_tools(req, self.limits)
-            schemas += tool_schemas(req)
+            schemas += [
+                (schema, (legacy_param(p) or p) if req.legacy_functions else p) for schema, p in tool_schemas(req)
+            ]
             if req.tool_mode == "auto" and self.tool_parser is None:
                 raise InvalidRequestError(
                     f"The model '{self.model_id}' has no tool-call parser configured (models[].tool_parser), so it "

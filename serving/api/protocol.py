@@ -259,6 +259,13 @@ class ChatCompletionRequest(_SamplingFields):
     # shape (`message.function_call`, `finish_reason: function_call`).
     functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     function_call: Literal["none", "auto"] | FunctionName | None = None
+    # Not served: null (unset) only, any value a 400 naming the field.
+    logit_bias: None = None
+    reasoning_effort: None = None
+    verbosity: None = None
+    audio: None = None
+    web_search_options: None = None
+    moderation: None = None
     # Ignored (IGNORED_FIELDS): they cannot change what is generated.
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -280,11 +287,9 @@ class ChatCompletionRequest(_SamplingFields):
 
     @model_validator(mode="after")
     def _functions_as_tools(self) -> ChatCompletionRequest:
-        if self.functions is None and self.function_call is None:
-            return self
-        if self.tools is not None or self.tool_choice is not None:
-            raise ValueError("send either tools (and tool_choice) or the legacy functions (and function_call)")
-        if self.functions:
+        """`functions` alone become tools; with tools, or a `function_call` without them, the serving
+        layer refuses them by name (serving/api/tools.py `check_tools`)."""
+        if self.functions and self.tools is None and self.tool_choice is None:
             self.tools = [ChatTool(type="function", function=f) for f in self.functions]
             choice = self.function_call
             self.tool_choice = (
@@ -292,8 +297,6 @@ class ChatCompletionRequest(_SamplingFields):
             )
             self.parallel_tool_calls = False
             self._legacy_functions = True
-        elif self.function_call not in (None, "none"):
-            raise ValueError("function_call asks for a call, but no functions were given")
         return self
 
     @property
@@ -321,6 +324,8 @@ class CompletionRequest(_SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: Annotated[bool, _null_is(False)] = False
     best_of: Literal[1] | None = None  # more candidates than returned is not served (vLLM's V1 engine has none)
+    suffix: None = None  # not served: null only
+    logit_bias: None = None
 
     @field_validator("prompt")
     @classmethod

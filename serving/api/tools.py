@@ -27,7 +27,7 @@ import json
 import uuid
 from typing import Any
 
-from serving.api.cost import check_schema
+from serving.api.cost import _depth, check_schema
 from serving.api.protocol import ChatCompletionRequest, ChatMessage, ChatTool
 from serving.config import LimitsConfig
 from serving.engine.base import ChoiceDelta, ToolCallDelta
@@ -46,7 +46,44 @@ def parameters_of(schema: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_tools(req: ChatCompletionRequest, limits: LimitsConfig) -> None:
-    """What is wrong with the request's tools, as a 400 naming the parameter (cheap: no schema validation)."""
+    """What is wrong with the request's tools, as a 400 naming the parameter (cheap: no schema validation).
+    Asked with the legacy `functions`, the parameters are named as the client sent them."""
+    if req.functions is not None or req.function_call is not None:
+        if req.functions and not req.legacy_functions:
+            raise InvalidRequestError(
+                "Send either tools (and tool_choice) or the legacy functions (and function_call), not both.",
+                param="functions",
+                code="invalid_value",
+            )
+        if not req.functions and req.function_call not in (None, "none"):
+            raise InvalidRequestError(
+                "function_call asks for a call, but no functions were given.",
+                param="function_call",
+                code="invalid_value",
+            )
+    if not req.legacy_functions:
+        _check_tools(req, limits)
+        return
+    try:
+        _check_tools(req, limits)
+    except InvalidRequestError as exc:
+        exc.param = legacy_param(exc.param)
+        raise
+
+
+def legacy_param(param: str | None) -> str | None:
+    """A tools parameter as the legacy form names it: tools.0.function.x -> functions.0.x, tool_choice -> function_call."""
+    if param is None:
+        return None
+    parts = param.split(".")
+    if parts[0] == "tools":
+        return ".".join(["functions", *parts[1:2], *parts[3:]])
+    if parts[0] == "tool_choice":
+        return ".".join(["function_call", *parts[2:]])
+    return param
+
+
+def _check_tools(req: ChatCompletionRequest, limits: LimitsConfig) -> None:
     choice = req.tool_choice
     if not req.tools:
         if choice is not None and choice not in ("none", "auto"):
@@ -187,11 +224,15 @@ def engine_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
+MAX_ARGUMENTS_DEPTH = 64  # deeper arguments stay text: templates write them back with a recursive `tojson`
+
+
 def _json_or_text(arguments: str) -> Any:
     try:
-        return json.loads(arguments)
-    except ValueError:
+        data = json.loads(arguments)
+    except (ValueError, RecursionError):
         return arguments
+    return data if _depth(data, MAX_ARGUMENTS_DEPTH) <= MAX_ARGUMENTS_DEPTH else arguments
 
 
 # -- reading constrained output back as calls ---------------------------------------

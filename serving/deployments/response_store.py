@@ -8,6 +8,8 @@ node where there is one, no CPU), which holds the records in a
 `BoundedStore` (serving/api/responses/store.py: time, total and per-record
 size bounds, owner-scoped). Records cross as encoded JSON bytes.
 
+Each write carries the writer's bounds, so a redeploy with new `responses:`
+values applies them from its first write (the actor outlives deploys).
 The actor keeps them in memory: a restart of the actor (Ray restarts it) or of
 the cluster loses them, and their ids answer 404 as expired ones do. A call
 that cannot reach it answers 503 (a read) or logs and keeps serving (a write:
@@ -37,7 +39,9 @@ class ResponseStoreActor:
     def __init__(self, ttl_s: float, max_bytes: int, max_record_bytes: int) -> None:
         self.store = BoundedStore(ttl_s, max_bytes, max_record_bytes)
 
-    def put(self, owner: str, response_id: str, data: bytes) -> bool:
+    def put(self, owner: str, response_id: str, data: bytes, bounds: tuple[float, int, int] | None = None) -> bool:
+        if bounds is not None:  # the writer's config: a redeploy's new bounds apply from its first write
+            self.store.configure(*bounds)
         return self.store.put(owner, response_id, data)
 
     def get(self, owner: str, response_id: str) -> bytes | None:
@@ -92,7 +96,9 @@ class RayResponseStore:
 
     async def put(self, owner: str, response_id: str, record: dict[str, Any]) -> bool:
         try:
-            kept: bool = await self._call("put", owner, response_id, msgspec.json.encode(record))
+            cfg = self._cfg
+            bounds = (cfg.ttl_s, cfg.max_bytes, cfg.max_record_bytes)
+            kept: bool = await self._call("put", owner, response_id, msgspec.json.encode(record), bounds)
         except Exception:
             logger.warning("response %s could not be stored", response_id, exc_info=True)
             return False

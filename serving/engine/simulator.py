@@ -225,10 +225,11 @@ def schema_instance(schema: Any, depth: int = 0) -> Any:
     if kind == "object" or (kind is None and "properties" in schema):
         props = schema.get("properties") or {}
         return {k: schema_instance(props.get(k, {}), depth + 1) for k in schema.get("required") or ()}
-    if kind == "array":
-        return [schema_instance(schema.get("items", {}), depth + 1) for _ in range(int(schema.get("minItems", 0)))]
+    if kind == "array":  # sizes capped: they come from the client's schema, and this runs on the loop
+        items = min(int(schema.get("minItems", 0)), 8)
+        return [schema_instance(schema.get("items", {}), depth + 1) for _ in range(items)]
     if kind == "string":
-        return "s" * int(schema.get("minLength", 3))
+        return "s" * min(int(schema.get("minLength", 3)), 64)
     if kind == "integer":
         return int(schema.get("minimum", 0))
     if kind == "number":

@@ -123,7 +123,8 @@ INLINE_PROMPT_CHARS = 4096
 
 def _prompt_chars(request: EngineRequest) -> int:
     if request.messages is not None:
-        return sum(len(str(m.get("content") or "")) for m in request.messages)
+        chars = sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in request.messages)
+        return chars + (len(str(request.tools)) if request.tools else 0)
     if request.prompt_token_ids is not None:
         return len(request.prompt_token_ids)
     return len(request.prompt or "")

@@ -201,6 +201,11 @@ async def test_nulls_metadata_and_replayed_fields_are_accepted(server):
         "temperature": None,
         "stop": None,
         "metadata": {"team": "search"},
+        "logit_bias": None,
+        "reasoning_effort": None,
+        "audio": None,
+        "verbosity": None,
+        "web_search_options": None,
         "store": False,
         "service_tier": "auto",
         "prompt_cache_key": "k1",
@@ -295,9 +300,20 @@ BAD = [
     ("tool-calls-on-user", {"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages.0"),
     ("audio-replayed", {"messages": [{"role": "assistant", "content": "x", "audio": {"id": "a"}}]}, "messages.0.audio"),
     ("too-many-tools", {"tools": [WEATHER] * 129}, "tools"),
-    ("unknown-field-still-refused", {"logit_bias": {"1": 5}}, "logit_bias"),
-    ("functions-with-tools", {"functions": [WEATHER["function"]], "tools": [WEATHER]}, None),
-    ("function-call-without-functions", {"function_call": "auto"}, None),
+    ("unknown-field-still-refused", {"frobnicate": 1}, "frobnicate"),
+    ("functions-with-tools", {"functions": [WEATHER["function"]], "tools": [WEATHER]}, "functions"),
+    ("function-call-without-functions", {"function_call": "auto"}, "function_call"),
+    (
+        "function-call-names-missing",
+        {"functions": [WEATHER["function"]], "function_call": {"name": "nope"}},
+        "function_call.name",
+    ),
+    (
+        "functions-invalid-schema",
+        {"functions": [{"name": "f", "parameters": {"type": "object", "minProperties": -1}}]},
+        "functions.0.parameters",
+    ),
+    ("logit-bias-not-served", {"logit_bias": {"1": 5}}, "logit_bias"),
     ("function-message-without-name", {"messages": [{"role": "function", "content": "x"}]}, "messages.0"),
 ]
 
@@ -362,3 +378,20 @@ async def test_legacy_functions_answered_in_their_own_shape(server):
         model=MODEL, messages=history, functions=[function], function_call="none", max_tokens=3
     )
     assert r.choices[0].message.content and r.choices[0].finish_reason == "length"
+
+
+async def test_arguments_nested_past_any_template_stay_text(server):
+    """A replayed call whose arguments nest 3000 deep: served (as text), not a 500 from the JSON parser's recursion."""
+    deep = "[" * 3000 + "]" * 3000
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": deep}}],
+        },
+        {"role": "tool", "tool_call_id": "1", "content": "ok"},
+    ]
+    r = await server.http.post("/v1/chat/completions", json={"model": MODEL, "messages": history, "max_tokens": 2})
+    assert r.status_code in (200, 400), r.text  # 400 only for the context: the text counts as prompt
+    r = await server.http.post("/tokenize", json={"model": MODEL, "messages": history})
+    assert r.status_code == 200, r.text

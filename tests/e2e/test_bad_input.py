@@ -293,8 +293,8 @@ CASES: list[Case] = [
     ),
     # -- unknown arguments ------------------------------------------------------------
     Case("unknown-argument", 400, chat(frobnicate=1), code="unknown_parameter", param="frobnicate", proxy=True),
-    Case("functions-with-tools", 400, chat(functions=[{"name": "f"}], tools=[tool("g")])),
-    Case("unknown-argument-logit-bias", 400, chat(logit_bias={"1": 5}), code="unknown_parameter", param="logit_bias"),
+    Case("functions-with-tools", 400, chat(functions=[{"name": "f"}], tools=[tool("g")]), param="functions"),
+    Case("logit-bias-not-served", 400, chat(logit_bias={"1": 5}), param="logit_bias"),
     # -- tools ------------------------------------------------------------------------
     Case("tool-name-invalid", 400, chat(tools=[tool("get weather!")]), param="tools.0.function.name", proxy=True),
     Case("tool-names-duplicate", 400, chat(tools=[tool("f"), tool("f")]), param="tools.1.function.name"),

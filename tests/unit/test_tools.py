@@ -146,3 +146,9 @@ def test_call_stream_finishes_with_tool_calls_only_when_a_call_was_made():
 )
 def test_the_simulator_writes_an_instance_of_the_schema(schema):
     jsonschema.validate(schema_instance(schema), schema)
+
+
+def test_the_simulators_instance_is_capped_whatever_the_schema_asks():
+    huge = {"type": "array", "minItems": 10**9, "items": {"type": "string", "minLength": 10**9}}
+    instance = schema_instance(huge)
+    assert len(instance) == 8 and all(len(s) == 64 for s in instance)

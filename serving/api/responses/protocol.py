@@ -69,14 +69,20 @@ class FunctionCallOutputItem(_Strict):
 
 def _item_kind(item: Any) -> str:
     kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", "message")
-    return kind or "message"
+    return _TAGS.get(kind or "message", str(kind))
 
 
+# Tags named as the classes are: error locations drop them (serving/api/pipeline.py `_union_branch`).
+_TAGS = {
+    "message": "MessageItem",
+    "function_call": "FunctionCallItem",
+    "function_call_output": "FunctionCallOutputItem",
+}
 InputItem = Annotated[
     Union[
-        Annotated[MessageItem, Tag("message")],
-        Annotated[FunctionCallItem, Tag("function_call")],
-        Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+        Annotated[MessageItem, Tag("MessageItem")],
+        Annotated[FunctionCallItem, Tag("FunctionCallItem")],
+        Annotated[FunctionCallOutputItem, Tag("FunctionCallOutputItem")],
     ],
     Discriminator(_item_kind),
 ]
@@ -135,3 +141,9 @@ class ResponsesRequest(_Strict):
     include: list[Any] | None = Field(default=None, max_length=0)
     reasoning: None = None
     background: Literal[False] | None = None
+    # Not served: null (unset) only.
+    top_logprobs: None = None
+    max_tool_calls: None = None
+    conversation: None = None
+    prompt: None = None
+    context_management: None = None

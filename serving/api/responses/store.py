@@ -57,8 +57,12 @@ class BoundedStore:
         self._records: OrderedDict[str, tuple[str, bytes, float]] = OrderedDict()  # id -> (owner, data, stored at)
         self.bytes = 0
 
+    def configure(self, ttl_s: float, max_bytes: int, max_record_bytes: int) -> None:
+        """The bounds of the latest config (a redeploy may change them; the store outlives deploys)."""
+        self.ttl_s, self.max_bytes, self.max_record_bytes = ttl_s, max_bytes, max_record_bytes
+
     def put(self, owner: str, response_id: str, data: bytes) -> bool:
-        if len(data) > self.max_record_bytes:
+        if len(data) > min(self.max_record_bytes, self.max_bytes):
             logger.warning(
                 "response %s not stored: %d bytes (max_record_bytes %d)", response_id, len(data), self.max_record_bytes
             )
@@ -79,6 +83,7 @@ class BoundedStore:
         return found[1]
 
     def delete(self, owner: str, response_id: str) -> bool:
+        self._expire()
         found = self._records.get(response_id)
         if found is None or found[0] != owner:
             return False
