@@ -145,7 +145,7 @@ CASES: list[Case] = [
     Case("messages-missing", 400, chat(messages=DROP), code="missing_required_parameter", param="messages"),
     Case("messages-null", 400, chat(messages=None), param="messages"),
     Case("message-is-string", 400, chat(messages=["hi"])),
-    Case("role-unknown", 400, chat(messages=[{"role": "function", "content": "x"}]), param="messages.0.role"),
+    Case("role-unknown", 400, chat(messages=[{"role": "tool_result", "content": "x"}]), param="messages.0.role"),
     Case("role-missing", 400, chat(messages=[{"content": "x"}]), code="missing_required_parameter"),
     Case("role-int", 400, chat(messages=[{"role": 1, "content": "x"}])),
     Case("content-number", 400, chat(messages=[{"role": "user", "content": 42}]), proxy=True),
@@ -295,6 +295,7 @@ CASES: list[Case] = [
     Case("unknown-argument", 400, chat(frobnicate=1), code="unknown_parameter", param="frobnicate", proxy=True),
     Case("functions-with-tools", 400, chat(functions=[{"name": "f"}], tools=[tool("g")]), param="functions"),
     Case("logit-bias-not-served", 400, chat(logit_bias={"1": 5}), param="logit_bias"),
+    Case("suffix-not-served", 400, completion(suffix="x"), path=COMPLETIONS_PATH, param="suffix"),
     # -- tools ------------------------------------------------------------------------
     Case("tool-name-invalid", 400, chat(tools=[tool("get weather!")]), param="tools.0.function.name", proxy=True),
     Case("tool-names-duplicate", 400, chat(tools=[tool("f"), tool("f")]), param="tools.1.function.name"),
@@ -352,10 +353,10 @@ CASES: list[Case] = [
     Case(
         "unknown-argument-completions",
         400,
-        completion(suffix="x"),
+        completion(frobnicate="x"),
         path=COMPLETIONS_PATH,
         code="unknown_parameter",
-        param="suffix",
+        param="frobnicate",
     ),
     # -- /v1/responses ----------------------------------------------------------------
     Case("responses-input-missing", 400, response(input=DROP), path=RESPONSES_PATH, param="input", proxy=True),
