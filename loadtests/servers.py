@@ -246,6 +246,12 @@ class ServeProcess(ManagedProcess):
             raise FileNotFoundError(f"no Ray session for pid {self.proc.pid} under /tmp/ray")
         return matches[-1]
 
+    def gcs_address(self) -> str:
+        """This cluster's GCS on loopback, for a driver (`ray.init(address=...)`): `RAY_ADDRESS=auto` picks
+        whichever local cluster started last, another test's when several run (the e2e dev stack does)."""
+        (port_file,) = self.session_dir().glob("gcs_server_port_*")
+        return f"127.0.0.1:{port_file.read_text().strip()}"
+
     def metrics_urls(self) -> list[str]:
         """Ray's Prometheus endpoints of that cluster, as its service-discovery file lists them."""
         import json

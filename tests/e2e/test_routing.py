@@ -166,8 +166,10 @@ def test_a_stream_forwarded_to_another_replica_streams(tmp_path):
 class RegistryWatch:
     """`python -m serving.deployments.registry APP --watch`: when each replica was first listed ready, draining."""
 
-    def __init__(self, log: Path, timeout_s: float = 60) -> None:
-        env = {**os.environ, "RAY_ADDRESS": "auto", "RAY_AUTH_MODE": "token"}
+    def __init__(self, address: str, log: Path, timeout_s: float = 60) -> None:
+        # This stack's cluster by its address: with `auto`, the watch joined the e2e dev stack's
+        # cluster (started later, running all along) and never found this app's registry.
+        env = {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}
         cmd = [sys.executable, "-m", "serving.deployments.registry", "routed", "--watch", "0.05"]
         self.log = log
         with log.open("w") as err:
@@ -241,7 +243,7 @@ def test_a_new_replica_gets_requests_from_existing_connections_and_a_draining_on
         first = wait_for_replicas(2)
         assert len(first) == 2
         wait_until_routed(2)
-        watch = RegistryWatch(tmp_path / "watch.log")
+        watch = RegistryWatch(server.gcs_address(), tmp_path / "watch.log")
         client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", timeout=30)
         done: list[tuple[float, str, str]] = []  # (wall time sent, entry, served by)
         errors: list[str] = []
