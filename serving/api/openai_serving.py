@@ -310,7 +310,7 @@ class OpenAIServing:
         if req.tools is not None or req.tool_choice is not None or req.function_call is not None:
             check_tools(req, self.limits)
             schemas += [
-                (schema, (legacy_param(p) or p) if req.legacy_functions else p) for schema, p in tool_schemas(req)
+                (schema, (legacy_param(p) or p) if req.legacy_functions else p) for schema, p in tool_schemas(req.tools)
             ]
             if req.tool_mode == "auto" and self.tool_parser is None:
                 raise InvalidRequestError(
@@ -335,12 +335,7 @@ class OpenAIServing:
         if req.messages is not None:
             request.messages = engine_messages(req.messages)
             request.tools = template_tools(req.tools) if req.tools else None
-            schemas = [
-                (t.function.parameters, f"tools.{i}.function.parameters")
-                for i, t in enumerate(req.tools or ())
-                if t.function.parameters
-            ]
-            for schema, param in schemas:
+            for schema, param in tool_schemas(req.tools):
                 check_schema(schema, self.limits, param=param)
         else:
             request.prompt = req.prompt
@@ -392,13 +387,10 @@ class OpenAIServing:
     # -- chat -------------------------------------------------------------------
 
     def _chat_engine_request(self, req: ChatCompletionRequest, request_id: str) -> EngineRequest:
-        params = generation_params(req)
-        if not req.tools:
-            messages = engine_messages(req.messages)
-            return EngineRequest(request_id=request_id, params=params, messages=messages)
+        # Without tools, engine_tools is None and the mode is "none": a plain chat request.
         return EngineRequest(
             request_id=request_id,
-            params=params,
+            params=generation_params(req),
             messages=engine_messages(req.messages),
             tools=engine_tools(req),
             parse_tool_calls=req.tool_mode == "auto",

@@ -131,11 +131,11 @@ def _check_tools(req: ChatCompletionRequest, limits: LimitsConfig) -> None:
     check_schema(constrained_schema(req), limits, param="tools")
 
 
-def tool_schemas(req: ChatCompletionRequest) -> list[tuple[dict[str, Any], str]]:
-    """Every function's parameters schema with its parameter path, to validate off the event loop."""
+def tool_schemas(tools: list[ChatTool] | None) -> list[tuple[dict[str, Any], str]]:
+    """Every function's parameters schema with its parameter path, to check and validate."""
     return [
         (tool.function.parameters, f"tools.{i}.function.parameters")
-        for i, tool in enumerate(req.tools or ())
+        for i, tool in enumerate(tools or ())
         if tool.function.parameters
     ]
 
