@@ -215,6 +215,35 @@ class _Puller:
         return True
 
 
+class InFlight:
+    """A model's requests in flight in this process: now, and their mean over the time since it was last asked.
+
+    Request routing reports the mean (serving/routing/scheduler.py): a request
+    of a small model lasts tens of milliseconds, a report is up to 250 ms old,
+    and a sample taken at report time says little about the 250 ms before it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.now = 0
+        self._clock = clock
+        self._changed = self._from = clock()
+        self._area = 0.0
+
+    def add(self, delta: int) -> None:
+        t = self._clock()
+        self._area += self.now * (t - self._changed)
+        self._changed = t
+        self.now += delta
+
+    def mean(self) -> float:
+        """The mean since the last call (the count now if no time passed), and start a new period."""
+        t = self._clock()
+        area = self._area + self.now * (t - self._changed)
+        span = t - self._from
+        self._area, self._changed, self._from = 0.0, t, t
+        return area / span if span > 0 else float(self.now)
+
+
 class OpenAIServing:
     """One model's OpenAI endpoints in this process, with its admission gate and timeouts.
 
@@ -246,7 +275,7 @@ class OpenAIServing:
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
         self.log_prompts = log_prompts
-        self.in_flight = 0
+        self.load = InFlight()
         self.metrics: Metrics = metrics or NullMetrics()
         self.limits = limits or LimitsConfig()
         self.max_token_chars = max_token_chars
@@ -291,6 +320,10 @@ class OpenAIServing:
             fields["prompt"] = request.prompt if request.messages is None else request.messages
         access_log("generation", **fields)
 
+    @property
+    def in_flight(self) -> int:
+        return self.load.now
+
     def _admit(self) -> None:
         if self._draining:
             raise ShuttingDownError()
@@ -299,7 +332,7 @@ class OpenAIServing:
                 f"The model '{self.model_id}' is at capacity ({self.max_in_flight} requests in flight). Retry shortly.",
                 headers={"Retry-After": "1"},
             )
-        self.in_flight += 1
+        self.load.add(1)
 
     # -- the backend interface (serving.api.backend.ModelBackend) -------------------
 
@@ -564,7 +597,7 @@ class OpenAIServing:
             raise puller.error from None
         finally:
             self._active.discard(puller)
-            self.in_flight -= 1
+            self.load.add(-1)
             prompt_tokens, completion_tokens = (result[3], result[4]) if result else (0, 0)
             self._record(
                 request,
@@ -691,7 +724,7 @@ class OpenAIServing:
         finally:
             timer.cancel()
             self._active.discard(puller)
-            self.in_flight -= 1
+            self.load.add(-1)
             self._record(request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens)
         if include_usage:
             yield (

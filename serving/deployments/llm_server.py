@@ -125,7 +125,9 @@ class _Routing:
             node=self.node,
             state=self.state,
             in_flight=serving.in_flight if serving is not None else 0,
+            load=serving.load.mean() if serving is not None else None,
             kv_usage=self.kv_usage,
+            placed=self.table.report(),
         )
 
 

@@ -95,7 +95,7 @@ def rendezvous_order(key: bytes, replica_ids: Iterable[str]) -> list[str]:
 
 def bounded_load_choice(
     ranked: Sequence[str],
-    loads: Mapping[str, int | None],
+    loads: Mapping[str, float | None],
     threshold: int,
     load_factor: float = DEFAULT_LOAD_FACTOR,
 ) -> list[str]:
@@ -105,7 +105,7 @@ def bounded_load_choice(
     Unknown loads (None/missing) count as 0.
     """
 
-    def load(rid: str) -> int:
+    def load(rid: str) -> float:
         value = loads.get(rid)
         return 0 if value is None else value
 
@@ -135,7 +135,7 @@ class PrefixAwarePolicy:
         text = request_text(request, self.prefix_chars)
         return None if text is None else prefix_key(text)
 
-    def order(self, key: bytes, loads: Mapping[str, int | None]) -> list[str]:
+    def order(self, key: bytes, loads: Mapping[str, float | None]) -> list[str]:
         """Replica ids (the keys of `loads`) in preference order for `key`."""
         return bounded_load_choice(rendezvous_order(key, loads), loads, self.imbalance_threshold, self.load_factor)
 

@@ -22,31 +22,56 @@ so a filter narrows but never refuses on its own):
 * `fresh`: reported within `STALE_S`; an older report is a replica that may be gone.
 * `kv_room`: KV-cache use below `KV_FULL`; a full cache preempts.
 
-Picker: prefix affinity with a load gate (`serving.routing.policy`): the
-replicas ranked by rendezvous hashing of the prompt prefix, the first that is
-not hot. Every entry point ranks the same replicas the same way for the same
-prompt without asking anyone; they agree on the choice as far as their load
-figures agree (at most `REFRESH_S` apart, plus what each sent since).
+Picker: where a prompt's prefix was placed before, else where it arrives.
+The prefix key is a hash of the prompt's first characters
+(`serving.routing.policy`). Every entry point remembers where it placed its
+last `REMEMBERED_KEYS` keys and reports them with its own entry; each table
+thus knows, for a key, the replicas that served it lately (its *holders*).
+
+* A key with holders (a shared system prompt, a conversation's next turn):
+  the holders first, then the rest, each group ranked by rendezvous hashing
+  of the key, and the first of them that is not hot (the load gate of
+  `serving.routing.policy`). Every entry point knows the same holders, so
+  they all rank the same replicas the same way for the same prompt without
+  asking anyone; they agree on the choice as far as their load figures and
+  holder lists agree (at most a refresh or two apart).
+* A key nobody has placed (a prompt with no prefix to share yet): no replica
+  holds a cache for it, so there is nothing for a hop to win. It is served
+  where it arrived unless this replica is above the model's mean load, else
+  on the least-loaded replica (ties by rendezvous rank). Measured before
+  this rule (loadtests/PERFORMANCE.md): with every key placed by rendezvous,
+  7 of 8 requests of a workload without shared prefixes were forwarded, and
+  it served 0.89x round-robin's tokens/s on 2 cores.
+  Two entry points that see a new prompt within one refresh of each other
+  may place it on two replicas; both then hold it, and from the next refresh
+  every entry point ranks those two the same way.
 
 Staleness chosen: a refresh every 250 ms. A draining replica leaves the
 candidates within one refresh of its stop (the target is 1 s), a new one joins
 within one refresh of being ready; a load figure older than 250 ms is, at the
 request rates a 2-core replica serves, a few requests off, which the assumed
-load covers for the requests the entry point sent itself.
+load covers for the requests the entry point sent itself. An entry point's
+own placements count at once (before its next report).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from serving.routing.policy import PrefixAwarePolicy
+from serving.routing.policy import PrefixAwarePolicy, bounded_load_choice, rendezvous_order
 
 REFRESH_S = 0.25
 STALE_S = 3.0  # twelve missed refreshes: the replica (or its node) is gone, or the registry is
 KV_FULL = 0.98
+# Prefix keys an entry point remembers placing, and reports (8 bytes each, 2 KB of hex per report):
+# the recent shared prefixes of a busy replica, with room for a burst of one-off prompts.
+REMEMBERED_KEYS = 128
+KEY_BYTES = 8
+MAX_HOLDERS = 4  # replicas remembered per key (a hot key overflows to a few)
 
 READY, STARTING, DRAINING, UNHEALTHY = "ready", "starting", "draining", "unhealthy"
 
@@ -61,8 +86,11 @@ class Endpoint:
     node: str = ""
     state: str = READY
     in_flight: int = 0
+    load: float | None = None  # requests in flight on average since its last report (None: use in_flight)
     kv_usage: float = 0.0
     age_s: float = 0.0  # how old the report was when the snapshot was taken
+    # Where this entry point placed its last prefix keys: replica id -> the keys' hex, concatenated.
+    placed: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,12 +116,49 @@ class EndpointTable:
         self._endpoints: list[Endpoint] = []
         self._taken_at = clock()
         self._mine: dict[str, int] = {}  # requests this entry point has in flight at each replica
+        self._placed: OrderedDict[bytes, dict[str, None]] = OrderedDict()  # prefix key -> where this entry point put it
+        self._holders: dict[bytes, set[str]] = {}  # prefix key -> replicas the entry points reported it on
         self.version = 0
 
     def update(self, endpoints: Iterable[Endpoint]) -> None:
         self._endpoints = list(endpoints)
         self._taken_at = self._clock()
+        holders: dict[bytes, set[str]] = {}
+        width = 2 * KEY_BYTES
+        for endpoint in self._endpoints:
+            for replica_id, keys in endpoint.placed.items():
+                for i in range(0, len(keys) - width + 1, width):
+                    try:
+                        holders.setdefault(bytes.fromhex(keys[i : i + width]), set()).add(replica_id)
+                    except ValueError:
+                        break  # not ours (a newer or older report format): skip it
+        self._holders = holders
         self.version += 1
+
+    def placed(self, key: bytes, replica_id: str) -> None:
+        """Remember that this entry point put `key` on `replica_id` (reported with its next entry)."""
+        key = key[:KEY_BYTES]
+        where = self._placed.setdefault(key, {})
+        where.pop(replica_id, None)
+        where[replica_id] = None  # the latest last
+        while len(where) > MAX_HOLDERS:
+            del where[next(iter(where))]
+        self._placed.move_to_end(key)
+        while len(self._placed) > REMEMBERED_KEYS:
+            self._placed.popitem(last=False)
+
+    def holders(self, key: bytes) -> set[str]:
+        """The replicas `key` was placed on lately, by any entry point (this one's at once, others' as reported)."""
+        key = key[:KEY_BYTES]
+        return self._holders.get(key, set()) | self._placed.get(key, {}).keys()
+
+    def report(self) -> dict[str, str]:
+        """This entry point's placements, as `Endpoint.placed` carries them."""
+        by_replica: dict[str, list[str]] = {}
+        for key, where in self._placed.items():
+            for replica_id in where:
+                by_replica.setdefault(replica_id, []).append(key.hex())
+        return {replica_id: "".join(keys) for replica_id, keys in by_replica.items()}
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints)
@@ -101,12 +166,14 @@ class EndpointTable:
     def age_s(self, endpoint: Endpoint) -> float:
         return endpoint.age_s + (self._clock() - self._taken_at)
 
-    def load(self, endpoint: Endpoint) -> int:
-        """Requests in flight at the replica: live for this one; for another, what it last reported,
-        or at least what this entry point has sent there and not seen end (a report may predate them)."""
+    def load(self, endpoint: Endpoint) -> float:
+        """Requests in flight at the replica: live for this one; for another, its mean over the period
+        it last reported, or at least what this entry point has sent there and not seen end (a report
+        may predate them)."""
         if endpoint.replica_id == self.self_id and self._own_load is not None:
             return self._own_load()
-        return max(endpoint.in_flight, self._mine.get(endpoint.replica_id, 0))
+        reported = endpoint.in_flight if endpoint.load is None else endpoint.load
+        return max(reported, self._mine.get(endpoint.replica_id, 0))
 
     def started(self, replica_id: str) -> None:
         self._mine[replica_id] = self._mine.get(replica_id, 0) + 1
@@ -162,5 +229,21 @@ class Scheduler:
         key = self.policy.key(request)
         if key is None:  # no prompt to be sticky on: the least loaded, ties in a stable order
             return sorted(found, key=lambda e: (loads[e.replica_id], e.replica_id))
-        order = self.policy.order(key, loads)
+        ranked = rendezvous_order(key, loads)
+        held = table.holders(key)
+        if held & loads.keys():
+            ranked = [r for r in ranked if r in held] + [r for r in ranked if r not in held]
+            order = bounded_load_choice(ranked, loads, self.policy.imbalance_threshold, self.policy.load_factor)
+        else:
+            order = self._unplaced(ranked, loads, table.self_id)
+        table.placed(key, order[0])
         return [by_id[rid] for rid in order]
+
+    @staticmethod
+    def _unplaced(ranked: list[str], loads: dict[str, float], self_id: str | None) -> list[str]:
+        """A key no replica holds: here unless this replica is above the mean load, then the least loaded."""
+        position = {r: i for i, r in enumerate(ranked)}
+        by_load = sorted(ranked, key=lambda r: (loads[r], position[r]))
+        if self_id is not None and self_id in loads and loads[self_id] * len(loads) <= sum(loads.values()):
+            return [self_id, *(r for r in by_load if r != self_id)]
+        return by_load

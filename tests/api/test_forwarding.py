@@ -93,9 +93,13 @@ async def replicas() -> AsyncIterator[Any]:
         await r.engine.shutdown()
 
 
-def connect(replicas: list[Replica], **states: str) -> None:
-    """Every replica's table lists them all (ready unless `states` says otherwise)."""
-    endpoints = [Endpoint(r.rid, MODEL, r.address, state=states.get(r.rid, READY)) for r in replicas]
+def connect(replicas: list[Replica], share: bool = False, **states: str) -> None:
+    """Every replica's table lists them all (ready unless `states` says otherwise); with `share`, with the
+    placements each reported, as the registry passes them on."""
+    endpoints = [
+        Endpoint(r.rid, MODEL, r.address, state=states.get(r.rid, READY), placed=r.table.report() if share else {})
+        for r in replicas
+    ]
     for r in replicas:
         r.table.update(endpoints)
 
@@ -256,13 +260,18 @@ async def test_a_forwarded_request_is_never_forwarded_again(replicas):
 
 
 async def test_prefix_affinity_across_entry_points(replicas):
-    """The same prompt entering at any replica is served by one replica; distinct prompts use all three."""
+    """A new prompt is served where it enters; once that is reported, it is served there from every entry point."""
     rs = [await replicas(rid) for rid in ("a", "b", "c")]
     connect(rs)
     served: dict[str, set[str]] = {}
     async with httpx.AsyncClient(timeout=30) as http:
         for i in range(12):
             body = chat(messages=[{"role": "system", "content": f"tenant {i} " * 30}, {"role": "user", "content": "q"}])
+            first = rs[i % 3]
+            answer = await http.post(f"{first.url}/v1/chat/completions", json=body, headers=AUTH)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers[REPLICA_HEADER] == first.rid  # nobody holds it: no hop
+            connect(rs, share=True)  # the registry's next refresh
             for r in rs:
                 answer = await http.post(f"{r.url}/v1/chat/completions", json=body, headers=AUTH)
                 assert answer.status_code == 200, answer.text

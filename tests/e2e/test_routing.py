@@ -28,12 +28,14 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 from openai import OpenAI
 
 from loadtests.servers import free_ports
 from serving.api.forwarded import REPLICA_HEADER
+from serving.routing.scheduler import REFRESH_S
 from tests.e2e.conftest import start_stack
 
 DIRECT, PROXY = free_ports(2)
@@ -89,27 +91,38 @@ def wait_for_replicas(n: int, timeout_s: float = 60) -> set[str]:
     return seen
 
 
-def wait_until_routed(n: int, timeout_s: float = 120) -> None:
-    """Until one connection's requests reach n replicas: the entry point's table lists them all.
+def wait_until_routed(server: Any, n: int, tmp_path: Path, timeout_s: float = 120) -> None:
+    """Until the app's registry lists n replicas ready, then two refreshes: every entry point's table lists them.
 
     Each replica learns the others from the app's registry actor, whose start (a new Ray
     worker) took more than its 2 s call timeout in a CI run under load; until then every
     replica serves what it receives itself.
     """
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    with OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0) as one:
-        i = 0
-        while len(seen) < n and time.monotonic() < deadline:
-            seen.add(served_by(one, f"routed probe {i}"))
-            i += 1
-    assert len(seen) == n, f"one connection's requests reached only {seen}"
+    watch = RegistryWatch(server.gcs_address(), tmp_path / "routed-watch.log", timeout_s=timeout_s)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(watch.in_state("ready")) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(watch.in_state("ready")) >= n, f"the registry lists {watch.in_state('ready')}: {watch.why()}"
+    finally:
+        watch.close()
+    time.sleep(2 * REFRESH_S + 0.1)
+
+
+def placed_once(prompts: list[str]) -> dict[str, str]:
+    """Each prompt sent once over a fresh connection: where it was served (it is held there from now on)."""
+    where = {}
+    for prompt in prompts:
+        with OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0) as fresh:
+            where[prompt] = served_by(fresh, prompt)
+    time.sleep(2 * REFRESH_S + 0.1)  # reported, and every entry point's table refreshed
+    return where
 
 
 def test_one_pooled_client_is_spread_over_every_replica_whatever_its_connections(tmp_path):
-    with start_stack(config(4), tmp_path / "serve.log"):
+    with start_stack(config(4), tmp_path / "serve.log") as server:
         assert len(wait_for_replicas(4)) == 4, "the replicas never all answered"
-        wait_until_routed(4)
+        wait_until_routed(server, 4, tmp_path)
         client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0, timeout=30)
 
         def one(i: int) -> tuple[str, str]:
@@ -133,23 +146,28 @@ def test_one_pooled_client_is_spread_over_every_replica_whatever_its_connections
         assert max(counts.values()) <= 1.5 * 100, counts
         assert forwarded > 0
 
-        # One prompt, from fresh connections (wherever the kernel lands them): one replica serves it.
-        where = set()
+        # One prompt, from fresh connections (wherever the kernel lands them): once it has been
+        # served and reported, the replica that served it serves it from every entry point.
+        prompt = "You are a support agent for ACME. " * 20
+        where = set(placed_once([prompt]).values())
         for _ in range(8):
             with OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0) as fresh:
-                where.add(served_by(fresh, "You are a support agent for ACME. " * 20))
+                where.add(served_by(fresh, prompt))
         assert len(where) == 1, where
 
 
 def test_a_stream_forwarded_to_another_replica_streams(tmp_path):
     """Each chunk arrives as the serving replica writes it: the first within the TTFT, not with the last."""
-    with start_stack(config(2), tmp_path / "serve.log"):
+    with start_stack(config(2), tmp_path / "serve.log") as server:
         assert len(wait_for_replicas(2)) == 2
-        wait_until_routed(2)
+        wait_until_routed(server, 2, tmp_path)
+        # Each prompt served once (where its fresh connection landed), then streamed from fresh
+        # connections again: those entering at the other replica are forwarded to the holder.
+        holder = placed_once([f"stream {i}" for i in range(12)])
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "stream": True}
-        seen = set()
-        for i in range(20):
-            body["messages"][0]["content"] = f"stream {i}"
+        forwarded = 0
+        for prompt, where in holder.items():
+            body["messages"][0]["content"] = prompt
             with (
                 httpx.Client(timeout=30) as http,
                 http.stream("POST", f"http://127.0.0.1:{DIRECT}/v1/chat/completions", json=body) as r,
@@ -157,10 +175,12 @@ def test_a_stream_forwarded_to_another_replica_streams(tmp_path):
                 assert r.status_code == 200
                 t0 = time.monotonic()
                 arrivals = [time.monotonic() - t0 for _ in r.iter_bytes()]
-                seen.add(r.headers[REPLICA_HEADER])
+                assert r.headers[REPLICA_HEADER] == where, (prompt, where, dict(r.headers))
+                forwarded += r.headers["x-serving-entry"] != where
             # 200 tokens at 5 ms: ~1 s of stream, in many pieces over that time.
             assert len(arrivals) > 20 and arrivals[-1] - arrivals[0] > 0.5, arrivals[:5]
-        assert len(seen) == 2, seen
+        assert forwarded, "no stream entered at the replica that does not hold its prompt"
+        assert len(set(holder.values())) == 2, holder  # new prompts stayed where their connections landed
 
 
 class RegistryWatch:
@@ -242,7 +262,7 @@ def test_a_new_replica_gets_requests_from_existing_connections_and_a_draining_on
     with start_stack(scaled(2), tmp_path / "serve.log") as server:
         first = wait_for_replicas(2)
         assert len(first) == 2
-        wait_until_routed(2)
+        wait_until_routed(server, 2, tmp_path)
         watch = RegistryWatch(server.gcs_address(), tmp_path / "watch.log")
         client = OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", timeout=30)
         done: list[tuple[float, str, str]] = []  # (wall time sent, entry, served by)

@@ -6,11 +6,13 @@ Pure: endpoint tables made by hand, a registry object without Ray, a fake clock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 
 import pytest
 
 from serving.deployments.registry import EXPIRE_S, Reporter, RoutingRegistry
+from serving.routing.policy import PrefixAwarePolicy, rendezvous_order
 from serving.routing.scheduler import (
     DRAINING,
     KV_FULL,
@@ -70,13 +72,45 @@ def test_a_filter_that_would_leave_nothing_is_skipped_but_the_model_is_never_rel
     assert Scheduler().pick("nope", chat("x"), table) == []
 
 
-def test_every_entry_point_places_the_same_request_on_the_same_replica():
+def exchange(tables: list[EndpointTable], endpoints: list[Endpoint]) -> None:
+    """One round of the registry: each entry point reports its placements with its own entry, all read all."""
+    reports = {t.self_id: t.report() for t in tables}
+    with_placements = [dataclasses.replace(e, placed=reports.get(e.replica_id, {})) for e in endpoints]
+    for t in tables:
+        t.update(with_placements)
+
+
+def test_once_a_prompt_is_placed_and_reported_every_entry_point_places_it_on_the_same_replica():
     endpoints = [ep(f"r{i}", in_flight=i % 3) for i in range(8)]
     tables = [table_of(endpoints, self_id=e.replica_id) for e in endpoints]
     for i in range(200):
         request = chat(f"system prompt {i}")
+        first = Scheduler().pick("m", request, tables[i % 8])[0].replica_id
+        exchange(tables, endpoints)
         choices = {Scheduler().pick("m", request, t)[0].replica_id for t in tables}
-        assert len(choices) == 1, (i, choices)
+        assert choices == {first}, (i, first, choices)
+
+
+def test_a_prompt_nobody_placed_is_served_where_it_arrives_unless_this_replica_is_above_the_mean():
+    loads = [2, 0, 3, 1]  # mean 1.5
+    endpoints = [ep(f"r{i}", in_flight=n) for i, n in enumerate(loads)]
+    for i, n in enumerate(loads):
+        table = table_of(endpoints, self_id=f"r{i}")
+        chosen = Scheduler().pick("m", chat(f"a one-off prompt {i}"), table)[0].replica_id
+        assert chosen == (f"r{i}" if n <= 1.5 else "r1"), (i, chosen)  # else the least loaded
+    # A table with no replica of its own (a model this entry point does not serve): the least loaded.
+    assert Scheduler().pick("m", chat("another"), table_of(endpoints))[0].replica_id == "r1"
+
+
+def test_entry_points_that_placed_a_new_prompt_on_two_replicas_agree_after_one_report():
+    endpoints = [ep(f"r{i}") for i in range(4)]
+    tables = [table_of(endpoints, self_id=e.replica_id) for e in endpoints]
+    request = chat("the same new prompt, at two entry points within one refresh")
+    assert Scheduler().pick("m", request, tables[0])[0].replica_id == "r0"
+    assert Scheduler().pick("m", request, tables[1])[0].replica_id == "r1"
+    exchange(tables, endpoints)
+    choices = {Scheduler().pick("m", request, t)[0].replica_id for t in tables}
+    assert len(choices) == 1 and choices <= {"r0", "r1"}, choices
 
 
 def test_a_shared_prefix_sticks_to_one_replica_and_distinct_prompts_spread():
@@ -87,12 +121,14 @@ def test_a_shared_prefix_sticks_to_one_replica_and_distinct_prompts_spread():
     assert len(spread) == 4 and max(spread.values()) <= 1.25 * 500, spread
 
 
-def test_a_hot_replica_sends_its_key_to_the_key_s_second_choice():
+def test_a_hot_holder_sends_its_key_to_the_key_s_next_rendezvous_choice():
     request = chat("a long shared system prompt")
-    idle = table_of([ep(f"r{i}") for i in range(4)])
-    first, second = [e.replica_id for e in Scheduler().pick("m", request, idle)[:2]]
-    hot = table_of([ep(f"r{i}", in_flight=20 if f"r{i}" == first else 0) for i in range(4)])
-    assert Scheduler().pick("m", request, hot)[0].replica_id == second
+    table = table_of([ep(f"r{i}") for i in range(4)])
+    first = Scheduler().pick("m", request, table)[0].replica_id
+    second = [r for r in rendezvous_order(PrefixAwarePolicy().key(request) or b"", [f"r{i}" for i in range(4)]) if r != first][0]
+    table.update([ep(f"r{i}", in_flight=20 if f"r{i}" == first else 0) for i in range(4)])
+    assert Scheduler().pick("m", request, table)[0].replica_id == second
+    assert table.holders(PrefixAwarePolicy().key(request) or b"") == {first, second}
 
 
 def test_what_an_entry_point_has_in_flight_at_a_replica_counts_even_before_a_report_shows_it():
@@ -185,3 +221,48 @@ async def test_the_reporter_refreshes_the_table_and_keeps_the_last_one_while_the
 def test_endpoint_round_trips_as_a_dict_and_ignores_unknown_fields():
     e = ep("r3", state=READY, in_flight=4, kv_usage=0.5)
     assert Endpoint.from_dict({**e.to_dict(), "future_field": 1}) == e
+
+
+def test_placements_travel_in_the_report_and_an_entry_point_remembers_a_bounded_number():
+    from serving.routing.scheduler import REMEMBERED_KEYS
+
+    entry = table_of([ep("r0"), ep("r1")], self_id="r0")
+    keys = [PrefixAwarePolicy().key(chat(f"prompt {i}")) or b"" for i in range(REMEMBERED_KEYS + 10)]
+    for i, key in enumerate(keys):
+        entry.placed(key, f"r{i % 2}")
+    wire = Endpoint.from_dict(dataclasses.replace(entry.endpoints()[0], placed=entry.report()).to_dict())
+    reader = table_of([wire, ep("r1")], self_id="r1")
+    assert all(reader.holders(k) == set() for k in keys[:10])  # the oldest were forgotten
+    assert all(reader.holders(k) == {f"r{i % 2}"} for i, k in enumerate(keys) if i >= 10)
+    garbled = dataclasses.replace(wire, placed={"r0": "not hex at all!"})
+    reader.update([garbled])
+    assert reader.holders(keys[-1]) == set()
+
+
+def test_in_flight_reports_its_mean_over_the_period_since_it_was_last_asked():
+    from serving.api.openai_serving import InFlight
+
+    clock = Clock()
+    meter = InFlight(clock)
+    meter.add(1)
+    clock.now += 0.1
+    meter.add(1)
+    clock.now += 0.1
+    meter.add(-2)
+    clock.now += 0.2
+    assert meter.now == 0 and meter.mean() == pytest.approx((1 * 0.1 + 2 * 0.1) / 0.4)
+    assert meter.mean() == 0.0  # no time passed and nothing in flight
+    meter.add(3)
+    clock.now += 0.5
+    assert meter.mean() == pytest.approx(3.0)
+
+
+def test_a_replica_s_mean_load_ranks_it_and_an_older_report_without_one_still_counts():
+    # Two replicas idle at the instant they reported; one was busy on average. A prompt nobody holds
+    # that cannot stay (its entry point is above the mean) goes to the one that was idle on average.
+    endpoints = [ep("r0"), ep("r1", load=1.6), ep("r2", load=0.2), ep("r3", in_flight=2)]
+    load = {"n": 3}
+    table = EndpointTable("r0", own_load=lambda: load["n"], clock=Clock())
+    table.update(endpoints)
+    assert [table.load(e) for e in table.endpoints()] == [3, 1.6, 0.2, 2]
+    assert Scheduler().pick("m", chat("one-off"), table)[0].replica_id == "r2"
