@@ -38,9 +38,10 @@ thus knows, for a key, the replicas that served it lately (its *holders*).
 * A key nobody has placed (a prompt with no prefix to share yet): no replica
   holds a cache for it, so there is nothing for a hop to win. It is served
   where it arrived unless this replica is above the model's mean load, else
-  on the less loaded of two other replicas (its first two rendezvous choices:
-  random per prompt, so entry points reading the same stale table do not all
-  send their overflow to the one replica that looked idle). Measured before
+  on one of the two least-loaded other replicas, the one the prompt's
+  rendezvous hash ranks first (random per prompt, so entry points reading the
+  same stale table do not all send their overflow to the one replica that
+  looked idle). Measured before
   this rule (loadtests/PERFORMANCE.md): with every key placed by rendezvous,
   7 of 8 requests of a workload without shared prefixes were forwarded, and
   it served 0.89x round-robin's tokens/s on 2 cores.
@@ -243,13 +244,13 @@ class Scheduler:
 
     @staticmethod
     def _unplaced(ranked: list[str], loads: dict[str, float], self_id: str | None) -> list[str]:
-        """A key no replica holds: here unless this replica is above the mean load, else the less loaded
-        of the key's first two rendezvous choices among the others (two random choices: every entry
-        point sending its overflow to the one least-loaded replica of a 250 ms old table would herd)."""
+        """A key no replica holds: here unless this replica is above the mean load, else one of the two
+        least-loaded others, the one the key ranks first (random per prompt: with the one least-loaded
+        replica of a 250 ms old table, every entry point sent its overflow to the same replica)."""
+        position = {r: i for i, r in enumerate(ranked)}
+        by_load = sorted((r for r in ranked if r != self_id), key=lambda r: (loads[r], position[r]))
         if self_id is not None and self_id in loads and loads[self_id] * len(loads) <= sum(loads.values()):
             first = self_id
         else:
-            pair = [r for r in ranked if r != self_id][:2]
-            first = min(pair, key=lambda r: (loads[r], pair.index(r)))
-        position = {r: i for i, r in enumerate(ranked)}
-        return [first, *sorted((r for r in ranked if r != first), key=lambda r: (loads[r], position[r]))]
+            first = min(by_load[:2], key=position.__getitem__)
+        return [first, *(r for r in sorted(ranked, key=lambda r: (loads[r], position[r])) if r != first)]

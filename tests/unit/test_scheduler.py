@@ -97,11 +97,11 @@ def test_a_prompt_nobody_placed_is_served_where_it_arrives_unless_this_replica_i
     for i in (1, 3):  # at or below the mean: served here
         table = table_of(endpoints, self_id=f"r{i}")
         assert Scheduler().pick("m", chat(f"a one-off prompt {i}"), table)[0].replica_id == f"r{i}"
-    # Above it: the less loaded of two others, chosen per prompt, so overflow spreads (no herd on r1)
-    # and never reaches the most loaded of the others.
+    # Above it: one of the two least-loaded others, chosen per prompt, so overflow spreads (no herd
+    # on r1) and never reaches the most loaded of the others.
     table = table_of(endpoints, self_id="r2")
     overflow = Counter(Scheduler().pick("m", chat(f"one-off {i}"), table)[0].replica_id for i in range(600))
-    assert set(overflow) == {"r1", "r3"} and 300 < overflow["r1"] < 500, overflow
+    assert set(overflow) == {"r1", "r3"} and min(overflow.values()) > 200, overflow
     # A table with no replica of its own (a model this entry point does not serve): the same.
     table = table_of(endpoints)
     assert Scheduler().pick("m", chat("another"), table)[0].replica_id != "r2"
@@ -130,7 +130,9 @@ def test_a_hot_holder_sends_its_key_to_the_key_s_next_rendezvous_choice():
     request = chat("a long shared system prompt")
     table = table_of([ep(f"r{i}") for i in range(4)])
     first = Scheduler().pick("m", request, table)[0].replica_id
-    second = [r for r in rendezvous_order(PrefixAwarePolicy().key(request) or b"", [f"r{i}" for i in range(4)]) if r != first][0]
+    second = [
+        r for r in rendezvous_order(PrefixAwarePolicy().key(request) or b"", [f"r{i}" for i in range(4)]) if r != first
+    ][0]
     table.update([ep(f"r{i}", in_flight=20 if f"r{i}" == first else 0) for i in range(4)])
     assert Scheduler().pick("m", request, table)[0].replica_id == second
     assert table.holders(PrefixAwarePolicy().key(request) or b"") == {first, second}
@@ -263,12 +265,12 @@ def test_in_flight_reports_its_mean_over_the_period_since_it_was_last_asked():
 
 
 def test_a_replica_s_mean_load_ranks_it_and_an_older_report_without_one_still_counts():
-    # Replicas idle at the instant they reported, but one was busy on average: a prompt nobody holds
-    # that cannot stay (its entry point is above the mean) goes to it less often.
+    # Replicas idle at the instant they reported, but busy on average: a prompt nobody holds that
+    # cannot stay (its entry point is above the mean) goes to the two least busy on average.
     endpoints = [ep("r0"), ep("r1", load=1.6), ep("r2", load=0.2), ep("r3", in_flight=2)]
     load = {"n": 3}
     table = EndpointTable("r0", own_load=lambda: load["n"], clock=Clock())
     table.update(endpoints)
     assert [table.load(e) for e in table.endpoints()] == [3, 1.6, 0.2, 2]
     placed = Counter(Scheduler().pick("m", chat(f"one-off {i}"), table)[0].replica_id for i in range(600))
-    assert set(placed) == {"r1", "r2"} and placed["r2"] > 300, placed  # never r3 (2), the most loaded
+    assert set(placed) == {"r1", "r2"} and min(placed.values()) > 200, placed  # never r3 (2), the most loaded
