@@ -131,6 +131,11 @@ class ModelConfig(Strict):
         "process to its worker's core, so their lockstep spins on one core, not two; released at half of it. "
         "0 = always, null = never (serving/deployments/node_tuning.py). No effect on GPU.",
     )
+    task: Literal["generate", "embed"] = Field(
+        "generate",
+        description="`generate`: chat and completions. `embed`: /v1/embeddings, on vLLM's pooling runner "
+        "(`builtin:tiny-embed` is a small embedding model built offline).",
+    )
     tool_parser: str | None = Field(
         None,
         description="vLLM's tool-call parser for the model's output (`hermes` for Qwen2.5 and the builtin tiny "
@@ -175,6 +180,12 @@ class ModelConfig(Strict):
             if key in v:
                 raise ValueError(f"engine_args.{key} is set from the model's `source` and `id`; remove it")
         return v
+
+    @model_validator(mode="after")
+    def _embed_has_no_tools(self) -> ModelConfig:
+        if self.task == "embed" and self.tool_parser is not None:
+            raise ValueError("tool_parser: an embedding model (task: embed) generates no text to parse; remove it")
+        return self
 
     @property
     def deployment_name(self) -> str:

@@ -78,6 +78,20 @@ class PromptTooLongError(InvalidRequestError):
         )
 
 
+class InputTooLongError(InvalidRequestError):
+    """An embeddings input longer than the model's context."""
+
+    reason = "input_too_long"
+
+    def __init__(self, index: int, tokens: int, max_model_len: int) -> None:
+        super().__init__(
+            f"This model's maximum context length is {max_model_len} tokens. However, input {index} has "
+            f"{tokens} tokens. Please reduce the input.",
+            param="input",
+            code="context_length_exceeded",
+        )
+
+
 class ModelNotFoundError(APIError):
     status_code = 404
     error_type = "invalid_request_error"

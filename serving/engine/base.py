@@ -21,6 +21,13 @@ An engine turns one `EngineRequest` into a stream of `EngineOutput`s:
   `ToolCallDelta`s (a call's first delta has its id and name, later ones add
   pieces of its arguments' JSON). Without it, text is text, whatever it holds.
 
+Embeddings: an engine whose `EngineInfo.task` is `embed` (vLLM's pooling
+runner) answers `embed()` instead of `generate()`: every input of one
+`EmbedRequest` (texts or token ids) validated and tokenized first (an
+`InvalidRequestError` naming `input`, `context_length_exceeded` for an input
+longer than the context), then one vector per input, in order, all at once.
+A generating engine refuses `embed()`, an embedding one `generate()`.
+
 `check_health()` raises when the engine cannot serve; `stats()` returns the
 engine's own counters for metrics and tests. `tokenize()` gives the token ids
 `generate()` would see for the same request's prompt (a chat templated, with
@@ -32,6 +39,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
+
+from serving.errors import InvalidRequestError
 
 
 @dataclass(slots=True)
@@ -72,6 +81,19 @@ class EngineRequest:
 
 
 @dataclass(slots=True)
+class EmbedRequest:
+    request_id: str
+    inputs: list[str | list[int]]  # texts, or token ids
+    dimensions: int | None = None  # the leading dimensions to keep (Matryoshka models); None: all
+
+
+@dataclass(slots=True)
+class EmbedOutput:
+    embeddings: list[list[float]]  # one per input, in the inputs' order
+    prompt_tokens: int  # over all inputs
+
+
+@dataclass(slots=True)
 class TokenLogprob:
     token: str
     logprob: float
@@ -104,6 +126,8 @@ class EngineInfo:
     # The tool-call parser the engine applies with `parse_tool_calls` (None: it has none,
     # and `tool_choice: auto` is answered as text).
     tool_parser: str | None = None
+    task: str = "generate"  # "generate", or "embed": the model answers `embed()` (vLLM's pooling runner)
+    embedding_size: int | None = None  # an embedding model's vector length
 
 
 class Engine(abc.ABC):
@@ -125,6 +149,10 @@ class Engine(abc.ABC):
     async def detokenize(self, token_ids: list[int]) -> str:
         """The text of `token_ids` (an `InvalidRequestError` for an id outside the vocabulary)."""
         raise NotImplementedError
+
+    async def embed(self, request: EmbedRequest) -> EmbedOutput:
+        """One vector per input (an embedding model's; see the module docstring)."""
+        raise InvalidRequestError("This model does not serve embeddings.", param="model", code="model_not_embedding")
 
     async def stats(self) -> dict[str, float]:
         """Counters for metrics and tests. Keys, where the engine has them: running,

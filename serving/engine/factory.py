@@ -18,11 +18,15 @@ def resolve_source(source: str) -> str:
     """A builtin model is built (once) into the local cache; anything else is passed through."""
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX) :]
-        if name != "tiny-llama":
-            raise ValueError(f"unknown builtin model '{name}' (known: tiny-llama)")
-        from serving.models.tiny_llama import ensure_tiny_llama
+        if name == "tiny-llama":
+            from serving.models.tiny_llama import ensure_tiny_llama
 
-        return str(ensure_tiny_llama())
+            return str(ensure_tiny_llama())
+        if name == "tiny-embed":
+            from serving.models.tiny_embed import ensure_tiny_embed
+
+            return str(ensure_tiny_embed())
+        raise ValueError(f"unknown builtin model '{name}' (known: tiny-llama, tiny-embed)")
     path = Path(source).expanduser()
     return str(path) if path.exists() else source
 
@@ -31,11 +35,13 @@ def make_engine(cfg: ModelConfig) -> Engine:
     if cfg.engine == "vllm":
         from serving.engine.vllm_engine import VLLMEngine
 
-        return VLLMEngine(resolve_source(cfg.source), cfg.id, cfg.engine_args, tool_parser=cfg.tool_parser)
+        return VLLMEngine(
+            resolve_source(cfg.source), cfg.id, cfg.engine_args, tool_parser=cfg.tool_parser, task=cfg.task
+        )
     if cfg.engine == "simulator":
         from serving.engine.simulator import SimulatedEngine
 
-        return SimulatedEngine.from_engine_args(cfg.engine_args)
+        return SimulatedEngine.from_engine_args(cfg.engine_args, task=cfg.task)
     module_name, class_name = cfg.engine.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     engine: Engine = cls(cfg)

@@ -61,6 +61,8 @@ from typing import Any, AsyncIterator
 
 from serving.engine.base import (
     ChoiceDelta,
+    EmbedOutput,
+    EmbedRequest,
     Engine,
     EngineInfo,
     EngineOutput,
@@ -71,6 +73,7 @@ from serving.engine.base import (
 from serving.errors import (
     EngineError,
     EngineUnavailableError,
+    InputTooLongError,
     InvalidRequestError,
     PromptTooLongError,
 )
@@ -114,9 +117,11 @@ class SimulatorConfig:
     fail_after_s: float | None = None
     startup_delay_s: float = 0.0
     fault_seed: int = 0
+    # Embeddings (a model with `task: embed`): vector length; any leading `dimensions` may be asked for.
+    embedding_size: int = 64
 
     def __post_init__(self) -> None:
-        positive = ("max_model_len", "vocab_size", "chars_per_token", "max_num_seqs", "block_size")
+        positive = ("max_model_len", "vocab_size", "chars_per_token", "max_num_seqs", "block_size", "embedding_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -301,8 +306,9 @@ class _Choice:
 class SimulatedEngine(Engine):
     """A simulated engine (see the module docstring for the model it follows)."""
 
-    def __init__(self, config: SimulatorConfig | None = None) -> None:
+    def __init__(self, config: SimulatorConfig | None = None, task: str = "generate") -> None:
         self.config = config or SimulatorConfig()
+        self.task = task  # "embed": answers embed(), refuses generate() (models[].task)
         self.cache = PrefixCache(self.config.prefix_cache_blocks)
         self._started_at: float | None = None
         self._shut_down = False
@@ -327,12 +333,12 @@ class SimulatedEngine(Engine):
         )
 
     @classmethod
-    def from_engine_args(cls, engine_args: dict[str, Any]) -> SimulatedEngine:
+    def from_engine_args(cls, engine_args: dict[str, Any], task: str = "generate") -> SimulatedEngine:
         known = {f.name for f in dataclasses.fields(SimulatorConfig)}
         for key in engine_args:
             if key not in known:
                 raise ValueError(f"unknown simulator engine_args key '{key}' (known: {', '.join(sorted(known))})")
-        return cls(SimulatorConfig(**engine_args))
+        return cls(SimulatorConfig(**engine_args), task=task)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -341,6 +347,10 @@ class SimulatedEngine(Engine):
             await asyncio.sleep(self.config.startup_delay_s)
         self._started_at = time.monotonic()
         self._shut_down = False
+        if self.task == "embed":
+            return EngineInfo(
+                max_model_len=self.config.max_model_len, task="embed", embedding_size=self.config.embedding_size
+            )
         return EngineInfo(max_model_len=self.config.max_model_len, tool_parser="simulator")
 
     def _dead(self) -> bool:
@@ -410,9 +420,53 @@ class SimulatedEngine(Engine):
             choices.append(_Choice(i, rng))
         return choices
 
+    async def embed(self, request: EmbedRequest) -> EmbedOutput:
+        """Unit vectors drawn from each input's tokens (the same input, the same vector), after the
+        prefill time of all of them."""
+        if self.task != "embed":
+            return await super().embed(request)
+        cfg = self.config
+        size = cfg.embedding_size
+        if request.dimensions is not None and not 1 <= request.dimensions <= size:
+            raise InvalidRequestError(
+                f"dimensions must lie in [1, {size}] for this model, got {request.dimensions}", param="dimensions"
+            )
+        token_lists = []
+        for i, item in enumerate(request.inputs):
+            if isinstance(item, str):
+                tokens: list = tokenize(item, cfg.chars_per_token)
+            else:
+                if any(t < 0 or t >= cfg.vocab_size for t in item):
+                    raise InvalidRequestError(f"input {i} has token ids outside [0, {cfg.vocab_size})", param="input")
+                tokens = list(item)
+            if not tokens:
+                raise InvalidRequestError(f"input {i} is empty", param="input")
+            if len(tokens) > cfg.max_model_len:
+                raise InputTooLongError(i, len(tokens), cfg.max_model_len)
+            token_lists.append(tokens)
+        if self._dead():
+            raise EngineUnavailableError("the simulated engine is not running")
+        total = sum(len(t) for t in token_lists)
+        self._counters["requests"] += 1
+        self._counters["prompt_tokens"] += total
+        await asyncio.sleep(cfg.ttft_base_s + cfg.prefill_s_per_token * total)
+        keep = request.dimensions or size
+        vectors = []
+        for tokens in token_lists:
+            raw = hashlib.shake_256(_digest(tokens).encode()).digest(4 * size)
+            values = [int.from_bytes(raw[j : j + 4], "little") / 2**31 - 1.0 for j in range(0, 4 * keep, 4)]
+            norm = sum(v * v for v in values) ** 0.5 or 1.0
+            vectors.append([v / norm for v in values])
+        self._counters["requests_finished"] += 1
+        return EmbedOutput(embeddings=vectors, prompt_tokens=total)
+
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         cfg = self.config
         p = request.params
+        if self.task == "embed":
+            raise InvalidRequestError(
+                "This model is an embedding model: use /v1/embeddings.", param="model", code="model_not_generative"
+            )
         # -- validation, before the first yield ----------------------------------
         # Small prompts inline: a thread hop costs more than they do.
         if _prompt_size(request) < PREPARE_INLINE_CHARS:

@@ -17,6 +17,8 @@ from typing import Any, AsyncIterator
 
 from serving.engine.base import (
     ChoiceDelta,
+    EmbedOutput,
+    EmbedRequest,
     Engine,
     EngineInfo,
     EngineOutput,
@@ -28,6 +30,7 @@ from serving.engine.base import (
 from serving.errors import (
     EngineError,
     EngineUnavailableError,
+    InputTooLongError,
     InvalidRequestError,
     PromptTooLongError,
 )
@@ -200,8 +203,14 @@ class _ToolCallReader:
 
 class VLLMEngine(Engine):
     def __init__(
-        self, model_path: str, served_model_name: str, engine_args: dict[str, Any], tool_parser: str | None = None
+        self,
+        model_path: str,
+        served_model_name: str,
+        engine_args: dict[str, Any],
+        tool_parser: str | None = None,
+        task: str = "generate",
     ):
+        self._task = task  # "embed": vLLM's pooling runner (models[].task)
         self._model_path = model_path
         self._served_name = served_model_name
         self._engine_args = dict(engine_args)
@@ -224,6 +233,8 @@ class VLLMEngine(Engine):
         args = {"enable_log_requests": False, **self._engine_args}
         args["model"] = self._model_path
         args["served_model_name"] = [self._served_name]
+        if self._task == "embed":
+            args.setdefault("runner", "pooling")
         engine_args = AsyncEngineArgs(**_config_objects(AsyncEngineArgs, args))
         self._llm = AsyncLLM.from_engine_args(engine_args)
         self._tokenizer = self._llm.get_tokenizer()
@@ -241,12 +252,25 @@ class VLLMEngine(Engine):
                 model_name=self._served_name,
                 tokenizer=self._tokenizer,
             )
-        await self._warm_up()
+        embedding_size = None
+        if self._task == "embed":
+            if self._llm.model_config.runner_type != "pooling":
+                raise ValueError(f"model '{self._served_name}' (task: embed) did not start on vLLM's pooling runner")
+            embedding_size = int(self._llm.model_config.embedding_size)
+            await self._embed_ids([[self._tokenizer.bos_token_id or 0]], None, "warm-up")
+        else:
+            await self._warm_up()
         # As vLLM's engine core does: move the start-up heap (torch, transformers,
         # Ray) out of the cyclic GC, whose full passes over it stalled streams.
         gc.collect()
         gc.freeze()
-        return EngineInfo(max_model_len=self._max_model_len, max_token_chars=2 * longest, tool_parser=self._tool_parser)
+        return EngineInfo(
+            max_model_len=self._max_model_len,
+            max_token_chars=2 * longest,
+            tool_parser=self._tool_parser,
+            task=self._task,
+            embedding_size=embedding_size,
+        )
 
     async def _warm_up(self) -> None:
         """One tiny request down the logprobs path before serving: its first use paused the
@@ -336,6 +360,12 @@ class VLLMEngine(Engine):
 
         if self._llm is None or self._llm.errored:
             raise EngineUnavailableError("the engine is not running")
+        if self._task == "embed":
+            raise InvalidRequestError(
+                f"The model '{self._served_name}' is an embedding model: use /v1/embeddings.",
+                param="model",
+                code="model_not_generative",
+            )
         if _prompt_chars(request) <= INLINE_PROMPT_CHARS:
             ids = self._prompt_ids(request)
         else:
@@ -394,6 +424,73 @@ class VLLMEngine(Engine):
             raise InvalidRequestError(str(exc)) from None
         except Exception as exc:
             logger.exception("request %s failed in the engine", request.request_id)
+            raise EngineError(f"the engine failed: {type(exc).__name__}") from None
+
+    async def embed(self, request: EmbedRequest) -> EmbedOutput:
+        if self._task != "embed":
+            await super().embed(request)  # refuses
+        if self._llm is None or self._llm.errored:
+            raise EngineUnavailableError("the engine is not running")
+        chars = sum(len(x) for x in request.inputs)
+        if chars <= INLINE_PROMPT_CHARS:
+            ids = self._input_ids(request.inputs)
+        else:
+            ids = await asyncio.get_running_loop().run_in_executor(self._prepare, self._input_ids, request.inputs)
+        vectors = await self._embed_ids(ids, request.dimensions, request.request_id)
+        return EmbedOutput(embeddings=vectors, prompt_tokens=sum(len(x) for x in ids))
+
+    def _input_ids(self, inputs: list[str | list[int]]) -> list[list[int]]:
+        vocab = len(self._tokenizer)
+        out = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                try:
+                    ids = list(self._tokenizer.encode(item, add_special_tokens=True))
+                except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates
+                    raise InvalidRequestError(f"cannot tokenize input {i}: {exc}", param="input") from None
+            else:
+                if any(t < 0 or t >= vocab for t in item):
+                    raise InvalidRequestError(f"input {i} has token ids outside [0, {vocab})", param="input")
+                ids = list(item)
+            if not ids:
+                raise InvalidRequestError(f"input {i} is empty", param="input")
+            if len(ids) > self._max_model_len:
+                raise InputTooLongError(i, len(ids), self._max_model_len)
+            out.append(ids)
+        return out
+
+    async def _embed_ids(self, ids: list[list[int]], dimensions: int | None, request_id: str) -> list[list[float]]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.pooling_params import PoolingParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        params = PoolingParams(task="embed", dimensions=dimensions)
+
+        async def one(i: int, prompt: list[int]) -> list[float]:
+            last = None
+            async for out in self._llm.encode({"prompt_token_ids": prompt}, params, f"{request_id}-{i}"):
+                last = out
+            if last is None:
+                raise EngineError("the engine returned no embedding")
+            vector: list[float] = last.outputs.data.tolist()
+            return vector
+
+        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(ids)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException as exc:
+            for task in tasks:  # one failed, or the caller left: abort the others in the engine
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if isinstance(exc, EngineDeadError):
+                raise EngineUnavailableError(f"the engine died: {exc}") from None
+            if isinstance(exc, (asyncio.CancelledError, EngineError)) or not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, (ValueError, VLLMClientError)):
+                # vLLM checks `dimensions` against the model (Matryoshka or not, the range) in add_request.
+                message = str(exc).split(" (parameter=")[0]
+                raise InvalidRequestError(message, param="dimensions" if "imension" in message else "input") from None
+            logger.exception("request %s failed in the engine", request_id)
             raise EngineError(f"the engine failed: {type(exc).__name__}") from None
 
     def _logprobs(self, output, top_k: int) -> list[TokenLogprob]:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 BUILD_VERSION = "v2"  # v2: the chat template renders tools, calls and their results
@@ -78,12 +79,16 @@ def model_dir() -> Path:
 
 
 def ensure_tiny_llama() -> Path:
-    """Return the model folder, building it first if missing.
+    """Return the model folder, building it first if missing."""
+    return ensure_built(model_dir(), _build)
+
+
+def ensure_built(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return `target`, made by `build(folder)` first if missing.
 
     Safe to call from several processes at once (replicas starting together):
     a file lock serialises the build and the folder appears by atomic rename.
     """
-    target = model_dir()
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,7 @@ def ensure_tiny_llama() -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            _build(tmp)
+            build(tmp)
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

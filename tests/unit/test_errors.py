@@ -17,6 +17,7 @@ CLASSES = [
 EXPECTED_REASONS = {
     "InvalidRequestError": "invalid_request",
     "PromptTooLongError": "context_length",
+    "InputTooLongError": "input_too_long",
     "ModelNotFoundError": "model_not_found",
     "NotFoundError": "not_found",
     "AuthenticationError": "auth",
@@ -59,6 +60,9 @@ def test_errors_survive_pickling_as_ray_does():
     assert type(back) is errors.PromptTooLongError
     assert back.body() == err.body()
     assert back.status_code == 400 and back.code == "context_length_exceeded" and back.reason == "context_length"
+    err2 = errors.InputTooLongError(1, 600, 512)
+    back2 = pickle.loads(pickle.dumps(err2))
+    assert type(back2) is errors.InputTooLongError and back2.body() == err2.body() and back2.param == "input"
 
 
 def test_unwrap_finds_the_api_error_behind_a_wrapper():
