@@ -48,10 +48,11 @@ class InProcessApp:
         api_key: str = "unused",
         engine: SimulatedEngine | None = None,
         serving: OpenAIServing | None = None,
+        tasks: dict[str, str] | None = None,
     ) -> None:
         # Open unless a test asks for keys (build_api itself defaults to keys from SERVING_API_KEYS).
         auth = auth if auth is not None else AuthConfig(mode="open")
-        self.app = build_api(ModelRegistry(list(backends), created=CREATED), auth, limits, metrics=metrics)
+        self.app = build_api(ModelRegistry(list(backends), created=CREATED, tasks=tasks), auth, limits, metrics=metrics)
         self.engine, self.serving = engine, serving
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test", timeout=30)
         self.client = AsyncOpenAI(base_url="http://test/v1", api_key=api_key, http_client=self.http, max_retries=0)

@@ -19,7 +19,7 @@ from serving import __version__
 from serving.api.backend import ModelRegistry
 from serving.api.middleware import RequestContext, error_response, internal_error_response, record_error
 from serving.api.responses.store import MemoryResponseStore, ResponseStore
-from serving.api.routes import chat, completions, health, models, responses, tokenize
+from serving.api.routes import chat, completions, embeddings, health, models, responses, tokenize
 from serving.api.security import Authenticator, RateLimiter, load_api_keys
 from serving.config import AuthConfig, LimitsConfig, ObservabilityConfig
 from serving.errors import APIError, error_body, unwrap
@@ -29,7 +29,7 @@ from serving.observability.metrics import Metrics, NullMetrics
 logger = logging.getLogger(__name__)
 
 # The routes whose requests are counted and logged one by one (RequestContext).
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
 
 
 def _serve_self_contained_openapi(app: FastAPI) -> None:
@@ -77,7 +77,7 @@ def build_api(
     app.state.limiter = RateLimiter(app.state.limits)
     if auth.mode == "open":
         logger.warning("auth: open (from the config): the API checks no key, anyone who can reach it may use it")
-    for module in (health, models, chat, completions, responses, tokenize):
+    for module in (health, models, chat, completions, embeddings, responses, tokenize):
         app.include_router(module.router)
     _serve_self_contained_openapi(app)
     app.add_middleware(RequestContext, metrics=metrics or NullMetrics(), metered_paths=GENERATION_PATHS)

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Protocol, Sequence, Union
 
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from serving.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from serving.api.streaming import EncodedBody
 from serving.errors import ModelNotFoundError
 
@@ -33,6 +39,10 @@ class ModelBackend(Protocol):
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Generation: ...
 
     async def completions(self, req: CompletionRequest, request_id: str) -> Generation: ...
+
+    async def embeddings(self, req: EmbeddingRequest, request_id: str) -> Generation:
+        """POST /v1/embeddings' answer: a whole body (an embedding model's; others refuse with a 400)."""
+        ...
 
     async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
         """POST /tokenize's answer: `count`, `max_model_len`, `tokens`, `token_strs`."""
@@ -68,9 +78,10 @@ def served_here(backend: ModelBackend) -> ModelBackend | None:
 class ModelRegistry:
     """Model id -> backend, in the order the config lists the models."""
 
-    def __init__(self, backends: Sequence[ModelBackend], created: int) -> None:
+    def __init__(self, backends: Sequence[ModelBackend], created: int, tasks: dict[str, str] | None = None) -> None:
         self._backends = {b.model_id: b for b in backends}
         self.created = created
+        self._tasks = tasks or {}  # model id -> "generate" | "embed" (models[].task)
 
     def get(self, model: str) -> ModelBackend:
         backend = self._backends.get(model)
@@ -83,7 +94,13 @@ class ModelRegistry:
 
     def card(self, model: str) -> dict[str, Any]:
         self.get(model)
-        return {"id": model, "object": "model", "created": self.created, "owned_by": "serving"}
+        return {
+            "id": model,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "serving",
+            "task": self._tasks.get(model, "generate"),  # which endpoint serves it: chat/completions or embeddings
+        }
 
     async def longest_context(self) -> int | None:
         """The largest context of the models, in tokens; None while one of them cannot say."""

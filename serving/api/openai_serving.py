@@ -9,13 +9,21 @@ further (the HTTP server in the same process, or a Ray handle) moves opaque byte
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import time
 import uuid
 from typing import Any, AsyncIterator, Callable
 
 from serving.api.backend import Generation
 from serving.api.cost import SCHEMA_PARAM, check_cost, check_schema, request_schema, validate_schema
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from serving.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from serving.api.streaming import DONE, PIECE_BYTES, EncodedBody, closing, drain, first_then_rest, sse
 from serving.api.streaming import encode_json as _encode
 from serving.api.tools import (
@@ -33,7 +41,7 @@ from serving.api.tools import (
     tool_schemas,
 )
 from serving.config import LimitsConfig
-from serving.engine.base import Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
+from serving.engine.base import EmbedRequest, Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
 from serving.errors import (
     APIError,
     EngineError,
@@ -362,6 +370,44 @@ class OpenAIServing:
         check_cost(req, self.limits, self.max_model_len, self.max_token_chars)
         request_id = request_id or uuid.uuid4().hex
         return await (self._completions_stream(req, request_id) if req.stream else self._completions(req, request_id))
+
+    async def embeddings(self, req: EmbeddingRequest, request_id: str | None = None) -> dict[str, Any]:
+        """One vector per input, as OpenAI answers (floats, or base64 of little-endian float32)."""
+        self._admit()
+        start = time.monotonic()
+        status = "error"
+        request = EmbedRequest(request_id or f"embd-{uuid.uuid4().hex}", req.inputs(), req.dimensions)
+        try:
+            out = await asyncio.wait_for(self.engine.embed(request), self.timeout_s)
+            status = "ok"
+        except TimeoutError:
+            raise RequestTimeoutError(f"The request did not finish within {self.timeout_s:g} s.") from None
+        finally:
+            self.load.add(-1)
+            access_log(
+                "embeddings",
+                model=self.model_id,
+                request_id=request.request_id,
+                inputs=len(request.inputs),
+                status=status,
+                duration_ms=round(1000 * (time.monotonic() - start), 1),
+            )
+        as_text = req.encoding_format == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if as_text else v,
+            }
+            for i, v in enumerate(out.embeddings)
+        ]
+        tokens = out.prompt_tokens
+        return {
+            "object": "list",
+            "data": data,
+            "model": self.model_id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
         request = EngineRequest(request_id="tokenize", params=GenerationParams())

@@ -41,7 +41,7 @@ from serving.api.forwarded import (
     placed_on,
 )
 from serving.api.middleware import engine_request_id, set_model
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from serving.api.security import Lease
 from serving.api.streaming import (
     SSE_HEADERS,
@@ -55,7 +55,7 @@ from serving.errors import ClientDisconnectedError, EngineUnavailableError, Inva
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-GenerationRequest = TypeVar("GenerationRequest", ChatCompletionRequest, CompletionRequest)
+GenerationRequest = TypeVar("GenerationRequest", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 
 _UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
 
@@ -159,7 +159,9 @@ def parse_json_model(raw: bytes, content_type: str, model: type[M]) -> M:
         raise InvalidRequestError("The request body is nested too deeply.") from None
 
 
-def worst_case_tokens(req: ChatCompletionRequest | CompletionRequest, context: int | None) -> tuple[int, int]:
+def worst_case_tokens(
+    req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, context: int | None
+) -> tuple[int, int]:
     """(estimated prompt tokens, the most completion tokens the request may generate), for its reservation.
 
     The prompt is estimated at 4 characters a token (settled against the real
@@ -168,6 +170,8 @@ def worst_case_tokens(req: ChatCompletionRequest | CompletionRequest, context: i
     context (a model behind a handle that did not answer) it counts as the
     prompt's own size again, at least 256.
     """
+    if isinstance(req, EmbeddingRequest):  # nothing generated: its inputs only
+        return sum(len(x) // 4 if isinstance(x, str) else len(x) for x in req.inputs()), 0
     chars = prompt_chars(req)
     if chars is not None:
         prompt = chars // 4

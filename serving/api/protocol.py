@@ -15,7 +15,7 @@ than the rest of the hot path (see loadtests/PERFORMANCE.md).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -373,3 +373,50 @@ class TokenizeRequest(_Strict):
 class DetokenizeRequest(_Strict):
     model: str = Field(min_length=1)
     tokens: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_DETOKENIZE_TOKENS)
+
+
+MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
+
+
+class EmbeddingRequest(_Strict):
+    """POST /v1/embeddings. `input`: a string, strings, token ids, or lists of token ids (one vector each)."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Annotated[Literal["float", "base64"], _null_is("float")] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None  # accepted and ignored, as for chat
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, value: str | list[str] | list[int] | list[list[int]]) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("input must not be empty")
+            if len(value) > MAX_EMBEDDING_INPUTS and not isinstance(value[0], int):
+                raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        return value
+
+    def inputs(self) -> list[str | list[int]]:
+        """One entry per vector asked for: a flat list of ids is one input (as OpenAI and vLLM read it)."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value[0], int):
+            return [list(value)]
+        return list(value)
+
+    # What the generation pipeline asks of any request it admits (serving/api/pipeline.py):
+    # nothing streams, nothing is generated.
+    stream: ClassVar[bool] = False
+    n: ClassVar[int] = 1
+    requested_max_tokens: ClassVar[int] = 0
+    include_usage: ClassVar[bool] = False
+    usage_event: ClassVar[bool] = False
+    _usage_event: bool = PrivateAttr(default=False)
+    _raw: bytes | None = PrivateAttr(default=None)
+
+    def raw_body(self) -> bytes:
+        if self._raw is None:
+            return self.model_dump_json(exclude_unset=True).encode()
+        return self._raw

@@ -24,7 +24,13 @@ import logging
 from typing import Any, NoReturn
 
 from serving.api.backend import Generation
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from serving.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
 from serving.api.streaming import EncodedBody, first_then_rest
 from serving.errors import EngineUnavailableError, OverloadedError, unwrap
@@ -89,6 +95,10 @@ class HandleBackend:
     async def completions(self, req: CompletionRequest, request_id: str) -> Generation:
         req._raw = None
         return await self._open(self.handle.options(stream=True).completions.remote(req, request_id), req.stream)
+
+    async def embeddings(self, req: EmbeddingRequest, request_id: str) -> Generation:
+        req._raw = None
+        return await self._open(self.handle.options(stream=True).embeddings.remote(req, request_id), False)
 
     async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
         return await self._unary("tokenize", req)

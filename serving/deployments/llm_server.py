@@ -21,7 +21,13 @@ import psutil
 from serving.api.app import build_api
 from serving.api.backend import Generation, ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from serving.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from serving.api.relay import RELAYS
 from serving.api.streaming import EncodedBody
 from serving.config import AppConfig, IngressConfig, ModelConfig
@@ -224,7 +230,7 @@ class LLMServer:
                 self._routing = _Routing.start(self, app_name, ingress_cfg.host, own_port)
             backends = [self._backend(model_id, name, app_name) for model_id, name in peers.items()]
             api = build_api(
-                ModelRegistry(backends, created=self._created),
+                ModelRegistry(backends, created=self._created, tasks={m.id: m.task for m in self.app_cfg.models}),
                 self.app_cfg.auth,
                 self.app_cfg.limits,
                 self.app_cfg.observability,
@@ -295,6 +301,10 @@ class LLMServer:
                 yield chunk
         finally:
             self._handle_streams.open -= 1
+
+    async def embeddings(self, req: EmbeddingRequest, request_id: str) -> AsyncIterator[Any]:
+        async for item in self._answer(False, lambda: self.serving.embeddings(req, request_id)):
+            yield item
 
     async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
         return await self._loop.run(self.serving.tokenize(req))

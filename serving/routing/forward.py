@@ -47,7 +47,13 @@ from serving.api.forwarded import (
     entered_at,
     placed_on,
 )
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from serving.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
 from serving.api.streaming import PIECE_BYTES, EncodedBody, aclose, first_then_rest
 from serving.errors import APIError, EngineUnavailableError
@@ -238,13 +244,16 @@ class RoutedBackend:
     async def completions(self, req: CompletionRequest, request_id: str) -> Generation:
         return await self._place(req, request_id, "/v1/completions", lambda b: b.completions(req, request_id))
 
+    async def embeddings(self, req: EmbeddingRequest, request_id: str) -> Generation:
+        return await self._place(req, request_id, "/v1/embeddings", lambda b: b.embeddings(req, request_id))
+
     def _placed(self, where: str) -> None:
         if self._on_placed is not None:
             self._on_placed(self.model_id, where)
 
     async def _place(
         self,
-        req: ChatCompletionRequest | CompletionRequest,
+        req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
         request_id: str,
         path: str,
         here: Callable[[ModelBackend], Awaitable[Generation]],
@@ -295,7 +304,11 @@ class RoutedBackend:
         )
 
     async def _forward(
-        self, address: str, path: str, req: ChatCompletionRequest | CompletionRequest, request_id: str
+        self,
+        address: str,
+        path: str,
+        req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        request_id: str,
     ) -> Generation:
         headers = {"x-request-id": request_id}
         if req.stream and req.usage_event and not req.include_usage:

@@ -230,8 +230,8 @@ class Scheduler:
         by_id = {e.replica_id: e for e in found}
         loads = {e.replica_id: table.load(e) for e in found}
         key = self.policy.key(request)
-        if key is None:  # no prompt to be sticky on: the least loaded, ties in a stable order
-            return sorted(found, key=lambda e: (loads[e.replica_id], e.replica_id))
+        if key is None:  # no prompt to be sticky on (embeddings): placed as a prompt nobody holds
+            return [by_id[rid] for rid in self._unplaced(sorted(loads), loads, table.self_id)]
         ranked = rendezvous_order(key, loads)
         held = table.holders(key)
         if held & loads.keys():

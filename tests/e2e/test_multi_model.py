@@ -1,8 +1,9 @@
-"""Two models in one application (configs/multi-model.yaml): the real vLLM CPU engine twice.
+"""Three models in one application (configs/multi-model.yaml): the real vLLM CPU engine three times.
 
 `tiny-llama` and `tiny-llama-short` are the same weights under two ids with
 different engine settings (max_model_len 2048 vs 512), each its own
-deployment. Served on free ports of their own, beside the dev server. Through the direct port, whichever replica the
+deployment; `tiny-embed` is an embedding model on vLLM's pooling runner
+(/v1/embeddings, asked with the official openai SDK as RAG code asks). Served on free ports of their own, beside the dev server. Through the direct port, whichever replica the
 kernel hands the connection to answers for both ids (the other model's
 requests are forwarded through a Ray Serve handle); through the proxy port the
 ingress deployment routes by model.
@@ -20,7 +21,7 @@ from tests.e2e.conftest import dev_config, start_stack
 
 DIRECT_PORT, PROXY_PORT = free_ports(2)
 DIRECT_URL, PROXY_URL = f"http://127.0.0.1:{DIRECT_PORT}", f"http://127.0.0.1:{PROXY_PORT}"
-LONG, SHORT = "tiny-llama", "tiny-llama-short"
+LONG, SHORT, EMBED = "tiny-llama", "tiny-llama-short", "tiny-embed"
 NO_EOS = {"ignore_eos": True}
 
 
@@ -56,11 +57,13 @@ def tokenizer():
 def test_ready_lists_both_models(multi_server):
     for url in (DIRECT_URL, PROXY_URL):
         r = httpx.get(f"{url}/ready", timeout=30)
-        assert r.status_code == 200 and r.json()["models"] == {LONG: True, SHORT: True}
+        assert r.status_code == 200 and r.json()["models"] == {LONG: True, SHORT: True, EMBED: True}
 
 
 def test_models_lists_both(client):
-    assert [m.id for m in client.models.list().data] == [LONG, SHORT]
+    models = client.models.list().data
+    assert [m.id for m in models] == [LONG, SHORT, EMBED]
+    assert [m.task for m in models] == ["generate", "generate", "embed"]  # type: ignore[attr-defined]
     assert client.models.retrieve(SHORT).id == SHORT
 
 
@@ -113,3 +116,36 @@ def test_max_model_len_differs_per_model(client, tokenizer):
     # The short model still serves prompts that fit.
     ok = client.completions.create(model=SHORT, prompt=tokenizer.decode(ids[:300]), max_tokens=5, extra_body=NO_EOS)
     assert ok.usage.completion_tokens == 5
+
+
+def test_embeddings_from_every_entry_point(client):
+    """Fresh connections: on the direct port each lands on any model's replica, and the embedding
+    model's replica serves every request (local, or forwarded to it)."""
+    import math
+
+    first = None
+    for _ in range(4):
+        r = client.embeddings.create(model=EMBED, input=["the cat sat", "a tax form"])
+        assert r.model == EMBED and [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens > 0
+        vectors = [d.embedding for d in r.data]
+        assert all(len(v) == 128 and abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in vectors)
+        first = first or vectors
+        assert vectors[0] == pytest.approx(first[0], abs=1e-4)
+    assert sum(a * b for a, b in zip(*first, strict=True)) < 0.999
+    short = client.embeddings.create(model=EMBED, input=[[5, 6, 7]], dimensions=64, encoding_format="float")
+    assert len(short.data[0].embedding) == 64
+
+
+def test_embeddings_errors(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=EMBED, input="word " * 600)
+    assert err.value.body["code"] == "context_length_exceeded" and err.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=EMBED, input="x", dimensions=50)
+    assert err.value.body["param"] == "dimensions"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=LONG, input="x")
+    assert err.value.body["code"] == "model_not_embedding"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=EMBED, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert err.value.body["code"] == "model_not_generative"
