@@ -83,18 +83,18 @@ def ensure_tiny_llama() -> Path:
     return ensure_built(model_dir(), _build)
 
 
-def ensure_built(target: Path, build: Callable[[Path], None]) -> Path:
-    """Return `target`, made by `build(folder)` first if missing.
+def ensure_built(target: Path, build: Callable[[Path], None], ready_file: str = "config.json") -> Path:
+    """Return `target`, made by `build(folder)` first if missing (`ready_file` in it says it is there).
 
     Safe to call from several processes at once (replicas starting together):
     a file lock serialises the build and the folder appears by atomic rename.
     """
-    if (target / "config.json").exists():
+    if (target / ready_file).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
+        if (target / ready_file).exists():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
