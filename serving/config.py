@@ -326,6 +326,9 @@ class LimitsConfig(Strict):
     max_logprobs_per_token: int = Field(
         96, ge=1, description="with logprobs: n x (top_logprobs + 1), the entries each engine step adds"
     )
+    max_embedding_tokens: int = Field(
+        300_000, ge=1, description="tokens of all inputs of one /v1/embeddings request (OpenAI's cap); more is a 400"
+    )
     max_output_tokens: int | None = Field(
         None, ge=1, description="n x max_tokens (omitted max_tokens = context); null: no cap beyond the context"
     )

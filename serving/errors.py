@@ -92,6 +92,14 @@ class InputTooLongError(InvalidRequestError):
         )
 
 
+def too_many_input_tokens(total: int, cap: int) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"The inputs have {total} tokens together; at most {cap} per request. Send fewer inputs per request.",
+        param="input",
+        code="request_too_large",
+    )
+
+
 class ModelNotFoundError(APIError):
     status_code = 404
     error_type = "invalid_request_error"

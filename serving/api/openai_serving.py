@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import threading
 import time
 import uuid
 from typing import Any, AsyncIterator, Callable
@@ -233,23 +234,26 @@ class InFlight:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.now = 0
+        self._lock = threading.Lock()  # requests end on the engine loop, the reporter asks from Serve's
         self._clock = clock
         self._changed = self._from = clock()
         self._area = 0.0
 
     def add(self, delta: int) -> None:
-        t = self._clock()
-        self._area += self.now * (t - self._changed)
-        self._changed = t
-        self.now += delta
+        with self._lock:
+            t = self._clock()
+            self._area += self.now * (t - self._changed)
+            self._changed = t
+            self.now += delta
 
     def mean(self) -> float:
         """The mean since the last call (the count now if no time passed), and start a new period."""
-        t = self._clock()
-        area = self._area + self.now * (t - self._changed)
-        span = t - self._from
-        self._area, self._changed, self._from = 0.0, t, t
-        return area / span if span > 0 else float(self.now)
+        with self._lock:
+            t = self._clock()
+            area = self._area + self.now * (t - self._changed)
+            span = t - self._from
+            self._area, self._changed, self._from = 0.0, t, t
+            return area / span if span > 0 else float(self.now)
 
 
 class OpenAIServing:
@@ -376,12 +380,21 @@ class OpenAIServing:
         self._admit()
         start = time.monotonic()
         status = "error"
-        request = EmbedRequest(request_id or f"embd-{uuid.uuid4().hex}", req.inputs(), req.dimensions)
+        request = EmbedRequest(
+            request_id or f"embd-{uuid.uuid4().hex}",
+            req.inputs(),
+            req.dimensions,
+            max_total_tokens=self.limits.max_embedding_tokens,
+        )
         try:
             out = await asyncio.wait_for(self.engine.embed(request), self.timeout_s)
             status = "ok"
         except TimeoutError:
+            status = "timeout"
             raise RequestTimeoutError(f"The request did not finish within {self.timeout_s:g} s.") from None
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
         finally:
             self.load.add(-1)
             access_log(

@@ -390,6 +390,8 @@ class EmbeddingRequest(_Strict):
     @field_validator("input")
     @classmethod
     def _inputs(cls, value: str | list[str] | list[int] | list[list[int]]) -> Any:
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("input must not contain an empty string")
         if isinstance(value, list):
             if not value:
                 raise ValueError("input must not be empty")

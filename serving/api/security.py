@@ -217,6 +217,13 @@ class RateLimiter:
         self._check_concurrency(caller)
         worst = prompt_tokens + completion_tokens
         if self.tpm:
+            if worst > self.tpm and not completion_tokens:  # nothing generated: its inputs alone (embeddings)
+                raise InvalidRequestError(
+                    f"This request's inputs are about {prompt_tokens} tokens, more than your limit of {self.tpm} "
+                    "tokens per minute. Send fewer or shorter inputs per request.",
+                    param="input",
+                    code="request_too_large",
+                )
             if worst > self.tpm:
                 raise InvalidRequestError(
                     f"This request may use {worst} tokens (about {prompt_tokens} of prompt and up to "

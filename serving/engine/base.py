@@ -85,6 +85,7 @@ class EmbedRequest:
     request_id: str
     inputs: list[str | list[int]]  # texts, or token ids
     dimensions: int | None = None  # the leading dimensions to keep (Matryoshka models); None: all
+    max_total_tokens: int | None = None  # over all inputs, checked after tokenizing: more is an InvalidRequestError
 
 
 @dataclass(slots=True)

@@ -76,6 +76,7 @@ from serving.errors import (
     InputTooLongError,
     InvalidRequestError,
     PromptTooLongError,
+    too_many_input_tokens,
 )
 
 _WORDS = (
@@ -436,6 +437,8 @@ class SimulatedEngine(Engine):
             if isinstance(item, str):
                 tokens: list = tokenize(item, cfg.chars_per_token)
             else:
+                if len(item) > cfg.max_model_len:  # before the scan of every id
+                    raise InputTooLongError(i, len(item), cfg.max_model_len)
                 if any(t < 0 or t >= cfg.vocab_size for t in item):
                     raise InvalidRequestError(f"input {i} has token ids outside [0, {cfg.vocab_size})", param="input")
                 tokens = list(item)
@@ -444,9 +447,11 @@ class SimulatedEngine(Engine):
             if len(tokens) > cfg.max_model_len:
                 raise InputTooLongError(i, len(tokens), cfg.max_model_len)
             token_lists.append(tokens)
+        total = sum(len(t) for t in token_lists)
+        if request.max_total_tokens is not None and total > request.max_total_tokens:
+            raise too_many_input_tokens(total, request.max_total_tokens)
         if self._dead():
             raise EngineUnavailableError("the simulated engine is not running")
-        total = sum(len(t) for t in token_lists)
         self._counters["requests"] += 1
         self._counters["prompt_tokens"] += total
         await asyncio.sleep(cfg.ttft_base_s + cfg.prefill_s_per_token * total)

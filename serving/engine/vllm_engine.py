@@ -33,6 +33,7 @@ from serving.errors import (
     InputTooLongError,
     InvalidRequestError,
     PromptTooLongError,
+    too_many_input_tokens,
 )
 
 logger = logging.getLogger(__name__)
@@ -436,6 +437,9 @@ class VLLMEngine(Engine):
             ids = self._input_ids(request.inputs)
         else:
             ids = await asyncio.get_running_loop().run_in_executor(self._prepare, self._input_ids, request.inputs)
+        total = sum(len(x) for x in ids)
+        if request.max_total_tokens is not None and total > request.max_total_tokens:
+            raise too_many_input_tokens(total, request.max_total_tokens)
         vectors = await self._embed_ids(ids, request.dimensions, request.request_id)
         return EmbedOutput(embeddings=vectors, prompt_tokens=sum(len(x) for x in ids))
 
@@ -449,6 +453,8 @@ class VLLMEngine(Engine):
                 except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates
                     raise InvalidRequestError(f"cannot tokenize input {i}: {exc}", param="input") from None
             else:
+                if len(item) > self._max_model_len:  # before the scan of every id
+                    raise InputTooLongError(i, len(item), self._max_model_len)
                 if any(t < 0 or t >= vocab for t in item):
                     raise InvalidRequestError(f"input {i} has token ids outside [0, {vocab})", param="input")
                 ids = list(item)

@@ -60,6 +60,7 @@ own placements count at once (before its next report).
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -70,7 +71,7 @@ from serving.routing.policy import PrefixAwarePolicy, bounded_load_choice, rende
 REFRESH_S = 0.25
 STALE_S = 3.0  # twelve missed refreshes: the replica (or its node) is gone, or the registry is
 KV_FULL = 0.98
-# Prefix keys an entry point remembers placing, and reports (8 bytes each, 2 KB of hex per report):
+# Prefix keys an entry point remembers placing, and reports (8 bytes each: 2-8 KB of hex per report):
 # the recent shared prefixes of a busy replica, with room for a burst of one-off prompts.
 REMEMBERED_KEYS = 128
 KEY_BYTES = 8
@@ -158,8 +159,10 @@ class EndpointTable:
     def report(self) -> dict[str, str]:
         """This entry point's placements, as `Endpoint.placed` carries them."""
         by_replica: dict[str, list[str]] = {}
-        for key, where in self._placed.items():
-            for replica_id in where:
+        # The reporter runs on another thread than the picks that add to it: iterate over copies
+        # (list() and tuple() of a dict are taken in one step under the GIL).
+        for key, where in list(self._placed.items()):
+            for replica_id in tuple(where):
                 by_replica.setdefault(replica_id, []).append(key.hex())
         return {replica_id: "".join(keys) for replica_id, keys in by_replica.items()}
 
@@ -230,8 +233,9 @@ class Scheduler:
         by_id = {e.replica_id: e for e in found}
         loads = {e.replica_id: table.load(e) for e in found}
         key = self.policy.key(request)
-        if key is None:  # no prompt to be sticky on (embeddings): placed as a prompt nobody holds
-            return [by_id[rid] for rid in self._unplaced(sorted(loads), loads, table.self_id)]
+        if key is None:  # no prompt to be sticky on (embeddings): placed as a prompt nobody holds, ranked at random
+            ranked = rendezvous_order(random.getrandbits(64).to_bytes(8, "big"), loads)
+            return [by_id[rid] for rid in self._unplaced(ranked, loads, table.self_id)]
         ranked = rendezvous_order(key, loads)
         held = table.holders(key)
         if held & loads.keys():

@@ -29,7 +29,10 @@ async def server():
         OpenAIServing(chat_engine, MODEL, chat_info.max_model_len),
         OpenAIServing(embed_engine, EMBED, embed_info.max_model_len),
     ]
-    app = InProcessApp(backends, limits=LimitsConfig(), tasks={MODEL: "generate", EMBED: "embed"})
+    limits = LimitsConfig(max_embedding_tokens=300)
+    for b in backends:
+        b.limits = limits
+    app = InProcessApp(backends, limits=limits, tasks={MODEL: "generate", EMBED: "embed"})
     yield app
     await app.aclose()
 
@@ -68,6 +71,8 @@ BAD = [
     ({"model": EMBED, "input": []}, 400, "input", None),
     ({"model": EMBED, "input": ""}, 400, "input", None),
     ({"model": EMBED, "input": [[]]}, 400, "input", None),
+    ({"model": EMBED, "input": ["ok", ""]}, 400, "input", None),
+    ({"model": EMBED, "input": ["word " * 40] * 9}, 400, "input", "request_too_large"),  # 360 tokens > 300
     ({"model": EMBED, "input": "x" * 4 * 65}, 400, "input", "context_length_exceeded"),
     ({"model": EMBED, "input": ["ok", "x" * 4 * 65]}, 400, "input", "context_length_exceeded"),
     ({"model": EMBED, "input": "x", "dimensions": 0}, 400, "dimensions", None),
@@ -99,3 +104,19 @@ async def test_a_chat_request_to_an_embedding_model_is_a_400(server):
         "/v1/chat/completions", json={"model": EMBED, "messages": [{"role": "user", "content": "hi"}]}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_generative", r.text
+
+
+async def test_a_token_budget_reserves_the_inputs_and_names_input_when_they_cannot_fit():
+    embed_engine = SimulatedEngine(SimulatorConfig(max_model_len=64, embedding_size=8, **FAST), task="embed")
+    await embed_engine.start()
+    limits = LimitsConfig(tokens_per_minute=50)
+    app = InProcessApp([OpenAIServing(embed_engine, EMBED, 64, limits=limits)], limits=limits, tasks={EMBED: "embed"})
+    try:
+        ok = await app.client.embeddings.create(model=EMBED, input="a b c")  # 3 tokens, settled from usage
+        assert ok.usage.total_tokens == 3
+        r = await app.http.post("/v1/embeddings", json={"model": EMBED, "input": ["word " * 60] * 2})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert (err["param"], err["code"]) == ("input", "request_too_large") and "max_tokens" not in err["message"]
+    finally:
+        await app.aclose()

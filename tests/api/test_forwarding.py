@@ -26,9 +26,10 @@ from serving.api.forwarded import FORWARD_TOKEN_HEADER, REPLICA_HEADER
 from serving.api.openai_serving import OpenAIServing
 from serving.config import AuthConfig, LimitsConfig
 from serving.deployments.direct.http_server import DirectHTTPServer, own_socket
+from serving.engine.simulator import SimulatedEngine
 from serving.routing.forward import PeerClient, RoutedBackend
 from serving.routing.scheduler import DRAINING, READY, Endpoint, EndpointTable, Scheduler
-from tests.inprocess import FAST, MODEL, seconds_until, simulated_engine
+from tests.inprocess import FAST, MODEL, seconds_until
 
 TOKEN = "forward-token-for-tests"
 KEY = "sk-forwarding-test-key"
@@ -64,8 +65,9 @@ async def replicas() -> AsyncIterator[Any]:
         limits: LimitsConfig | None = None,
         engine_args: dict[str, Any] | None = None,
         serve_model: bool = True,
+        task: str = "generate",
     ) -> Replica:
-        engine = simulated_engine({**FAST, "decode_s_per_token": 0.002, **(engine_args or {})})
+        engine = SimulatedEngine.from_engine_args({**FAST, "decode_s_per_token": 0.002, **(engine_args or {})}, task)
         info = await engine.start()
         limits = limits or LimitsConfig()
         serving = OpenAIServing(engine, model, info.max_model_len, limits=limits, max_token_chars=info.max_token_chars)
@@ -348,3 +350,18 @@ async def test_a_forwarded_refusal_names_the_parameter_as_the_responses_client_s
         )
     assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema", r.text
     assert (await b.engine.stats())["requests"] == 0  # refused by b before its engine
+
+
+async def test_an_embeddings_request_is_forwarded_as_bytes(replicas):
+    limits = LimitsConfig(tokens_per_minute=1000)
+    a = await replicas("a", task="embed", limits=limits, engine_args={"embedding_size": 8})
+    b = await replicas("b", task="embed", limits=limits, engine_args={"embedding_size": 8})
+    connect([a, b], a=DRAINING)  # a takes no new request: it must go to b
+    body = {"model": MODEL, "input": ["one two three", "four"], "encoding_format": "float"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        forwarded = await http.post(f"{a.url}/v1/embeddings", json=body, headers=AUTH)
+        here = await http.post(f"{b.url}/v1/embeddings", json=body, headers=AUTH)
+    assert forwarded.status_code == 200 and forwarded.headers[REPLICA_HEADER] == "b", forwarded.text
+    assert forwarded.json()["data"] == here.json()["data"] and len(forwarded.json()["data"]) == 2
+    assert forwarded.json()["usage"] == {"prompt_tokens": 5, "total_tokens": 5}  # the simulator: "thre" "e"
+    assert (await a.engine.stats())["requests"] == 0 and (await b.engine.stats())["requests"] == 2
