@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
-from serving.errors import InvalidRequestError
+from serving.errors import InputTooLongError, InvalidRequestError, too_many_input_tokens
 
 
 @dataclass(slots=True)
@@ -86,6 +86,32 @@ class EmbedRequest:
     inputs: list[str | list[int]]  # texts, or token ids
     dimensions: int | None = None  # the leading dimensions to keep (Matryoshka models); None: all
     max_total_tokens: int | None = None  # over all inputs, checked after tokenizing: more is an InvalidRequestError
+
+
+def embedding_inputs(
+    request: EmbedRequest, tokenize: Callable[[int, str], list[Any]], vocab_size: int, max_model_len: int
+) -> list[list[Any]]:
+    """Each input's tokens, checked as the contract says, for any engine: `tokenize(index, text)` is the
+    engine's; token ids are checked against `vocab_size` (after their length, a cheap bound)."""
+    out = []
+    for i, item in enumerate(request.inputs):
+        if isinstance(item, str):
+            tokens = tokenize(i, item)
+        else:
+            if len(item) > max_model_len:
+                raise InputTooLongError(i, len(item), max_model_len)
+            if any(t < 0 or t >= vocab_size for t in item):
+                raise InvalidRequestError(f"input {i} has token ids outside [0, {vocab_size})", param="input")
+            tokens = list(item)
+        if not tokens:
+            raise InvalidRequestError(f"input {i} is empty", param="input")
+        if len(tokens) > max_model_len:
+            raise InputTooLongError(i, len(tokens), max_model_len)
+        out.append(tokens)
+    total = sum(len(t) for t in out)
+    if request.max_total_tokens is not None and total > request.max_total_tokens:
+        raise too_many_input_tokens(total, request.max_total_tokens)
+    return out
 
 
 @dataclass(slots=True)

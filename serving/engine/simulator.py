@@ -69,14 +69,13 @@ from serving.engine.base import (
     EngineRequest,
     TokenLogprob,
     ToolCallDelta,
+    embedding_inputs,
 )
 from serving.errors import (
     EngineError,
     EngineUnavailableError,
-    InputTooLongError,
     InvalidRequestError,
     PromptTooLongError,
-    too_many_input_tokens,
 )
 
 _WORDS = (
@@ -432,24 +431,10 @@ class SimulatedEngine(Engine):
             raise InvalidRequestError(
                 f"dimensions must lie in [1, {size}] for this model, got {request.dimensions}", param="dimensions"
             )
-        token_lists = []
-        for i, item in enumerate(request.inputs):
-            if isinstance(item, str):
-                tokens: list = tokenize(item, cfg.chars_per_token)
-            else:
-                if len(item) > cfg.max_model_len:  # before the scan of every id
-                    raise InputTooLongError(i, len(item), cfg.max_model_len)
-                if any(t < 0 or t >= cfg.vocab_size for t in item):
-                    raise InvalidRequestError(f"input {i} has token ids outside [0, {cfg.vocab_size})", param="input")
-                tokens = list(item)
-            if not tokens:
-                raise InvalidRequestError(f"input {i} is empty", param="input")
-            if len(tokens) > cfg.max_model_len:
-                raise InputTooLongError(i, len(tokens), cfg.max_model_len)
-            token_lists.append(tokens)
+        token_lists = embedding_inputs(
+            request, lambda _, text: tokenize(text, cfg.chars_per_token), cfg.vocab_size, cfg.max_model_len
+        )
         total = sum(len(t) for t in token_lists)
-        if request.max_total_tokens is not None and total > request.max_total_tokens:
-            raise too_many_input_tokens(total, request.max_total_tokens)
         if self._dead():
             raise EngineUnavailableError("the simulated engine is not running")
         self._counters["requests"] += 1

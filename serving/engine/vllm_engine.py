@@ -26,14 +26,13 @@ from serving.engine.base import (
     GenerationParams,
     TokenLogprob,
     ToolCallDelta,
+    embedding_inputs,
 )
 from serving.errors import (
     EngineError,
     EngineUnavailableError,
-    InputTooLongError,
     InvalidRequestError,
     PromptTooLongError,
-    too_many_input_tokens,
 )
 
 logger = logging.getLogger(__name__)
@@ -434,36 +433,20 @@ class VLLMEngine(Engine):
             raise EngineUnavailableError("the engine is not running")
         chars = sum(len(x) for x in request.inputs)
         if chars <= INLINE_PROMPT_CHARS:
-            ids = self._input_ids(request.inputs)
+            ids = self._input_ids(request)
         else:
-            ids = await asyncio.get_running_loop().run_in_executor(self._prepare, self._input_ids, request.inputs)
-        total = sum(len(x) for x in ids)
-        if request.max_total_tokens is not None and total > request.max_total_tokens:
-            raise too_many_input_tokens(total, request.max_total_tokens)
+            ids = await asyncio.get_running_loop().run_in_executor(self._prepare, self._input_ids, request)
         vectors = await self._embed_ids(ids, request.dimensions, request.request_id)
         return EmbedOutput(embeddings=vectors, prompt_tokens=sum(len(x) for x in ids))
 
-    def _input_ids(self, inputs: list[str | list[int]]) -> list[list[int]]:
-        vocab = len(self._tokenizer)
-        out = []
-        for i, item in enumerate(inputs):
-            if isinstance(item, str):
-                try:
-                    ids = list(self._tokenizer.encode(item, add_special_tokens=True))
-                except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates
-                    raise InvalidRequestError(f"cannot tokenize input {i}: {exc}", param="input") from None
-            else:
-                if len(item) > self._max_model_len:  # before the scan of every id
-                    raise InputTooLongError(i, len(item), self._max_model_len)
-                if any(t < 0 or t >= vocab for t in item):
-                    raise InvalidRequestError(f"input {i} has token ids outside [0, {vocab})", param="input")
-                ids = list(item)
-            if not ids:
-                raise InvalidRequestError(f"input {i} is empty", param="input")
-            if len(ids) > self._max_model_len:
-                raise InputTooLongError(i, len(ids), self._max_model_len)
-            out.append(ids)
-        return out
+    def _input_ids(self, request: EmbedRequest) -> list[list[int]]:
+        return embedding_inputs(request, self._encode_input, len(self._tokenizer), self._max_model_len)
+
+    def _encode_input(self, index: int, text: str) -> list[int]:
+        try:
+            return list(self._tokenizer.encode(text, add_special_tokens=True))
+        except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates
+            raise InvalidRequestError(f"cannot tokenize input {index}: {exc}", param="input") from None
 
     async def _embed_ids(self, ids: list[list[int]], dimensions: int | None, request_id: str) -> list[list[float]]:
         from vllm.exceptions import VLLMClientError
