@@ -8,9 +8,11 @@ such stop). A small watchdog process per replica closes that gap:
 
     python -m serving.deployments.engine_watchdog <replica pid>
 
-It notes the replica's engine processes (by their process titles, with their
-start times so a reused pid is never touched) every second while the replica
-lives. Once the replica is gone (the watchdog is reparented: `getppid()`
+It starts before the replica's engine and notes the replica's engine processes
+(by their process titles, with their start times so a reused pid is never
+touched) every second while the replica lives; the replica marks its
+environment first (`OWNER_ENV`), so engine processes it started are found by
+that mark too, even those orphaned before the watchdog saw them. Once the replica is gone (the watchdog is reparented: `getppid()`
 changes), it sends SIGTERM to the engine processes still running, SIGKILL to
 any left after `GRACE_S`, and exits. A replica whose own parent, its raylet,
 died is orphaned: measured here, it kept running (and its engines with it) for
@@ -40,6 +42,34 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
 GRACE_S = 3.0
+# Set in the replica's environment before it starts its engine, so every engine process carries
+# it: the watchdog finds them even if the replica dies before they show up among its descendants
+# (a replica killed while its engine was starting left them running, reparented to init: a CI run).
+OWNER_ENV = "SERVING_ENGINE_OWNER"
+
+
+def mark_owner() -> str:
+    """Mark this process (the replica) as the owner of the engine processes it starts from now on."""
+    me = psutil.Process()
+    owner = f"{me.pid}:{me.create_time()!r}"
+    os.environ[OWNER_ENV] = owner
+    return owner
+
+
+def marked(owner: str | None) -> dict[int, float]:
+    """The engine processes anywhere on this host that carry `owner`'s mark: pid -> start time."""
+    found: dict[int, float] = {}
+    if not owner:
+        return found
+    for p in psutil.process_iter():
+        if not (has_title(p, ENGINE_CORE) or has_title(p, ENGINE_WORKER)):
+            continue
+        try:
+            if p.environ().get(OWNER_ENV) == owner:
+                found[p.pid] = p.create_time()
+        except psutil.Error:
+            continue
+    return found
 
 
 def engine_processes(parent: psutil.Process) -> dict[int, float]:
@@ -87,21 +117,23 @@ def watch(
     poll_s: float = POLL_S,
     known: dict[int, float] | None = None,
     on_watching: Callable[[], object] | None = None,
+    owner: str | None = None,
 ) -> list[int]:
     """Track `parent_pid`'s engine processes until it dies, then reap them (returns the pids reaped).
 
     `known`: engine processes the replica handed over at the start (pid -> start time), reaped
-    even if the replica is already gone when the watch begins. `on_watching`: called once the
-    watch has begun.
+    even if the replica is already gone when the watch begins. `owner`: the replica's mark
+    (`mark_owner`); engine processes carrying it are reaped too, wherever they are by then.
+    `on_watching`: called once the watch has begun.
     """
     tracked: dict[int, float] = dict(known or {})
     try:
         parent = psutil.Process(parent_pid)
         raylet = parent.ppid()
     except psutil.Error:
-        return reap(tracked)  # gone before the watch began: what it handed over still goes
+        return reap({**tracked, **marked(owner)})  # gone before the watch began: what it handed over still goes
     if os.getppid() != parent_pid:
-        return reap(tracked)
+        return reap({**tracked, **marked(owner)})
     if on_watching is not None:
         on_watching()
     orphaned = False
@@ -116,7 +148,7 @@ def watch(
         # forget what ended while the replica lived (its own shutdown, a restart)
         tracked = {pid: c for pid, c in tracked.items() if _still_ours(pid, c) is not None}
         time.sleep(poll_s)
-    reaped = reap(tracked)
+    reaped = reap({**tracked, **marked(owner)})
     if orphaned:
         reaped += reap({parent.pid: parent.create_time()})
     return reaped
@@ -174,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
 
-    reaped = watch(int(args[0]), known=known, on_watching=watching)
+    reaped = watch(int(args[0]), known=known, on_watching=watching, owner=os.environ.get(OWNER_ENV))
     if reaped:
         print(f"engine watchdog: replica {args[0]} is gone; stopped its engine processes {reaped}", file=sys.stderr)
     return 0

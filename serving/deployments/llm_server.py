@@ -181,6 +181,11 @@ class LLMServer:
     async def _start(self, ingress_cfg: IngressConfig, peers: dict[str, str], app_name: str | None) -> None:
         """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
         self.metrics = RayMetrics()
+        if self.cfg.engine == "vllm":
+            # Guarded from before its first process: a replica killed while its engine started
+            # used to leave the engine running (a CI run). The mark makes them findable.
+            engine_watchdog.mark_owner()
+            self._watchdog = engine_watchdog.start()
         self.engine = engine = make_engine(self.cfg)
         info = await engine.start()
         d = self.cfg.deployment
@@ -196,8 +201,8 @@ class LLMServer:
             max_token_chars=info.max_token_chars,
             tool_parser=info.tool_parser,
         )
-        if engine_watchdog.engine_processes(psutil.Process()):
-            self._watchdog = engine_watchdog.start()  # reaps them if this replica dies without its shutdown
+        if getattr(self, "_watchdog", None) is None and engine_watchdog.engine_processes(psutil.Process()):
+            self._watchdog = engine_watchdog.start()  # another engine with processes of its own
         self._background_stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._stats_task = loop.create_task(

@@ -137,3 +137,56 @@ def test_raylet_killed(stack):
     (raylet,) = [p for p in everything_of(stack) if p.name() == "raylet"]
     raylet.send_signal(signal.SIGKILL)
     assert_gone_within(engines, GONE_WITHIN_S)
+
+
+def name_of(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:  # gone meanwhile
+        return ""
+
+
+def vllm_processes() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.process_iter() if name_of(p) in ENGINES}
+
+
+def starting_engine(server: ServeProcess, not_in: set[int], timeout_s: float = 300) -> list[psutil.Process]:
+    """A new engine's processes once its worker runs (the engine core has done its handshake and
+    loads the model: what it does for seconds before the replica is ready)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        engines = [p for p in server.engine_processes() if name_of(p) in ENGINES and p.pid not in not_in]
+        if any(name_of(p) == "VLLM::Worker" for p in engines):
+            time.sleep(2)
+            return engines
+        time.sleep(0.05)
+    raise AssertionError("no engine started")
+
+
+def test_sigkill_of_the_replica_while_its_engine_starts_and_a_stop_during_its_restart(tmp_path):
+    """A replica killed between its engine's first process and /ready; then the stack stopped while
+    Serve's replacement starts its engine. A CI run saw the second leave an engine running,
+    reparented to init: the replica's watchdog started only once its engine was up."""
+    before = set(vllm_processes())  # the e2e dev stack's, in a full run
+    direct, proxy = free_ports(2)
+    data = dev_config(direct, proxy)
+    server = ServeProcess.from_dict(data, f"http://127.0.0.1:{direct}/ready", tmp_path / "serve.log").launch()
+    server.seen = []
+    try:
+        engines = starting_engine(server, before)
+        (replica,) = server.descendants(REPLICA)
+        everything_of(server)
+        replica.send_signal(signal.SIGKILL)
+        assert_gone_within(engines, GONE_WITHIN_S)
+        starting_engine(server, before | {p.pid for p in engines})  # Serve's replacement, starting
+        server.stop(timeout_s=20)
+        deadline = time.monotonic() + GONE_WITHIN_S
+        while (left := set(vllm_processes()) - before) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"engine processes outlived the stack: {sorted(left)}"
+    finally:
+        try:
+            server.stop(timeout_s=20)
+        finally:
+            kill([*server.seen, *server.descendants(*ENGINES, "ray::", "raylet", "gcs_server")])
+            kill(p for pid, p in vllm_processes().items() if pid not in before)

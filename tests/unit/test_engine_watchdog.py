@@ -162,3 +162,42 @@ def test_start_returns_once_the_watchdog_watches_so_an_immediate_kill_is_covered
         assert gone_within(engine, 8), "the engine outlived its replica"
     finally:
         kill_all(engine, watchdog)
+
+
+ORPHANING_REPLICA = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from serving.deployments import engine_watchdog
+    engine_watchdog.mark_owner()
+    watchdog = engine_watchdog.start()   # before the engine, as the replica does now
+    # The engine's own child, started and orphaned at once: it is no descendant of the replica
+    # by the time the watchdog looks (as an engine orphaned while the replica was being killed).
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', 'VLLM::Worker']); "
+        "print(p.pid, flush=True)")], stdout=subprocess.PIPE, text=True)
+    orphan = int(starter.stdout.readline())
+    starter.wait()
+    print(orphan, watchdog.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_an_engine_orphaned_before_the_watchdog_saw_it_is_found_by_its_mark():
+    replica = subprocess.Popen([sys.executable, "-c", ORPHANING_REPLICA], stdout=subprocess.PIPE, text=True)
+    assert replica.stdout is not None
+    orphan_pid, watchdog_pid = (int(x) for x in replica.stdout.readline().split())
+    orphan = psutil.Process(orphan_pid)
+    assert orphan.ppid() != replica.pid and orphan.is_running()  # not the replica's descendant
+    replica.send_signal(signal.SIGKILL)
+    replica.wait()
+    try:
+        gone, alive = psutil.wait_procs([orphan], timeout=15)
+        assert not alive, "the orphaned engine process outlived its replica"
+    finally:
+        for pid in (orphan_pid, watchdog_pid):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
