@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
@@ -166,6 +167,7 @@ class LLMServer:
             app_name = serve.get_replica_context().app_name
         self._draining: asyncio.Future[None] | None = None  # the drain, once begun (on the engine loop)
         self._stop_watch: asyncio.Task[None] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         try:
             await self._loop.run(self._start(ingress_cfg, peers, app_name))
         except BaseException:
@@ -201,7 +203,7 @@ class LLMServer:
             max_token_chars=info.max_token_chars,
             tool_parser=info.tool_parser,
         )
-        if getattr(self, "_watchdog", None) is None and engine_watchdog.engine_processes(psutil.Process()):
+        if self._watchdog is None and engine_watchdog.engine_processes(psutil.Process()):
             self._watchdog = engine_watchdog.start()  # another engine with processes of its own
         self._background_stop = asyncio.Event()
         loop = asyncio.get_running_loop()

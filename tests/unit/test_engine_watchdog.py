@@ -90,6 +90,12 @@ def test_only_engine_titles_count():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "not-an-engine"])
     titled = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "VLLM::Worker"])
     try:
+        # A command line reads empty for a moment after Popen returns (the kernel sets it up
+        # after the exec began): wait until both read as they will stay.
+        deadline = time.monotonic() + 10
+        while not all(len(psutil.Process(p.pid).cmdline()) > 1 for p in (sleeper, titled)):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         found = engine_processes(me)
         assert titled.pid in found and sleeper.pid not in found
     finally:

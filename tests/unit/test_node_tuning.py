@@ -8,7 +8,24 @@ import time
 import psutil
 import pytest
 
-from serving.deployments.node_tuning import NICENESS, EngineCorePlacement, deprioritize_ray_control_plane
+from serving.deployments.node_tuning import (
+    ENGINE_CORE,
+    ENGINE_WORKER,
+    NICENESS,
+    EngineCorePlacement,
+    deprioritize_ray_control_plane,
+    has_title,
+)
+
+
+def _wait_for_command_lines(procs, timeout_s=10.0):
+    """Popen returns once the child's exec began, but its command line reads empty until the
+    kernel has set up the new program's arguments (a CI run under load saw a fake engine
+    worker untitled). Wait until every command line reads as it will stay."""
+    deadline = time.monotonic() + timeout_s
+    while not all(len(p.cmdline()) > 1 for p in procs):
+        assert time.monotonic() < deadline, "the fake processes never showed their command lines"
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -32,7 +49,9 @@ def fake_processes(tmp_path):
     worker.write_text(sleep)
     raylet_socket = "--raylet-name=/tmp/ray/session_1/sockets/raylet"
     procs["starting"] = subprocess.Popen([sys.executable, str(worker), raylet_socket])
-    yield {key: psutil.Process(p.pid) for key, p in procs.items()}
+    found = {key: psutil.Process(p.pid) for key, p in procs.items()}
+    _wait_for_command_lines(found.values())
+    yield found
     for p in procs.values():
         p.kill()
         p.wait()
@@ -83,7 +102,10 @@ def fake_engine():
     """
     replica = subprocess.Popen([sys.executable, "-c", SPAWN_FAKE_ENGINE], stdout=subprocess.PIPE, text=True)
     core, worker = map(int, replica.stdout.readline().split())
-    yield {"replica": replica.pid, "core": psutil.Process(core), "worker": psutil.Process(worker)}
+    procs = {"core": psutil.Process(core), "worker": psutil.Process(worker)}
+    _wait_for_command_lines(procs.values())
+    assert has_title(procs["core"], ENGINE_CORE) and has_title(procs["worker"], ENGINE_WORKER)
+    yield {"replica": replica.pid, **procs}
     for p in psutil.Process(replica.pid).children() + [psutil.Process(replica.pid)]:
         p.kill()
     replica.wait()
