@@ -109,6 +109,72 @@ class DeploymentConfig(Strict):
         return self
 
 
+# An adapter's name: the part of its model id after `<base id>:`, and its folder's name in a store.
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ADAPTER_SEPARATOR = ":"
+# Stores an adapter can load from on first use. An object store (s3://bucket/prefix, gs://...) has the same
+# shape (`<store>/<name>/adapter_config.json`) and is not served yet: nothing here can reach one.
+ADAPTER_STORE_SCHEMES = ("file://",)
+
+
+class LoraConfig(Strict):
+    """LoRA adapters of one base model (vLLM multi-LoRA), each served as model `<base id>:<name>`.
+
+    `adapters`: a static list, name -> source (a local folder, `file:///path/to/folder`, or
+    `builtin:tiny-lora/<seed>` for the tiny Llama, built offline). `store`: a folder or `file://` URI
+    whose sub-folder `<name>` is adapter `<name>`, loaded on its first request. Every replica keeps
+    up to `max_loaded` adapters loaded (least recently used evicted) and runs up to `max_loras` of
+    them in one batch (serving/engine/adapters.py).
+    """
+
+    adapters: dict[str, str] = Field(default_factory=dict, description="name -> folder, file:// URI or builtin")
+    store: str | None = Field(
+        None, description="folder or file:// URI of adapters loaded on first use (<store>/<name>/)"
+    )
+    max_loras: int = Field(4, ge=1, description="adapters in one engine batch (vLLM max_loras)")
+    max_loaded: int = Field(16, ge=1, description="adapters kept loaded per replica, least recently used evicted")
+    max_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        16, description="the largest LoRA rank accepted (vLLM's max_lora_rank, one of its sizes)"
+    )
+
+    @field_validator("adapters")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, source in v.items():
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(f"adapter name {name!r}: letters, digits, . _ - (at most 64), starting alphanumeric")
+            if not source:
+                raise ValueError(f"adapter {name!r}: an empty source")
+            _check_adapter_source(source, f"adapter {name!r}")
+        return v
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v is not None:
+            if v.startswith(BUILTIN_PREFIX):
+                raise ValueError("a store is a folder or a file:// URI, not a builtin")
+            _check_adapter_source(v, "store")
+        return v
+
+    @model_validator(mode="after")
+    def _loras_fit(self) -> LoraConfig:
+        if self.max_loras > self.max_loaded:
+            raise ValueError(f"max_loras ({self.max_loras}) must be <= max_loaded ({self.max_loaded})")
+        return self
+
+
+def _check_adapter_source(source: str, what: str) -> None:
+    scheme = re.match(r"([a-z][a-z0-9+.-]*)://", source)
+    if scheme and scheme.group(0) not in ADAPTER_STORE_SCHEMES:
+        raise ValueError(
+            f"{what}: {scheme.group(0)} is not served yet (a folder or file:// URI is; an object store "
+            "would be synced to a folder)"
+        )
+    if source.startswith("file://") and not source.startswith("file:///"):
+        raise ValueError(f"{what}: a file:// URI names an absolute path (file:///...)")
+
+
 class ModelConfig(Strict):
     id: str = Field(min_length=1, max_length=128, description="The public model id clients send as `model`.")
     source: str = Field(
@@ -141,6 +207,9 @@ class ModelConfig(Strict):
         description="vLLM's tool-call parser for the model's output (`hermes` for Qwen2.5 and the builtin tiny "
         "model, `llama3_json`, `mistral`, ...): needed for `tool_choice: auto`; `required` and named functions "
         "work without one (structured output).",
+    )
+    lora: LoraConfig | None = Field(
+        None, description="LoRA adapters served on this base model, each as model `<id>:<name>` (vLLM only)."
     )
     deployment: DeploymentConfig = DeploymentConfig()
     router: Literal["power_of_two", "round_robin", "prefix_aware"] = Field(
@@ -185,7 +254,17 @@ class ModelConfig(Strict):
     def _embed_has_no_tools(self) -> ModelConfig:
         if self.task == "embed" and self.tool_parser is not None:
             raise ValueError("tool_parser: an embedding model (task: embed) generates no text to parse; remove it")
+        if self.task == "embed" and self.lora is not None:
+            raise ValueError("lora: adapters are served on generating models (task: generate)")
+        if self.lora is not None:
+            clash = sorted({"enable_lora", "max_loras", "max_cpu_loras", "max_lora_rank"} & set(self.engine_args))
+            if clash:
+                raise ValueError(f"engine_args {clash} are set from `lora` (max_loras, max_loaded, max_rank)")
         return self
+
+    def adapter_id(self, name: str) -> str:
+        """The model id clients send for this base model's adapter `name`."""
+        return f"{self.id}{ADAPTER_SEPARATOR}{name}"
 
     @property
     def deployment_name(self) -> str:

@@ -25,7 +25,8 @@ from openai import AsyncOpenAI
 from serving.api.app import build_api
 from serving.api.backend import ModelBackend, ModelRegistry
 from serving.api.openai_serving import OpenAIServing
-from serving.config import AuthConfig, LimitsConfig
+from serving.config import AuthConfig, LimitsConfig, LoraConfig
+from serving.engine.adapters import AdapterCatalog
 from serving.engine.simulator import SimulatedEngine
 from serving.observability.metrics import Metrics
 
@@ -49,10 +50,12 @@ class InProcessApp:
         engine: SimulatedEngine | None = None,
         serving: OpenAIServing | None = None,
         tasks: dict[str, str] | None = None,
+        adapters: dict[str, AdapterCatalog] | None = None,
     ) -> None:
         # Open unless a test asks for keys (build_api itself defaults to keys from SERVING_API_KEYS).
         auth = auth if auth is not None else AuthConfig(mode="open")
-        self.app = build_api(ModelRegistry(list(backends), created=CREATED, tasks=tasks), auth, limits, metrics=metrics)
+        registry = ModelRegistry(list(backends), created=CREATED, tasks=tasks, adapters=adapters)
+        self.app = build_api(registry, auth, limits, metrics=metrics)
         self.engine, self.serving = engine, serving
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test", timeout=30)
         self.client = AsyncOpenAI(base_url="http://test/v1", api_key=api_key, http_client=self.http, max_retries=0)
@@ -74,8 +77,10 @@ class InProcessApp:
         await self.http.aclose()
 
 
-def simulated_engine(engine_args: dict[str, Any] | None = None) -> SimulatedEngine:
-    return SimulatedEngine.from_engine_args({**FAST, **(engine_args or {})})
+def simulated_engine(
+    engine_args: dict[str, Any] | None = None, adapters: AdapterCatalog | None = None
+) -> SimulatedEngine:
+    return SimulatedEngine.from_engine_args({**FAST, **(engine_args or {})}, adapters=adapters)
 
 
 async def simulated_app(
@@ -87,9 +92,12 @@ async def simulated_app(
     limits: LimitsConfig | None = None,
     metrics: Metrics | None = None,
     api_key: str = "unused",
+    lora: LoraConfig | None = None,
 ) -> InProcessApp:
-    """The API on one simulated model, as a replica serves it (the limits applied to the model too)."""
-    engine = simulated_engine(engine_args)
+    """The API on one simulated model, as a replica serves it (the limits applied to the model too);
+    with `lora`, its adapters too."""
+    catalog = AdapterCatalog(model, lora) if lora is not None else None
+    engine = simulated_engine(engine_args, catalog)
     info = await engine.start()
     limits = limits or LimitsConfig()
     serving = OpenAIServing(
@@ -104,7 +112,14 @@ async def simulated_app(
         tool_parser=info.tool_parser,
     )
     return InProcessApp(
-        [serving], auth=auth, limits=limits, metrics=metrics, api_key=api_key, engine=engine, serving=serving
+        [serving],
+        auth=auth,
+        limits=limits,
+        metrics=metrics,
+        api_key=api_key,
+        engine=engine,
+        serving=serving,
+        adapters={model: catalog} if catalog is not None else None,
     )
 
 

@@ -24,6 +24,8 @@ from serving.api.protocol import (
     TokenizeRequest,
 )
 from serving.api.streaming import EncodedBody
+from serving.config import ADAPTER_SEPARATOR, ModelConfig
+from serving.engine.adapters import AdapterCatalog
 from serving.errors import ModelNotFoundError
 
 # A whole response body (as data, or already encoded as JSON in pieces when big: with
@@ -76,30 +78,69 @@ def served_here(backend: ModelBackend) -> ModelBackend | None:
 
 
 class ModelRegistry:
-    """Model id -> backend, in the order the config lists the models."""
+    """Model id -> backend, in the order the config lists the models; a LoRA adapter of a base model
+    (`<base id>:<name>`, models[].lora) -> its base model's backend, which serves it."""
 
-    def __init__(self, backends: Sequence[ModelBackend], created: int, tasks: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        backends: Sequence[ModelBackend],
+        created: int,
+        tasks: dict[str, str] | None = None,
+        adapters: dict[str, AdapterCatalog] | None = None,
+    ) -> None:
         self._backends = {b.model_id: b for b in backends}
         self.created = created
         self._tasks = tasks or {}  # model id -> "generate" | "embed" (models[].task)
+        self._adapters = adapters or {}  # base model id -> its adapters
+
+    @classmethod
+    def for_models(cls, backends: Sequence[ModelBackend], created: int, models: Sequence[ModelConfig]) -> ModelRegistry:
+        """The registry of an app's configured models (their tasks and adapters)."""
+        return cls(
+            backends,
+            created,
+            tasks={m.id: m.task for m in models},
+            adapters={m.id: AdapterCatalog(m.id, m.lora) for m in models if m.lora is not None},
+        )
+
+    def parent(self, model: str) -> str | None:
+        """The base model of adapter id `model`, if it may be one (the engine says whether its store holds it)."""
+        for base, catalog in self._adapters.items():
+            prefix = base + ADAPTER_SEPARATOR
+            if model.startswith(prefix) and catalog.may_serve(model[len(prefix) :]):
+                return base
+        return None
 
     def get(self, model: str) -> ModelBackend:
         backend = self._backends.get(model)
         if backend is None:
-            raise ModelNotFoundError(model)
+            base = self.parent(model)
+            backend = self._backends.get(base) if base is not None else None
+            if backend is None:
+                raise ModelNotFoundError(model)
         return backend
 
     def ids(self) -> list[str]:
-        return list(self._backends)
+        """The models, each base followed by the adapters it lists (its static ones and its store's)."""
+        out = []
+        for model_id in self._backends:
+            out.append(model_id)
+            catalog = self._adapters.get(model_id)
+            if catalog is not None:
+                out += [catalog.model_id(name) for name in catalog.listed()]
+        return out
 
     def card(self, model: str) -> dict[str, Any]:
         self.get(model)
+        parent = None if model in self._backends else self.parent(model)
         return {
             "id": model,
             "object": "model",
             "created": self.created,
             "owned_by": "serving",
-            "task": self._tasks.get(model, "generate"),  # which endpoint serves it: chat/completions or embeddings
+            # which endpoint serves it: chat/completions or embeddings
+            "task": self._tasks.get(parent or model, "generate"),
+            "parent": parent,  # an adapter's base model (vLLM's cards say the same); null for a base model
         }
 
     async def longest_context(self) -> int | None:

@@ -41,7 +41,7 @@ from serving.api.tools import (
     tool_call_json,
     tool_schemas,
 )
-from serving.config import LimitsConfig
+from serving.config import ADAPTER_SEPARATOR, LimitsConfig
 from serving.engine.base import EmbedRequest, Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
 from serving.errors import (
     APIError,
@@ -317,9 +317,10 @@ class OpenAIServing:
             self.metrics.generation_done(
                 GenerationDone(self.model_id, ttft, itl, end - start, queue_wait, prompt_tokens, completion_tokens)
             )
-        fields = {
+        fields: dict[str, Any] = {
             "request_id": request.request_id,
             "model": self.model_id,
+            "adapter": request.adapter,
             "status": status,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -335,6 +336,15 @@ class OpenAIServing:
     @property
     def in_flight(self) -> int:
         return self.load.now
+
+    def adapter_of(self, model: str) -> str | None:
+        """The LoRA adapter a request's `model` names (`<base id>:<name>`, the registry checked it), or None."""
+        prefix = self.model_id + ADAPTER_SEPARATOR
+        return model[len(prefix) :] if model.startswith(prefix) else None
+
+    def served_as(self, model: str) -> str:
+        """The `model` a response states: the adapter's id for an adapter, else this model's."""
+        return model if self.adapter_of(model) is not None else self.model_id
 
     def _admit(self) -> None:
         if self._draining:
@@ -486,6 +496,7 @@ class OpenAIServing:
             messages=engine_messages(req.messages),
             tools=engine_tools(req),
             parse_tool_calls=req.tool_mode == "auto",
+            adapter=self.adapter_of(req.model),
         )
 
     async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
@@ -494,7 +505,7 @@ class OpenAIServing:
             self._chat_engine_request(req, request_id), req.n, tools
         )
         head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model_id}  # fmt: skip
+                "model": self.served_as(req.model)}  # fmt: skip
         messages: list[dict[str, Any]] = [{"role": "assistant", "content": texts[i]} for i in range(req.n)]
         if calls is not None:
             for message, made in zip(messages, calls, strict=True):
@@ -520,7 +531,7 @@ class OpenAIServing:
                 "id": f"chatcmpl-{request_id}",
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
-                "model": self.model_id,
+                "model": self.served_as(req.model),
             }
         )[:-1]
         tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"
@@ -582,20 +593,23 @@ class OpenAIServing:
 
     def _completion_engine_request(self, req: CompletionRequest, request_id: str) -> EngineRequest:
         params = generation_params(req)
+        adapter = self.adapter_of(req.model)
         prompt = req.prompt
         if isinstance(prompt, str):
-            return EngineRequest(request_id=request_id, params=params, prompt=prompt)
+            return EngineRequest(request_id=request_id, params=params, prompt=prompt, adapter=adapter)
         first = prompt[0]  # the validator allows one prompt per request
         if isinstance(first, int):
-            return EngineRequest(request_id=request_id, params=params, prompt_token_ids=[int(t) for t in prompt])
-        return EngineRequest(request_id=request_id, params=params, prompt=first)
+            return EngineRequest(
+                request_id=request_id, params=params, prompt_token_ids=[int(t) for t in prompt], adapter=adapter
+            )
+        return EngineRequest(request_id=request_id, params=params, prompt=first, adapter=adapter)
 
     async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
         texts, finish, logprobs, prompt_tokens, completion_tokens, _ = await self._collect(
             self._completion_engine_request(req, request_id), req.n
         )
         head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
-                "model": self.model_id}  # fmt: skip
+                "model": self.served_as(req.model)}  # fmt: skip
         choices = [{"index": i, "text": texts[i]} for i in range(req.n)]
         usage = _usage(prompt_tokens, completion_tokens)
         if logprobs is not None:
@@ -611,7 +625,7 @@ class OpenAIServing:
                 "id": f"cmpl-{request_id}",
                 "object": "text_completion",
                 "created": int(time.time()),
-                "model": self.model_id,
+                "model": self.served_as(req.model),
             }
         )[:-1]
         tail = b',"usage":null}\n\n' if req.include_usage else b"}\n\n"

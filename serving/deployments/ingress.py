@@ -30,11 +30,7 @@ def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
     """
     backends = [HandleBackend(m.id, m.deployment_name) for m in cfg.models]
     api = build_api(
-        ModelRegistry(
-            backends,
-            created=created if created is not None else int(time.time()),
-            tasks={m.id: m.task for m in cfg.models},
-        ),
+        ModelRegistry.for_models(backends, created if created is not None else int(time.time()), cfg.models),
         cfg.auth,
         cfg.limits,
         cfg.observability,

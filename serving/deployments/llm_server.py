@@ -237,7 +237,7 @@ class LLMServer:
                 self._routing = _Routing.start(self, app_name, ingress_cfg.host, own_port)
             backends = [self._backend(model_id, name, app_name) for model_id, name in peers.items()]
             api = build_api(
-                ModelRegistry(backends, created=self._created, tasks={m.id: m.task for m in self.app_cfg.models}),
+                ModelRegistry.for_models(backends, self._created, self.app_cfg.models),
                 self.app_cfg.auth,
                 self.app_cfg.limits,
                 self.app_cfg.observability,

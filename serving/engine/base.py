@@ -21,6 +21,12 @@ An engine turns one `EngineRequest` into a stream of `EngineOutput`s:
   `ToolCallDelta`s (a call's first delta has its id and name, later ones add
   pieces of its arguments' JSON). Without it, text is text, whatever it holds.
 
+LoRA: a request's `adapter` names one of the base model's adapters
+(serving/engine/adapters.py); the engine loads it on first use, before the
+first yield, so an unknown adapter (`ModelNotFoundError`, 404) or one that
+cannot load (`InvalidAdapterError`, 400) is refused like a bad prompt, and the
+engine serves on. `adapters()` names those loaded now.
+
 Embeddings: an engine whose `EngineInfo.task` is `embed` (vLLM's pooling
 runner) answers `embed()` instead of `generate()`: every input of one
 `EmbedRequest` (texts or token ids) validated and tokenized first (an
@@ -78,6 +84,7 @@ class EngineRequest:
     messages: list[dict[str, Any]] | None = None  # chat: rendered by the model's template
     tools: list[dict[str, Any]] | None = None  # chat: OpenAI tool definitions, for the template
     parse_tool_calls: bool = False  # chat: find the model's tool calls in its output (see above)
+    adapter: str | None = None  # a LoRA adapter's name (models[].lora); None: the base model
 
 
 @dataclass(slots=True)
@@ -184,8 +191,13 @@ class Engine(abc.ABC):
     async def stats(self) -> dict[str, float]:
         """Counters for metrics and tests. Keys, where the engine has them: running,
         waiting, unfinished_requests, kv_cache_usage, prefix_cache_queries,
-        prefix_cache_hits, prompt_tokens, generation_tokens."""
+        prefix_cache_hits, prompt_tokens, generation_tokens; with adapters,
+        lora_loaded, lora_loads, lora_hits, lora_evictions, lora_failures."""
         return {}
+
+    def adapters(self) -> list[str]:
+        """The LoRA adapters loaded now, least recently used first."""
+        return []
 
     @abc.abstractmethod
     async def shutdown(self) -> None: ...

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import BUILTIN_PREFIX, AppConfig, ConfigError, ModelConfig, app_configs, load_serve_config
+from serving.engine.adapters import AdapterCatalog
 from serving.engine.base import Engine
 
 
@@ -32,16 +33,22 @@ def resolve_source(source: str) -> str:
 
 
 def make_engine(cfg: ModelConfig) -> Engine:
+    adapters = AdapterCatalog(cfg.id, cfg.lora) if cfg.lora is not None else None
     if cfg.engine == "vllm":
         from serving.engine.vllm_engine import VLLMEngine
 
         return VLLMEngine(
-            resolve_source(cfg.source), cfg.id, cfg.engine_args, tool_parser=cfg.tool_parser, task=cfg.task
+            resolve_source(cfg.source),
+            cfg.id,
+            cfg.engine_args,
+            tool_parser=cfg.tool_parser,
+            task=cfg.task,
+            adapters=adapters,
         )
     if cfg.engine == "simulator":
         from serving.engine.simulator import SimulatedEngine
 
-        return SimulatedEngine.from_engine_args(cfg.engine_args, task=cfg.task)
+        return SimulatedEngine.from_engine_args(cfg.engine_args, task=cfg.task, adapters=adapters)
     module_name, class_name = cfg.engine.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     engine: Engine = cls(cfg)

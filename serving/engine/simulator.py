@@ -37,6 +37,11 @@ health) but generates deterministic filler text and spends its time in
   to carry forced tool calls and `response_format` through the serving path.
 * /tokenize gives each toy token a stable id (a hash), /detokenize a
   placeholder per id: counts are right, texts are not.
+* LoRA adapters (`models[].lora`): found, checked and loaded on first use
+  as the vLLM engine does (serving/engine/adapters.py: 404 unknown, 400 a bad
+  folder), a load taking `lora_load_s` for the request that needs it; the
+  text is drawn from a generator seeded with the adapter too, and the prefix
+  cache keeps each adapter's blocks apart, as vLLM's does.
 * Tool calls (`parse_tool_calls`, its parser is named `simulator`): the model
   "calls" the request's first tool with its parameters' smallest instance, as
   `ToolCallDelta`s (the call's id and name, then its arguments in pieces).
@@ -59,6 +64,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from serving.engine.adapters import AdapterCache, AdapterCatalog, adapter_stats
 from serving.engine.base import (
     ChoiceDelta,
     EmbedOutput,
@@ -119,6 +125,8 @@ class SimulatorConfig:
     fault_seed: int = 0
     # Embeddings (a model with `task: embed`): vector length; any leading `dimensions` may be asked for.
     embedding_size: int = 64
+    # LoRA adapters: the time a load takes (the request that needs an adapter not loaded waits for it).
+    lora_load_s: float = 0.05
 
     def __post_init__(self) -> None:
         positive = ("max_model_len", "vocab_size", "chars_per_token", "max_num_seqs", "block_size", "embedding_size")
@@ -306,9 +314,14 @@ class _Choice:
 class SimulatedEngine(Engine):
     """A simulated engine (see the module docstring for the model it follows)."""
 
-    def __init__(self, config: SimulatorConfig | None = None, task: str = "generate") -> None:
+    def __init__(
+        self, config: SimulatorConfig | None = None, task: str = "generate", adapters: AdapterCatalog | None = None
+    ) -> None:
         self.config = config or SimulatorConfig()
         self.task = task  # "embed": answers embed(), refuses generate() (models[].task)
+        self._adapters: AdapterCache[str] | None = None
+        if adapters is not None:
+            self._adapters = AdapterCache(adapters, self._load_adapter, self._unload_adapter)
         self.cache = PrefixCache(self.config.prefix_cache_blocks)
         self._started_at: float | None = None
         self._shut_down = False
@@ -333,12 +346,24 @@ class SimulatedEngine(Engine):
         )
 
     @classmethod
-    def from_engine_args(cls, engine_args: dict[str, Any], task: str = "generate") -> SimulatedEngine:
+    def from_engine_args(
+        cls, engine_args: dict[str, Any], task: str = "generate", adapters: AdapterCatalog | None = None
+    ) -> SimulatedEngine:
         known = {f.name for f in dataclasses.fields(SimulatorConfig)}
         for key in engine_args:
             if key not in known:
                 raise ValueError(f"unknown simulator engine_args key '{key}' (known: {', '.join(sorted(known))})")
-        return cls(SimulatorConfig(**engine_args), task=task)
+        return cls(SimulatorConfig(**engine_args), task=task, adapters=adapters)
+
+    async def _load_adapter(self, name: str, folder: Any) -> str:
+        await asyncio.sleep(self.config.lora_load_s)
+        return name
+
+    async def _unload_adapter(self, name: str) -> None:
+        return None
+
+    def adapters(self) -> list[str]:
+        return self._adapters.loaded() if self._adapters is not None else []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -370,6 +395,8 @@ class SimulatedEngine(Engine):
         out["running"] = float(self._running)
         out["waiting"] = float(self._waiting)
         out["prefix_cache_blocks_used"] = float(len(self.cache))
+        if self._adapters is not None:
+            out.update(adapter_stats(self._adapters))
         return out
 
     async def shutdown(self) -> None:
@@ -469,6 +496,13 @@ class SimulatedEngine(Engine):
             raise PromptTooLongError(prompt_tokens, p.max_tokens or 1, cfg.max_model_len)
         if self._dead():
             raise EngineUnavailableError("the simulated engine is not running")
+        if request.adapter is not None:
+            if self._adapters is None:
+                raise InvalidRequestError("This model serves no adapters.", param="model", code="model_not_found")
+            await self._adapters.acquire(request.adapter)
+            # Each adapter its own text and its own cached blocks (vLLM keys its prefix cache by adapter).
+            digest = f"{request.adapter}:{digest}"
+            hashes = [hash((request.adapter, h)) for h in hashes]
         max_tokens = p.max_tokens or room
         fail_at = None
         if cfg.error_rate and self._fault_rng.random() < cfg.error_rate:

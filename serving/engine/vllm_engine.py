@@ -15,6 +15,7 @@ import gc
 import logging
 from typing import Any, AsyncIterator
 
+from serving.engine.adapters import AdapterCache, AdapterCatalog, InvalidAdapterError, adapter_stats
 from serving.engine.base import (
     ChoiceDelta,
     EmbedOutput,
@@ -209,7 +210,11 @@ class VLLMEngine(Engine):
         engine_args: dict[str, Any],
         tool_parser: str | None = None,
         task: str = "generate",
+        adapters: AdapterCatalog | None = None,
     ):
+        self._catalog = adapters  # models[].lora: vLLM's multi-LoRA, adapters loaded on first use
+        self._adapters: AdapterCache[Any] | None = None
+        self._next_lora_id = 1  # vLLM's adapter ids start at 1, one per name for the engine's life
         self._task = task  # "embed": vLLM's pooling runner (models[].task)
         self._model_path = model_path
         self._served_name = served_model_name
@@ -235,6 +240,28 @@ class VLLMEngine(Engine):
         args["served_model_name"] = [self._served_name]
         if self._task == "embed":
             args.setdefault("runner", "pooling")
+        if self._catalog is not None:
+            lora = self._catalog.lora
+            # vLLM's own CPU cache of adapters is as large as ours, so it evicts none by itself:
+            # ours unloads (remove_lora) what it evicts, and its counts are the engine's.
+            args.update(
+                enable_lora=True, max_loras=lora.max_loras, max_cpu_loras=lora.max_loaded, max_lora_rank=lora.max_rank
+            )
+            self._adapters = AdapterCache(self._catalog, self._add_lora, self._remove_lora)
+            from vllm.platforms import current_platform
+
+            if current_platform.is_cpu():
+                # Measured here (vLLM 0.32, punica_cpu): with LoRA enabled on a bfloat16 model the
+                # worker died at the first step (SIGILL, then no exit code), and vLLM's lora_dtype
+                # takes no float32. float32 worked.
+                dtype = str(args.get("dtype", "auto"))
+                if dtype == "auto":
+                    args["dtype"] = "float32"
+                elif dtype not in ("float32", "float"):
+                    raise ValueError(
+                        f"model '{self._served_name}': LoRA adapters on CPU need dtype float32 (vLLM 0.32's CPU "
+                        f"LoRA kernels crashed the worker with {dtype}): set engine_args.dtype: float32"
+                    )
         engine_args = AsyncEngineArgs(**_config_objects(AsyncEngineArgs, args))
         self._llm = AsyncLLM.from_engine_args(engine_args)
         self._tokenizer = self._llm.get_tokenizer()
@@ -283,6 +310,30 @@ class VLLMEngine(Engine):
         bos = self._tokenizer.bos_token_id
         async for _ in self._llm.generate({"prompt_token_ids": [bos if bos is not None else 0]}, params, "warm-up"):
             pass
+
+    # -- adapters ---------------------------------------------------------------
+
+    async def _add_lora(self, name: str, folder: Any) -> Any:
+        """vLLM loads the checked folder (serving/engine/adapters.py: its failure leaves the engine serving)."""
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._next_lora_id
+        self._next_lora_id += 1
+        request = LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(folder))
+        try:
+            await self._llm.add_lora(request)
+        except Exception as exc:  # "Call to add_lora method failed: <the worker's error>"
+            if self._llm.errored:
+                raise EngineUnavailableError(f"the engine died loading an adapter: {exc}") from None
+            why = str(exc).removeprefix("Call to add_lora method failed: ")
+            raise InvalidAdapterError(self._catalog.model_id(name) if self._catalog else name, why[:500]) from None
+        return request
+
+    async def _remove_lora(self, request: Any) -> None:
+        await self._llm.remove_lora(request.lora_int_id)
+
+    def adapters(self) -> list[str]:
+        return self._adapters.loaded() if self._adapters is not None else []
 
     # -- requests ---------------------------------------------------------------
 
@@ -379,6 +430,11 @@ class VLLMEngine(Engine):
             raise err
         from vllm.exceptions import VLLMClientError
 
+        lora = None
+        if request.adapter is not None:
+            if self._adapters is None:
+                raise InvalidRequestError("This model serves no adapters.", param="model", code="model_not_found")
+            lora = await self._adapters.acquire(request.adapter)
         tools = None
         if request.parse_tool_calls and request.tools and self._parser_cls is not None:
             try:
@@ -396,7 +452,7 @@ class VLLMEngine(Engine):
         want_logprobs = request.params.logprobs is not None
         top_k = request.params.logprobs or 0
         try:
-            stream = self._llm.generate({"prompt_token_ids": ids}, sampling, request.request_id)
+            stream = self._llm.generate({"prompt_token_ids": ids}, sampling, request.request_id, lora_request=lora)
             async for out in stream:
                 choices = [
                     ChoiceDelta(
@@ -521,6 +577,8 @@ class VLLMEngine(Engine):
                     if key is not None:
                         stats[key] += float(sample.value)
         stats["unfinished_requests"] = float(self._llm.get_num_unfinished_requests())
+        if self._adapters is not None:
+            stats.update(adapter_stats(self._adapters))
         return stats
 
     def _stat_collectors(self) -> list[Any]:

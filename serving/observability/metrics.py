@@ -42,7 +42,19 @@ METRIC_NAMES = {
     "engine": "ray_serving_engine_{stat}",
 }
 
-ENGINE_GAUGES = ("running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits")
+ENGINE_GAUGES = (
+    "running",
+    "waiting",
+    "kv_cache_usage",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
+    # LoRA adapters (models[].lora): loaded now, and since the start loads, hits, evictions, failed loads
+    "lora_loaded",
+    "lora_loads",
+    "lora_hits",
+    "lora_evictions",
+    "lora_failures",
+)
 
 
 @dataclass(frozen=True, slots=True)

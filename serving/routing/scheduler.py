@@ -49,6 +49,16 @@ thus knows, for a key, the replicas that served it lately (its *holders*).
   may place it on two replicas; both then hold it, and from the next refresh
   every entry point ranks those two the same way.
 
+LoRA adapters (`<model>:<name>`): loading one costs its first request a
+wait, and a replica holds only so many. So an adapter is placed like a shared
+prefix: its key's holders are the replicas its requests went to lately (every
+entry point reports them with its prefix keys), a request goes to a holder of
+its own prompt first, then to a replica holding its adapter, through the same
+load gate; a hot holder overflows to the next replica in the adapter's
+rendezvous order, which then holds it too, so an adapter spreads over more
+replicas as its demand grows. An adapter nobody holds is placed as a new
+prompt (where it arrives unless that replica is above the mean load).
+
 Staleness chosen: a refresh every 250 ms. A draining replica leaves the
 candidates within one refresh of its stop (the target is 1 s), a new one joins
 within one refresh of being ready; a load figure older than 250 ms is, at the
@@ -66,7 +76,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from serving.routing.policy import PrefixAwarePolicy, bounded_load_choice, rendezvous_order
+from serving.routing.policy import PrefixAwarePolicy, bounded_load_choice, prefix_key, rendezvous_order
 
 REFRESH_S = 0.25
 STALE_S = 3.0  # twelve missed refreshes: the replica (or its node) is gone, or the registry is
@@ -192,6 +202,14 @@ class EndpointTable:
             self._mine.pop(replica_id, None)
 
 
+def adapter_key(model: str, request: Any) -> bytes | None:
+    """The placement key of the LoRA adapter `request` names (its `model` is `<model>:<name>`), or None."""
+    requested = request.get("model") if isinstance(request, dict) else getattr(request, "model", None)
+    if not isinstance(requested, str) or requested == model or not requested.startswith(model + ":"):
+        return None
+    return prefix_key("\0adapter\0" + requested)
+
+
 Filter = Callable[[Sequence[Endpoint], EndpointTable], list[Endpoint]]
 
 
@@ -233,17 +251,28 @@ class Scheduler:
         by_id = {e.replica_id: e for e in found}
         loads = {e.replica_id: table.load(e) for e in found}
         key = self.policy.key(request)
+        adapter = adapter_key(model, request)
         if key is None:  # no prompt to be sticky on (embeddings): placed as a prompt nobody holds, ranked at random
             ranked = rendezvous_order(random.getrandbits(64).to_bytes(8, "big"), loads)
             return [by_id[rid] for rid in self._unplaced(ranked, loads, table.self_id)]
+        if adapter is not None:  # an adapter's prompts are cached apart (vLLM keys its prefix cache by adapter)
+            key = prefix_key(adapter.hex() + key.hex())
         ranked = rendezvous_order(key, loads)
-        held = table.holders(key)
-        if held & loads.keys():
-            ranked = [r for r in ranked if r in held] + [r for r in ranked if r not in held]
+        held = table.holders(key) & loads.keys()
+        # An adapter's replicas: where its requests went lately, so it is loaded there already.
+        loaded = (table.holders(adapter) & loads.keys()) - held if adapter is not None else set()
+        if held or loaded:
+            ranked = (
+                [r for r in ranked if r in held]
+                + [r for r in ranked if r in loaded]
+                + [r for r in ranked if r not in held and r not in loaded]
+            )
             order = bounded_load_choice(ranked, loads, self.policy.imbalance_threshold, self.policy.load_factor)
         else:
             order = self._unplaced(ranked, loads, table.self_id)
         table.placed(key, order[0])
+        if adapter is not None:
+            table.placed(adapter, order[0])
         return [by_id[rid] for rid in order]
 
     @staticmethod
