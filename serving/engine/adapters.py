@@ -88,8 +88,9 @@ class AdapterCatalog:
         return name in self.lora.adapters or (self.lora.store is not None and ADAPTER_NAME.fullmatch(name) is not None)
 
     def listed(self) -> list[str]:
-        """The static adapters, then those the store holds now (a folder with a config), sorted."""
-        names = list(self.lora.adapters)
+        """The static adapters, then those the store holds now (a folder with a config), each sorted
+        (a config's mapping may reach the replica re-ordered)."""
+        names = sorted(self.lora.adapters)
         if self.lora.store is not None:
             try:
                 found = sorted(

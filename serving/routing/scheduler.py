@@ -257,7 +257,8 @@ class Scheduler:
             return [by_id[rid] for rid in self._unplaced(ranked, loads, table.self_id)]
         if adapter is not None:  # an adapter's prompts are cached apart (vLLM keys its prefix cache by adapter)
             key = prefix_key(adapter.hex() + key.hex())
-        ranked = rendezvous_order(key, loads)
+        # An adapter's requests overflow along the adapter's own ranking, the same for all its prompts.
+        ranked = rendezvous_order(adapter if adapter is not None else key, loads)
         held = table.holders(key) & loads.keys()
         # An adapter's replicas: where its requests went lately, so it is loaded there already.
         loaded = (table.holders(adapter) & loads.keys()) - held if adapter is not None else set()

@@ -3,7 +3,9 @@
 `tiny-llama` and `tiny-llama-short` are the same weights under two ids with
 different engine settings (max_model_len 2048 vs 512), each its own
 deployment; `tiny-embed` is an embedding model on vLLM's pooling runner
-(/v1/embeddings, asked with the official openai SDK as RAG code asks). Served on free ports of their own, beside the dev server. Through the direct port, whichever replica the
+(/v1/embeddings, asked with the official openai SDK as RAG code asks), and
+`tiny-llama-short` serves LoRA adapters (two static, two from a store made
+here). Served on free ports of their own. Through the direct port, whichever replica the
 kernel hands the connection to answers for both ids (the other model's
 requests are forwarded through a Ray Serve handle); through the proxy port the
 ingress deployment routes by model.
@@ -11,17 +13,21 @@ ingress deployment routes by model.
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
 from loadtests.servers import ROOT, free_ports
+from serving.models.tiny_lora import ensure_tiny_lora
 from tests.e2e.conftest import dev_config, start_stack
 
 DIRECT_PORT, PROXY_PORT = free_ports(2)
 DIRECT_URL, PROXY_URL = f"http://127.0.0.1:{DIRECT_PORT}", f"http://127.0.0.1:{PROXY_PORT}"
 LONG, SHORT, EMBED = "tiny-llama", "tiny-llama-short", "tiny-embed"
+ADAPTERS = (f"{SHORT}:chat", f"{SHORT}:sql")  # configs/multi-model.yaml's static adapters, as listed (sorted)
 NO_EOS = {"ignore_eos": True}
 
 
@@ -32,7 +38,17 @@ def multi_model_config() -> dict:
 @pytest.fixture(scope="module")
 def multi_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve-multi-model.log"
-    with start_stack(multi_model_config(), log, timeout_s=600) as server:
+    data = multi_model_config()
+    # A store beside the config's two static adapters: one adapter, and one whose weights are not a
+    # LoRA of this model (its load fails in vLLM: a 400, the replica serves on).
+    store = tmp_path_factory.mktemp("adapters")
+    shutil.copytree(ensure_tiny_lora("legal"), store / "legal")
+    shutil.copytree(ensure_tiny_lora("legal"), store / "broken")
+    (store / "broken" / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    short = data["applications"][0]["args"]["models"][1]
+    assert short["id"] == SHORT
+    short["lora"]["store"] = f"file://{store}"
+    with start_stack(data, log, timeout_s=600) as server:
         yield server
 
 
@@ -62,9 +78,48 @@ def test_ready_lists_both_models(multi_server):
 
 def test_models_lists_both(client):
     models = client.models.list().data
-    assert [m.id for m in models] == [LONG, SHORT, EMBED]
-    assert [m.task for m in models] == ["generate", "generate", "embed"]  # type: ignore[attr-defined]
+    assert [m.id for m in models] == [LONG, SHORT, *ADAPTERS, f"{SHORT}:broken", f"{SHORT}:legal", EMBED]
+    assert [m.task for m in models] == ["generate"] * 6 + ["embed"]  # type: ignore[attr-defined]
+    assert [m.parent for m in models] == [None, None] + [SHORT] * 4 + [None]  # type: ignore[attr-defined]
     assert client.models.retrieve(SHORT).id == SHORT
+    assert client.models.retrieve(f"{SHORT}:sql").parent == SHORT  # type: ignore[attr-defined]
+
+
+def greedy(client, model: str, stream: bool = False) -> str:
+    kw = {"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 12, "temperature": 0}
+    if stream:
+        chunks = list(client.chat.completions.create(model=model, stream=True, extra_body=NO_EOS, **kw))
+        assert {c.model for c in chunks} == {model}
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    r = client.chat.completions.create(model=model, extra_body=NO_EOS, **kw)
+    assert r.model == model and r.usage.completion_tokens == 12
+    return r.choices[0].message.content
+
+
+def test_lora_adapters_change_the_answer_from_every_entry_point(client):
+    """Fresh connections: on the direct port a request lands on any model's replica and reaches the base
+    model's replica (local, forwarded, or through a handle); the adapter goes with it."""
+    base = greedy(client, SHORT)
+    answers = {name: greedy(client, name) for name in (*ADAPTERS, f"{SHORT}:legal")}
+    assert len({base, *answers.values()}) == 4, answers
+    for _ in range(2):
+        for name, text in answers.items():
+            assert greedy(client, name) == text and greedy(client, name, stream=True) == text
+    assert greedy(client, SHORT) == base
+    done = client.completions.create(model=ADAPTERS[0], prompt="Once upon a time", max_tokens=4, extra_body=NO_EOS)
+    assert done.model == ADAPTERS[0] and done.usage.completion_tokens == 4
+
+
+def test_lora_errors_and_the_replica_serves_on(client):
+    for missing in (f"{SHORT}:nope", f"{LONG}:sql", f"{SHORT}:../legal"):
+        with pytest.raises(openai.NotFoundError) as err:
+            greedy(client, missing)
+        assert err.value.body["code"] == "model_not_found", missing
+    for _ in range(2):
+        with pytest.raises(openai.BadRequestError) as bad:
+            greedy(client, f"{SHORT}:broken")
+        assert (bad.value.body["code"], bad.value.body["param"]) == ("invalid_adapter", "model")
+    assert greedy(client, ADAPTERS[1]) and greedy(client, SHORT)
 
 
 @pytest.mark.parametrize("model", [LONG, SHORT])

@@ -23,6 +23,7 @@ from serving.routing.scheduler import (
     Endpoint,
     EndpointTable,
     Scheduler,
+    adapter_key,
 )
 
 
@@ -277,3 +278,55 @@ def test_a_replica_s_mean_load_ranks_it_and_an_older_report_without_one_still_co
     assert [table.load(e) for e in table.endpoints()] == [3, 1.6, 0.2, 2]
     placed = Counter(Scheduler().pick("m", chat(f"one-off {i}"), table)[0].replica_id for i in range(600))
     assert set(placed) == {"r1", "r2"} and min(placed.values()) > 200, placed  # never r3 (2), the most loaded
+
+
+def lora_chat(adapter: str | None, user: str) -> dict:
+    return {"model": "m" if adapter is None else f"m:{adapter}", "messages": [{"role": "user", "content": user}]}
+
+
+def test_an_adapter_s_requests_go_where_it_is_loaded_whatever_their_prompts():
+    """Different prompts of one adapter, arriving at every entry point: after one report, all go to the
+    replica the adapter went to first (it is loaded there), not where each prompt would land."""
+    endpoints = [ep(f"r{i}") for i in range(8)]
+    tables = [table_of(endpoints, self_id=e.replica_id) for e in endpoints]
+    first = Scheduler().pick("m", lora_chat("sql", "first question"), tables[3])[0].replica_id
+    assert first == "r3"  # nobody held it: served where it arrived
+    exchange(tables, endpoints)
+    where = Counter(
+        Scheduler().pick("m", lora_chat("sql", f"question {i}"), tables[i % 8])[0].replica_id for i in range(80)
+    )
+    assert where == Counter({first: 80}), where
+    # The base model's and other adapters' prompts are placed as before (served where they arrive).
+    assert Scheduler().pick("m", lora_chat(None, "question 5"), tables[5])[0].replica_id == "r5"
+    assert Scheduler().pick("m", lora_chat("chat", "question 5"), tables[5])[0].replica_id == "r5"
+
+
+def test_a_hot_adapter_spreads_to_more_replicas_and_they_keep_it():
+    endpoints = [ep(f"r{i}") for i in range(4)]
+    table = table_of(endpoints, self_id="r0")
+    assert Scheduler().pick("m", lora_chat("sql", "q"), table)[0].replica_id == "r0"
+    hot = [ep(f"r{i}", in_flight=20 if i == 0 else 0) for i in range(4)]
+    table.update(hot)
+    second = Scheduler().pick("m", lora_chat("sql", "another q"), table)[0].replica_id
+    adapter_order = rendezvous_order(adapter_key("m", lora_chat("sql", "")) or b"", [f"r{i}" for i in range(4)])
+    assert second == [r for r in adapter_order if r != "r0"][0]  # the adapter's next choice, whatever the prompt
+    # Both now hold it: with r0 still hot, the adapter's next prompts go to the second, not a third.
+    nexts = {Scheduler().pick("m", lora_chat("sql", f"q{i}"), table)[0].replica_id for i in range(20)}
+    assert nexts == {second}
+    # Once r0 cools down, it is the adapter's again as often as the load gate allows: both hold it.
+    table.update([ep(f"r{i}") for i in range(4)])
+    cool = Counter(Scheduler().pick("m", lora_chat("sql", f"z{i}"), table)[0].replica_id for i in range(40))
+    assert set(cool) <= {"r0", second}, cool
+
+
+def test_an_adapter_s_prompt_is_cached_apart_from_the_base_model_s():
+    """vLLM keys its prefix cache by adapter: the same prompt of the base model and of an adapter are two keys."""
+    endpoints = [ep(f"r{i}") for i in range(4)]
+    table = table_of(endpoints, self_id="r1")
+    Scheduler().pick("m", lora_chat(None, "a shared system prompt"), table)
+    key = PrefixAwarePolicy().key(lora_chat(None, "a shared system prompt")) or b""
+    assert table.holders(key) == {"r1"}
+    elsewhere = table_of(endpoints, self_id="r2")
+    exchange([table, elsewhere], endpoints)
+    assert Scheduler().pick("m", lora_chat(None, "a shared system prompt"), elsewhere)[0].replica_id == "r1"
+    assert Scheduler().pick("m", lora_chat("sql", "a shared system prompt"), elsewhere)[0].replica_id == "r2"
