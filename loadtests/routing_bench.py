@@ -10,7 +10,12 @@ Workload: K distinct long system prompts (default 8 x ~1500 tokens, built
 offline from a seeded word list) x many short, unique user turns, sent as
 streamed chat completions at a fixed concurrency from one client with one
 connection pool. With `--unique-words N`, the workload routing cannot help
-with: no system prompt, each request N random words of its own.
+with: no system prompt, each request N random words of its own. With
+`--adapters N`, each request names one of N LoRA adapters of the model
+(uniformly, by a hash of its user turn), every replica keeping
+`--adapters-loaded` of them loaded (the simulator takes `--lora-load-s` per
+load); the table adds the adapter hit rate: requests that found their adapter
+loaded where they were served.
 
 Routers:
   power_of_two, round_robin, prefix_aware
@@ -71,6 +76,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +86,7 @@ import yaml
 from loadtests.servers import ManagedProcess, ServeProcess
 from loadtests.sse import aiter_events
 from serving.config import ModelConfig
+from serving.engine.adapters import AdapterCatalog
 from serving.engine.simulator import SimulatedEngine, render_chat, tokenize
 from serving.engine.vllm_engine import VLLMEngine
 
@@ -128,7 +135,8 @@ class BenchSimEngine(SimulatedEngine):
     """The simulated engine, publishing its counters for the benchmark."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(SimulatedEngine.from_engine_args(cfg.engine_args).config)
+        adapters = AdapterCatalog(cfg.id, cfg.lora) if cfg.lora is not None else None
+        super().__init__(SimulatedEngine.from_engine_args(cfg.engine_args).config, adapters=adapters)
         self._writer = None
 
     async def start(self):
@@ -148,7 +156,8 @@ class BenchVLLMEngine(VLLMEngine):
     def __init__(self, cfg: ModelConfig) -> None:
         from serving.engine.factory import resolve_source
 
-        super().__init__(resolve_source(cfg.source), cfg.id, cfg.engine_args)
+        adapters = AdapterCatalog(cfg.id, cfg.lora) if cfg.lora is not None else None
+        super().__init__(resolve_source(cfg.source), cfg.id, cfg.engine_args, adapters=adapters)
         self._requests = 0
         self._writer = None
 
@@ -243,9 +252,11 @@ async def run_load(
     concurrency: int,
     max_tokens: int,
     timeout_s: float,
+    adapters: int = 0,
 ) -> dict[str, Any]:
     """`concurrency` workers, spread over one pooled client per base URL (a cluster: one per node,
-    as a Kubernetes Service spreads a client's connections over the pods)."""
+    as a Kubernetes Service spreads a client's connections over the pods). With `adapters`, each
+    request names one of that many LoRA adapters (by a hash of its user turn: uniform, repeatable)."""
     import httpx
 
     queue: asyncio.Queue = asyncio.Queue()
@@ -266,8 +277,9 @@ async def run_load(
             messages = [{"role": "user", "content": user}]
             if idx >= 0:
                 messages.insert(0, {"role": "system", "content": prompts[idx]})
+            model = f"{MODEL}:a{zlib.crc32(user.encode()) % adapters}" if adapters else MODEL
             body = {
-                "model": MODEL,
+                "model": model,
                 "messages": messages,
                 "max_tokens": max_tokens,
                 "stream": True,
@@ -349,6 +361,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- servers ----------------------------------------------------------------------------------
+
+
+def adapter_store(count: int) -> Path:
+    """A folder of `count` adapters a0.. for the tiny model (serving/models/tiny_lora.py), built once."""
+    from serving.models.tiny_lora import ensure_tiny_lora
+
+    store = Path(tempfile.gettempdir()) / f"routing-bench-adapters-{count}"
+    for i in range(count):
+        if not (store / f"a{i}" / "adapter_config.json").exists():
+            shutil.copytree(ensure_tiny_lora(f"a{i}"), store / f"a{i}", dirs_exist_ok=True)
+    return store
 
 
 def read_stats(folder: Path) -> dict[str, dict[str, float]]:
@@ -593,6 +616,17 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
             model["router_imbalance_threshold"] = args.router_threshold
         if args.router_load_factor is not None:
             model["router_load_factor"] = args.router_load_factor
+        if args.adapters:
+            model["lora"] = {
+                "store": str(adapter_store(args.adapters)),
+                "max_loaded": args.adapters_loaded,
+                "max_loras": min(4, args.adapters_loaded),
+                "max_rank": 8,
+            }
+            if target == "sim":
+                model["engine_args"] = {**model.get("engine_args", {}), "lora_load_s": args.lora_load_s}
+            else:
+                model["engine_args"]["dtype"] = "float32"  # LoRA on vLLM's CPU backend
         unique = args.unique_words
         plan = requests_plan(n, len(prompts), seed=args.seed, unique_words=unique)
         config = serve_config(model, args.port, routing, host=stack.host)
@@ -615,11 +649,12 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
                         conc,
                         args.max_tokens,
                         args.timeout_s,
+                        args.adapters,
                     )
                 )
             time.sleep(1.0)
             before = read_stats(stats_dir)
-            load = asyncio.run(run_load(urls, prompts, plan, conc, args.max_tokens, args.timeout_s))
+            load = asyncio.run(run_load(urls, prompts, plan, conc, args.max_tokens, args.timeout_s, args.adapters))
             time.sleep(1.5)  # the replicas' last stats writes
             after = read_stats(stats_dir)
     finally:
@@ -641,6 +676,8 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
     hits = sum(delta(pid, "prefix_cache_hits") for pid in after)
     ok = len(load["ttfts"])
     fair = sum(per_replica) / max(1, replicas)
+    adapter_hits = sum(delta(pid, "lora_hits") for pid in after)
+    adapter_loads = sum(delta(pid, "lora_loads") for pid in after)
     return {
         "target": target,
         "router": router,
@@ -655,6 +692,11 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
         "errors": len(load["errors"]),
         "error_samples": load["errors"][:3],
         "prefix_cache_hit_rate": hits / queries if queries else float("nan"),
+        "adapters": args.adapters,
+        # requests that found their adapter loaded on the replica that served them
+        "adapter_hit_rate": adapter_hits / (adapter_hits + adapter_loads) if adapter_hits + adapter_loads else None,
+        "adapter_loads": adapter_loads,
+        "adapter_evictions": sum(delta(pid, "lora_evictions") for pid in after),
         "prefix_cache_queries": queries,
         "prefix_cache_hits": hits,
         "ttft_p50_s": percentile(load["ttfts"], 50),
@@ -684,6 +726,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r['ttft_p99_s'] * 1000:>7.0f}ms {r['requests_per_s']:>6.1f} {r['output_tokens_per_s']:>7.0f}"
             f" {r['max_over_fair_share']:>8.2f} {r['errors']:>4} {r['forwarded']:>5}  {r['requests_per_replica']}"
         )
+        if r.get("adapter_hit_rate") is not None:
+            lines.append(
+                f"{'':<13} adapters: hit rate {r['adapter_hit_rate']:.3f}, loads {r['adapter_loads']:.0f},"
+                f" evictions {r['adapter_evictions']:.0f}"
+            )
         placed = r.get("by_placement", {})
         if len(placed) == 2:
             local, moved = placed["local"], placed["forwarded"]
@@ -737,6 +784,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NODES",
         help="run on the multi-node harness (tests/cluster.py, root): a head and NODES worker nodes",
     )
+    p.add_argument(
+        "--adapters", type=int, default=0, help="LoRA workload: each request names one of N adapters of the model"
+    )
+    p.add_argument("--adapters-loaded", type=int, default=4, help="adapters each replica keeps loaded (max_loaded)")
+    p.add_argument("--lora-load-s", type=float, default=0.1, help="sim: the time one adapter load takes")
     p.add_argument("--timeout-s", type=float, default=120)
     p.add_argument("--short", action="store_true", help="a quick run: fewer requests")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default loadtests/results/routing-<time>.json)")
