@@ -120,8 +120,9 @@ class AdapterCatalog:
                 raise InvalidAdapterError(model, str(exc)) from None
         folder = _local(source)
         if not (folder / "adapter_config.json").is_file():
-            if name in self.lora.adapters and folder.exists():
-                raise InvalidAdapterError(model, "its folder has no adapter_config.json")
+            if name in self.lora.adapters:  # listed, so not unknown: its files are missing here
+                why = "its folder has no adapter_config.json" if folder.exists() else "its folder is missing"
+                raise InvalidAdapterError(model, why + " on this replica")
             raise ModelNotFoundError(model)
         if source.startswith("file://"):
             return _cached_copy(folder)

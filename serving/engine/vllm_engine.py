@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import gc
 import logging
+import re
 from typing import Any, AsyncIterator
 
 from serving.engine.adapters import AdapterCache, AdapterCatalog, InvalidAdapterError, adapter_stats
@@ -325,7 +326,10 @@ class VLLMEngine(Engine):
         except Exception as exc:  # "Call to add_lora method failed: <the worker's error>"
             if self._llm.errored:
                 raise EngineUnavailableError(f"the engine died loading an adapter: {exc}") from None
-            why = str(exc).removeprefix("Call to add_lora method failed: ")
+            # vLLM's message names the folder: no server paths in a client's error
+            why = str(exc).removeprefix("Call to add_lora method failed: ").replace(str(folder), "<adapter>")
+            inner = re.fullmatch(r"Worker failed with error '(.*)', please check the stack trace above.*", why, re.S)
+            why = inner.group(1) if inner else why
             raise InvalidAdapterError(self._catalog.model_id(name) if self._catalog else name, why[:500]) from None
         return request
 

@@ -93,8 +93,13 @@ async def test_unknown_adapters_are_404_and_bad_ones_400_and_the_model_serves_on
     empty.mkdir()
     (empty / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
     static = adapter_folder(tmp_path / "static", "pinned")
-    app = await app_with(LoraConfig(adapters={"pinned": str(static)}, store=str(store), max_rank=16))
+    gone = str(tmp_path / "gone")
+    app = await app_with(LoraConfig(adapters={"pinned": str(static), "gone": gone}, store=str(store), max_rank=16))
     try:
+        with pytest.raises(openai.BadRequestError) as bad:  # listed, but its files are not there
+            await say(app, f"{MODEL}:gone")
+        assert bad.value.body["code"] == "invalid_adapter" and "missing" in bad.value.body["message"]
+        assert gone not in bad.value.body["message"]  # no server paths in errors
         for model in (f"{MODEL}:nope", f"{MODEL}:..", "other:sql", f"{MODEL}:a/b"):
             with pytest.raises(openai.NotFoundError) as err:
                 await say(app, model)
@@ -106,7 +111,7 @@ async def test_unknown_adapters_are_404_and_bad_ones_400_and_the_model_serves_on
             assert why in bad.value.body["message"], bad.value.body
         assert (await say(app, f"{MODEL}:pinned")).model == f"{MODEL}:pinned"
         assert (await say(app, MODEL)).choices[0].message.content
-        assert (await app.stats())["lora_failures"] == 4  # nope (not in the store) and the three bad ones
+        assert (await app.stats())["lora_failures"] == 5  # gone, nope (not in the store) and the three bad ones
     finally:
         await app.aclose()
 

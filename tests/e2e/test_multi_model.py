@@ -204,3 +204,27 @@ def test_embeddings_errors(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=EMBED, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert err.value.body["code"] == "model_not_generative"
+
+
+def test_adapter_loads_hits_and_failures_are_metrics_per_replica(multi_server):
+    from tests.e2e.test_metrics import total, wait_for
+
+    client = OpenAI(base_url=f"{DIRECT_URL}/v1", api_key="unused", max_retries=0, timeout=120)
+    for name in (*ADAPTERS, *ADAPTERS):
+        greedy(client, name)
+    with pytest.raises(openai.BadRequestError):
+        greedy(client, f"{SHORT}:broken")
+
+    def seen(samples) -> bool:
+        return (
+            total(samples, "ray_serving_engine_lora_loads", model=SHORT) >= 2
+            and total(samples, "ray_serving_engine_lora_hits", model=SHORT) >= 2
+            and total(samples, "ray_serving_engine_lora_failures", model=SHORT) >= 1
+            and total(samples, "ray_serving_engine_lora_loaded", model=SHORT) >= 2
+        )
+
+    samples = wait_for(multi_server, seen, timeout_s=60)
+    assert seen(samples), {k: v for k, v in samples.items() if "lora" in k}
+    replicas = {lab.get("replica") for lab, _ in samples["ray_serving_engine_lora_loads"] if lab.get("model") == SHORT}
+    assert len(replicas) == 1 and None not in replicas  # per replica (one replica of the model here)
+    assert total(samples, "ray_serving_engine_lora_loads", model=LONG) == 0  # a model without adapters
