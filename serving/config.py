@@ -165,6 +165,10 @@ class LoraConfig(Strict):
 
 
 def _check_adapter_source(source: str, what: str) -> None:
+    if source.startswith(BUILTIN_PREFIX):
+        if not re.fullmatch(rf"{BUILTIN_PREFIX}tiny-lora/[a-z0-9][a-z0-9_-]{{0,63}}", source):
+            raise ValueError(f"{what}: the builtin adapters are builtin:tiny-lora/<name> (lowercase, digits, _ -)")
+        return
     scheme = re.match(r"([a-z][a-z0-9+.-]*)://", source)
     if scheme and scheme.group(0) not in ADAPTER_STORE_SCHEMES:
         raise ValueError(
@@ -256,6 +260,8 @@ class ModelConfig(Strict):
             raise ValueError("tool_parser: an embedding model (task: embed) generates no text to parse; remove it")
         if self.task == "embed" and self.lora is not None:
             raise ValueError("lora: adapters are served on generating models (task: generate)")
+        if self.lora is not None and self.engine not in ("vllm", "simulator"):
+            raise ValueError("lora: served by the vllm and simulator engines only (a custom engine may ignore them)")
         if self.lora is not None:
             clash = sorted({"enable_lora", "max_loras", "max_cpu_loras", "max_lora_rank"} & set(self.engine_args))
             if clash:
@@ -438,6 +444,10 @@ class AppConfig(Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"model ids must be unique; repeated: {dupes}")
+        for m in self.models:
+            clash = sorted(set(ids) & {m.adapter_id(name) for name in (m.lora.adapters if m.lora else {})})
+            if clash:
+                raise ValueError(f"adapter ids {clash} of model {m.id!r} are also model ids; rename one")
         names = [m.deployment_name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("two model ids map to the same deployment name; rename one")

@@ -133,6 +133,8 @@ class ModelRegistry:
     def card(self, model: str) -> dict[str, Any]:
         self.get(model)
         parent = None if model in self._backends else self.parent(model)
+        if parent is not None and not self._adapters[parent].exists(model[len(parent) + len(ADAPTER_SEPARATOR) :]):
+            raise ModelNotFoundError(model)  # a well-formed name its store does not hold
         return {
             "id": model,
             "object": "model",

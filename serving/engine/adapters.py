@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from serving.config import ADAPTER_NAME, BUILTIN_PREFIX, LoraConfig
-from serving.errors import InvalidRequestError, ModelNotFoundError
+from serving.errors import APIError, InvalidRequestError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ TINY_LORA = f"{BUILTIN_PREFIX}tiny-lora/"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LISTED = 1000  # adapters a store lists in /v1/models
+FAILED_TTL_S = 10.0  # an adapter that could not be found or loaded is refused again for this long
+MAX_FAILED = 1024
 
 
 class InvalidAdapterError(InvalidRequestError):
@@ -86,6 +89,16 @@ class AdapterCatalog:
         """Whether `name` can be an adapter of this model, without reading the store's files:
         in the static list, or a well-formed name when there is a store (its request says if it exists)."""
         return name in self.lora.adapters or (self.lora.store is not None and ADAPTER_NAME.fullmatch(name) is not None)
+
+    def exists(self, name: str) -> bool:
+        """Whether `name` is listed or in the store now (a card for it; a request's load says for sure)."""
+        if name in self.lora.adapters:
+            return True
+        return (
+            self.lora.store is not None
+            and ADAPTER_NAME.fullmatch(name) is not None
+            and (_local(self.lora.store) / name / "adapter_config.json").is_file()
+        )
 
     def listed(self) -> list[str]:
         """The static adapters, then those the store holds now (a folder with a config), each sorted
@@ -206,6 +219,10 @@ class AdapterCache(Generic[H]):
         self._unload = unload
         self._loaded: OrderedDict[str, H] = OrderedDict()
         self._loading: dict[str, asyncio.Future[H]] = {}
+        self._load_lock = asyncio.Lock()
+        # Adapters that could not be found or loaded lately: refused again without asking the engine
+        # (each load attempt runs in vLLM's engine core, between steps), bounded.
+        self._failed: OrderedDict[str, tuple[float, APIError]] = OrderedDict()
         self.stats = AdapterStats()
 
     def loaded(self) -> list[str]:
@@ -222,30 +239,56 @@ class AdapterCache(Generic[H]):
         pending = self._loading.get(name)
         if pending is None:
             pending = self._loading[name] = asyncio.ensure_future(self._load_one(name))
-            pending.add_done_callback(lambda _: self._loading.pop(name, None))
+
+            def done(f: asyncio.Future[H]) -> None:
+                self._loading.pop(name, None)
+                if not f.cancelled():
+                    f.exception()  # retrieved, even if every request that waited for it has left
+
+            pending.add_done_callback(done)
         else:
             self.stats.hits += 1  # loading for another request already
         return await asyncio.shield(pending)
 
     async def _load_one(self, name: str) -> H:
         model = self.catalog.model_id(name)
+        failed = self._failed.get(name)
+        if failed is not None and time.monotonic() - failed[0] < FAILED_TTL_S:
+            self.stats.failures += 1
+            raise failed[1]
         try:
             folder = await asyncio.to_thread(self.catalog.locate, name)
             await asyncio.to_thread(check_adapter, model, folder, self.catalog.lora.max_rank)
-            handle = await self._load(name, folder)
+            # One load at a time (vLLM runs each in its engine core, between steps anyway), room made
+            # first: vLLM's own cache holds as many as ours, and a load into a full one drops its least
+            # recently used by its own count, which ours would not know.
+            async with self._load_lock:
+                await self._make_room()
+                handle = await self._load(name, folder)
+        except (InvalidRequestError, ModelNotFoundError) as exc:
+            self.stats.failures += 1
+            self._failed[name] = (time.monotonic(), exc)
+            self._failed.move_to_end(name)
+            while len(self._failed) > MAX_FAILED:
+                self._failed.popitem(last=False)
+            raise
         except Exception:
             self.stats.failures += 1
             raise
+        self._failed.pop(name, None)
         self.stats.loads += 1
         self._loaded[name] = handle
-        while len(self._loaded) > self.catalog.lora.max_loaded:
+        return handle
+
+    async def _make_room(self) -> None:
+        """Unload the least recently used adapters until one more fits in `max_loaded`."""
+        while self._loaded and len(self._loaded) + 1 > self.catalog.lora.max_loaded:
             old, old_handle = self._loaded.popitem(last=False)
             self.stats.evictions += 1
             try:
                 await self._unload(old_handle)
             except Exception:  # the engine reloads it if a request still needs it
                 logger.warning("unloading adapter %s failed", self.catalog.model_id(old), exc_info=True)
-        return handle
 
 
 def adapter_stats(cache: AdapterCache[Any]) -> dict[str, float]:

@@ -215,7 +215,7 @@ class VLLMEngine(Engine):
     ):
         self._catalog = adapters  # models[].lora: vLLM's multi-LoRA, adapters loaded on first use
         self._adapters: AdapterCache[Any] | None = None
-        self._next_lora_id = 1  # vLLM's adapter ids start at 1, one per name for the engine's life
+        self._lora_ids: dict[str, int] = {}  # vLLM's adapter ids (from 1), one per name for the engine's life
         self._task = task  # "embed": vLLM's pooling runner (models[].task)
         self._model_path = model_path
         self._served_name = served_model_name
@@ -318,14 +318,14 @@ class VLLMEngine(Engine):
         """vLLM loads the checked folder (serving/engine/adapters.py: its failure leaves the engine serving)."""
         from vllm.lora.request import LoRARequest
 
-        lora_id = self._next_lora_id
-        self._next_lora_id += 1
+        lora_id = self._lora_ids.setdefault(name, len(self._lora_ids) + 1)
         request = LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(folder))
         try:
             await self._llm.add_lora(request)
         except Exception as exc:  # "Call to add_lora method failed: <the worker's error>"
             if self._llm.errored:
-                raise EngineUnavailableError(f"the engine died loading an adapter: {exc}") from None
+                logger.error("the engine died loading adapter %s: %s", name, exc)
+                raise EngineUnavailableError("the engine died loading an adapter") from None
             # vLLM's message names the folder: no server paths in a client's error
             why = str(exc).removeprefix("Call to add_lora method failed: ").replace(str(folder), "<adapter>")
             inner = re.fullmatch(r"Worker failed with error '(.*)', please check the stack trace above.*", why, re.S)

@@ -161,6 +161,7 @@ async def test_a_file_store_is_copied_into_the_local_cache(store, tmp_path):
         ({"adapters": {"bad/name": "/x"}}, "adapter name"),
         ({"max_loras": 8, "max_loaded": 4}, "max_loras (8) must be <= max_loaded (4)"),
         ({"max_rank": 12}, "max_rank"),
+        ({"adapters": {"x": "builtin:tiny-llama"}}, "builtin:tiny-lora/<name>"),
     ],
 )
 def test_lora_config_errors_name_the_key(lora, error):
@@ -174,3 +175,64 @@ def test_lora_only_on_generating_models_and_its_engine_args_from_it():
         parse_app_args({"models": [{"id": "e", "task": "embed", "lora": {}}]})
     with pytest.raises(ConfigError, match="set from `lora`"):
         parse_app_args({"models": [{"id": "m", "lora": {}, "engine_args": {"max_loras": 2}}]})
+    with pytest.raises(ConfigError, match="vllm and simulator engines only"):
+        parse_app_args({"models": [{"id": "m", "engine": "pkg.mod:Engine", "lora": {}}]})
+    with pytest.raises(ConfigError, match=r"adapter ids \['m:x'\] of model 'm' are also model ids"):
+        parse_app_args({"models": [{"id": "m", "lora": {"adapters": {"x": "/a"}}}, {"id": "m:x"}]})
+
+
+async def test_a_card_is_only_for_an_adapter_that_exists(store):
+    app = await app_with(LoraConfig(store=str(store)))
+    try:
+        assert (await app.client.models.retrieve(f"{MODEL}:sql")).parent == MODEL
+        with pytest.raises(openai.NotFoundError):
+            await app.client.models.retrieve(f"{MODEL}:not-in-the-store")
+    finally:
+        await app.aclose()
+
+
+async def test_a_failed_adapter_is_refused_again_without_another_load(store, monkeypatch):
+    from serving.engine import adapters
+
+    adapter_folder(store, "garbled", config="{not json")
+    app = await app_with(LoraConfig(store=str(store)))
+    try:
+        calls = []
+        real = adapters.check_adapter
+        monkeypatch.setattr(adapters, "check_adapter", lambda *a: calls.append(a) or real(*a))
+        for _ in range(3):
+            with pytest.raises(openai.BadRequestError):
+                await say(app, f"{MODEL}:garbled")
+        assert len(calls) == 1 and (await app.stats())["lora_failures"] == 3
+        monkeypatch.setattr(adapters, "FAILED_TTL_S", 0.0)  # once the time is up, tried again
+        with pytest.raises(openai.BadRequestError):
+            await say(app, f"{MODEL}:garbled")
+        assert len(calls) == 2
+    finally:
+        await app.aclose()
+
+
+async def test_room_is_made_before_a_load_so_the_engine_never_holds_more_than_max_loaded(store):
+    """vLLM's cache is as large as ours: a load into a full one would drop an adapter of its own choosing."""
+    app = await app_with(LoraConfig(store=str(store), max_loaded=2, max_loras=1))
+    cache = app.engine._adapters
+    held: set[str] = set()
+    peak = 0
+    real_load, real_unload = cache._load, cache._unload
+
+    async def load(name, folder):
+        nonlocal peak
+        held.add(name)
+        peak = max(peak, len(held))
+        return await real_load(name, folder)
+
+    async def unload(handle):
+        held.discard(handle)
+        await real_unload(handle)
+
+    cache._load, cache._unload = load, unload
+    try:
+        await asyncio.gather(*(say(app, f"{MODEL}:{n}", f"q{i}") for i, n in enumerate(["sql", "chat", "legal"] * 3)))
+        assert peak <= 2 and len(held) <= 2
+    finally:
+        await app.aclose()
