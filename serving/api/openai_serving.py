@@ -399,6 +399,9 @@ class OpenAIServing:
         try:
             out = await asyncio.wait_for(self.engine.embed(request), self.timeout_s)
             status = "ok"
+            # Latency (end to end) and tokens, as a generation's: no first token, nothing completed.
+            done = GenerationDone(self.model_id, None, None, time.monotonic() - start, None, out.prompt_tokens, 0)
+            self.metrics.generation_done(done)
         except TimeoutError:
             status = "timeout"
             raise RequestTimeoutError(f"The request did not finish within {self.timeout_s:g} s.") from None

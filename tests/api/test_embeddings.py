@@ -120,3 +120,31 @@ async def test_a_token_budget_reserves_the_inputs_and_names_input_when_they_cann
         assert (err["param"], err["code"]) == ("input", "request_too_large") and "max_tokens" not in err["message"]
     finally:
         await app.aclose()
+
+
+async def test_embeddings_feed_the_latency_and_token_metrics():
+    class Recording:
+        def __init__(self) -> None:
+            self.done: list = []
+
+        def generation_done(self, done) -> None:
+            self.done.append(done)
+
+        def request_done(self, *args, **kwargs) -> None:
+            pass
+
+        def engine_stats(self, *args) -> None:
+            pass
+
+    metrics = Recording()
+    engine = SimulatedEngine(SimulatorConfig(max_model_len=64, embedding_size=32, **FAST), task="embed")
+    info = await engine.start()
+    app = InProcessApp([OpenAIServing(engine, EMBED, info.max_model_len, metrics=metrics)], metrics=metrics)  # type: ignore[arg-type]
+    try:
+        r = await app.client.embeddings.create(model=EMBED, input=["the cat sat", "a dog"])
+        assert len(metrics.done) == 1
+        done = metrics.done[0]
+        assert (done.model, done.prompt_tokens, done.completion_tokens) == (EMBED, r.usage.prompt_tokens, 0)
+        assert done.ttft is None and done.itl is None and done.e2e > 0
+    finally:
+        await app.aclose()
