@@ -112,6 +112,14 @@ class DeploymentConfig(Strict):
 # An adapter's name: the part of its model id after `<base id>:`, and its folder's name in a store.
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ADAPTER_SEPARATOR = ":"
+
+
+def adapter_name(base_id: str, model: str) -> str | None:
+    """The adapter name in model id `model` if it names one of `base_id`'s (`<base id>:<name>`), else None."""
+    prefix = base_id + ADAPTER_SEPARATOR
+    return model[len(prefix) :] if model.startswith(prefix) and len(model) > len(prefix) else None
+
+
 # Stores an adapter can load from on first use. An object store (s3://bucket/prefix, gs://...) has the same
 # shape (`<store>/<name>/adapter_config.json`) and is not served yet: nothing here can reach one.
 ADAPTER_STORE_SCHEMES = ("file://",)

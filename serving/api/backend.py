@@ -24,7 +24,7 @@ from serving.api.protocol import (
     TokenizeRequest,
 )
 from serving.api.streaming import EncodedBody
-from serving.config import ADAPTER_SEPARATOR, ModelConfig
+from serving.config import ModelConfig, adapter_name
 from serving.engine.adapters import AdapterCatalog
 from serving.errors import ModelNotFoundError
 
@@ -106,8 +106,8 @@ class ModelRegistry:
     def parent(self, model: str) -> str | None:
         """The base model of adapter id `model`, if it may be one (the engine says whether its store holds it)."""
         for base, catalog in self._adapters.items():
-            prefix = base + ADAPTER_SEPARATOR
-            if model.startswith(prefix) and catalog.may_serve(model[len(prefix) :]):
+            name = adapter_name(base, model)
+            if name is not None and catalog.may_serve(name):
                 return base
         return None
 
@@ -131,10 +131,12 @@ class ModelRegistry:
         return out
 
     def card(self, model: str) -> dict[str, Any]:
-        self.get(model)
-        parent = None if model in self._backends else self.parent(model)
-        if parent is not None and not self._adapters[parent].exists(model[len(parent) + len(ADAPTER_SEPARATOR) :]):
-            raise ModelNotFoundError(model)  # a well-formed name its store does not hold
+        parent = None
+        if model not in self._backends:
+            parent = self.parent(model)
+            name = adapter_name(parent, model) if parent is not None else None
+            if parent is None or name is None or not self._adapters[parent].exists(name):
+                raise ModelNotFoundError(model)  # unknown, or a well-formed name its store does not hold
         return {
             "id": model,
             "object": "model",

@@ -41,7 +41,7 @@ from serving.api.tools import (
     tool_call_json,
     tool_schemas,
 )
-from serving.config import ADAPTER_SEPARATOR, LimitsConfig
+from serving.config import LimitsConfig, adapter_name
 from serving.engine.base import EmbedRequest, Engine, EngineOutput, EngineRequest, GenerationParams, TokenLogprob
 from serving.errors import (
     APIError,
@@ -339,8 +339,7 @@ class OpenAIServing:
 
     def adapter_of(self, model: str) -> str | None:
         """The LoRA adapter a request's `model` names (`<base id>:<name>`, the registry checked it), or None."""
-        prefix = self.model_id + ADAPTER_SEPARATOR
-        return model[len(prefix) :] if model.startswith(prefix) else None
+        return adapter_name(self.model_id, model)
 
     def served_as(self, model: str) -> str:
         """The `model` a response states: the adapter's id for an adapter, else this model's."""

@@ -13,8 +13,9 @@ It starts before the replica's engine and notes the replica's engine processes
 touched) every second while the replica lives; the replica marks its
 environment first (`OWNER_ENV`), so engine processes it started are found by
 that mark too, even those orphaned before the watchdog saw them. Once the
-replica is gone (the watchdog is reparented: `getppid()` changes), it sends SIGTERM to the engine processes still running, SIGKILL to
-any left after `GRACE_S`, and exits. A replica whose own parent, its raylet,
+replica is gone (the watchdog is reparented: `getppid()` changes), it sends
+SIGTERM to the engine processes still running, SIGKILL to any left after
+`GRACE_S`, and exits. A replica whose own parent, its raylet,
 died is orphaned: measured here, it kept running (and its engines with it) for
 as long as we watched, serving nothing through Ray; the watchdog then stops
 its engines and the replica. A replica that stops its engine itself leaves it

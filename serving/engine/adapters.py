@@ -26,8 +26,9 @@ same way, which nothing here can reach to test.
 
 Loaded adapters: up to `max_loaded` per replica; the least recently used is
 unloaded to make room. Loads, hits (the adapter was loaded already) and
-evictions are counted for metrics; the names loaded go to the routing
-registry, so entry points send an adapter's requests where it is loaded.
+evictions are counted for metrics. Entry points send an adapter's requests
+where they sent it lately (serving/routing/scheduler.py), which is where it
+is loaded.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from serving.config import ADAPTER_NAME, BUILTIN_PREFIX, LoraConfig
+from serving.config import ADAPTER_NAME, ADAPTER_SEPARATOR, BUILTIN_PREFIX, LoraConfig
 from serving.errors import APIError, InvalidRequestError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class AdapterCatalog:
         self.lora = lora
 
     def model_id(self, name: str) -> str:
-        return f"{self.base_id}:{name}"
+        return f"{self.base_id}{ADAPTER_SEPARATOR}{name}"
 
     def may_serve(self, name: str) -> bool:
         """Whether `name` can be an adapter of this model, without reading the store's files:
@@ -289,6 +290,13 @@ class AdapterCache(Generic[H]):
                 await self._unload(old_handle)
             except Exception:  # the engine reloads it if a request still needs it
                 logger.warning("unloading adapter %s failed", self.catalog.model_id(old), exc_info=True)
+
+
+async def acquire(cache: AdapterCache[H] | None, name: str) -> H:
+    """`cache.acquire(name)`; a model without adapters (no cache) refuses any."""
+    if cache is None:
+        raise InvalidRequestError("This model serves no adapters.", param="model", code="model_not_found")
+    return await cache.acquire(name)
 
 
 def adapter_stats(cache: AdapterCache[Any]) -> dict[str, float]:

@@ -64,7 +64,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from serving.engine.adapters import AdapterCache, AdapterCatalog, adapter_stats
+from serving.engine.adapters import AdapterCache, AdapterCatalog, acquire, adapter_stats
 from serving.engine.base import (
     ChoiceDelta,
     EmbedOutput,
@@ -497,9 +497,7 @@ class SimulatedEngine(Engine):
         if self._dead():
             raise EngineUnavailableError("the simulated engine is not running")
         if request.adapter is not None:
-            if self._adapters is None:
-                raise InvalidRequestError("This model serves no adapters.", param="model", code="model_not_found")
-            await self._adapters.acquire(request.adapter)
+            await acquire(self._adapters, request.adapter)
             # Each adapter its own text and its own cached blocks (vLLM keys its prefix cache by adapter).
             digest = f"{request.adapter}:{digest}"
             hashes = [hash((request.adapter, h)) for h in hashes]

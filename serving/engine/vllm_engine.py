@@ -16,7 +16,7 @@ import logging
 import re
 from typing import Any, AsyncIterator
 
-from serving.engine.adapters import AdapterCache, AdapterCatalog, InvalidAdapterError, adapter_stats
+from serving.engine.adapters import AdapterCache, AdapterCatalog, InvalidAdapterError, acquire, adapter_stats
 from serving.engine.base import (
     ChoiceDelta,
     EmbedOutput,
@@ -436,9 +436,7 @@ class VLLMEngine(Engine):
 
         lora = None
         if request.adapter is not None:
-            if self._adapters is None:
-                raise InvalidRequestError("This model serves no adapters.", param="model", code="model_not_found")
-            lora = await self._adapters.acquire(request.adapter)
+            lora = await acquire(self._adapters, request.adapter)
         tools = None
         if request.parse_tool_calls and request.tools and self._parser_cls is not None:
             try:

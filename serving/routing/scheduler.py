@@ -82,6 +82,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from serving.config import adapter_name
 from serving.routing.policy import PrefixAwarePolicy, bounded_load_choice, prefix_key, rendezvous_order
 
 REFRESH_S = 0.25
@@ -218,7 +219,7 @@ class EndpointTable:
 def adapter_key(model: str, request: Any) -> bytes | None:
     """The placement key of the LoRA adapter `request` names (its `model` is `<model>:<name>`), or None."""
     requested = request.get("model") if isinstance(request, dict) else getattr(request, "model", None)
-    if not isinstance(requested, str) or requested == model or not requested.startswith(model + ":"):
+    if not isinstance(requested, str) or adapter_name(model, requested) is None:
         return None
     return prefix_key("\0adapter\0" + requested)
 
