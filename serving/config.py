@@ -374,6 +374,9 @@ class AuthConfig(Strict):
     )
     api_keys_env: str | None = "SERVING_API_KEYS"
     api_keys_file: str | None = None
+    key_file_check_s: float = Field(
+        5.0, gt=0, description="how often the key file is checked for changes (keys rotate without a restart)"
+    )
 
     @model_validator(mode="before")
     @classmethod

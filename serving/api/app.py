@@ -20,7 +20,7 @@ from serving.api.backend import ModelRegistry
 from serving.api.middleware import RequestContext, error_response, internal_error_response, record_error
 from serving.api.responses.store import MemoryResponseStore, ResponseStore
 from serving.api.routes import chat, completions, embeddings, health, models, responses, tokenize
-from serving.api.security import Authenticator, RateLimiter, load_api_keys
+from serving.api.security import Authenticator, RateLimiter
 from serving.config import AuthConfig, LimitsConfig, ObservabilityConfig
 from serving.errors import APIError, error_body, unwrap
 from serving.observability.logging import configure_access_log
@@ -72,7 +72,7 @@ def build_api(
     # Stored responses: the app's shared store where there is one (a Ray actor), this process's otherwise.
     app.state.response_store = response_store if response_store is not None else MemoryResponseStore()
     # Fails closed: a named key source that gives no usable key stops the start-up here.
-    app.state.authenticator = Authenticator(load_api_keys(auth))
+    app.state.authenticator = Authenticator.from_config(auth)
     app.state.limits = limits or LimitsConfig()
     app.state.limiter = RateLimiter(app.state.limits)
     if auth.mode == "open":

@@ -16,11 +16,11 @@ for a request's worst case when it is admitted and settled when it ends
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,27 +99,67 @@ def load_api_keys(cfg: AuthConfig) -> list[bytes]:
 
 
 class Authenticator:
-    def __init__(self, keys: list[bytes]) -> None:
-        self._keys = keys
+    """Who a request's key belongs to. Keys are held only as SHA-256 digests (a memory dump or a log
+    shows no key), and a key file is read again when it changes (`AuthConfig.key_file_check_s`), so
+    keys rotate without a restart. A changed file that no longer gives usable keys is logged and
+    the keys read before stay in force: a bad secret update must not lock every client out, and
+    must not open the API either."""
+
+    def __init__(
+        self, keys: list[bytes], cfg: AuthConfig | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._digests = frozenset(hashlib.sha256(k).digest() for k in keys)
+        self._cfg = cfg
+        self._clock = clock
+        self._checked = clock()
+        self._stamp = self._file_stamp()
+
+    @classmethod
+    def from_config(cls, cfg: AuthConfig, clock: Callable[[], float] = time.monotonic) -> Authenticator:
+        return cls(load_api_keys(cfg), cfg, clock)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._digests)
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        if self._cfg is None or not self._cfg.api_keys_file:
+            return None
+        try:
+            st = os.stat(self._cfg.api_keys_file)  # follows the symlink a Kubernetes secret volume swaps
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _maybe_reload(self) -> None:
+        cfg = self._cfg
+        if cfg is None or not cfg.api_keys_file or self._clock() - self._checked < cfg.key_file_check_s:
+            return
+        self._checked = self._clock()
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            keys = load_api_keys(cfg)
+        except AuthSetupError as exc:
+            logger.error("auth: the key file changed but gives no usable keys; the previous keys stay: %s", exc)
+            return
+        self._digests = frozenset(hashlib.sha256(k).digest() for k in keys)
+        logger.info("auth: keys read again from %s (%d keys)", cfg.api_keys_file, len(keys))
 
     def identify(self, authorization: str | None) -> str:
         """Return the caller's identity (a digest of its key), or raise 401."""
-        if not self._keys:
+        self._maybe_reload()
+        if not self._digests:
             return "anonymous"
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key")
-        presented = token.strip().encode()
-        match = False
-        for key in self._keys:  # every key is compared: the time does not depend on which matched
-            match |= hmac.compare_digest(presented, key)
-        if not match:
+        presented = hashlib.sha256(token.strip().encode()).digest()
+        if presented not in self._digests:  # digests: finding one that matches is finding a SHA-256 preimage
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-        return hashlib.sha256(presented).hexdigest()[:16]
+        return presented.hex()[:16]
 
 
 @dataclass
