@@ -9,6 +9,7 @@ layer checks `engine_args` against vLLM (`serving.engine.factory.check_engine_ar
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -360,8 +361,62 @@ class IngressConfig(Strict):
     )
 
 
+# Priority classes of tenants: under overload a replica serves a higher class first, and sheds a lower one first.
+PRIORITIES = {"high": 2, "normal": 1, "low": 0}
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+class TenantConfig(Strict):
+    """A team using the API: its keys, what it may use, its budgets (cluster-wide) and its share under overload.
+
+    Keys come from the tenant's own secret (an environment variable, comma-separated,
+    and/or a mounted file, one per line), fail closed as `auth`'s own sources do,
+    and rotate the same way. `models` are shell-style globs over model ids and
+    adapter ids (`tiny-llama`, `tiny-llama:*`, `*`). The budgets are per tenant,
+    shared by all its keys, and hold across every replica and node
+    (serving/api/budgets.py).
+    """
+
+    name: str = Field(description="[a-z0-9][a-z0-9._-]*: the `tenant` label of metrics and log lines")
+    keys_env: str | None = None
+    keys_file: str | None = None
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1, description="globs of allowed model ids")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="reserved per request: prompt + n x max_tokens (omitted: the rest of the context)"
+    )
+    max_concurrent_requests: int | None = Field(None, ge=1, description="its requests in progress, cluster-wide")
+    priority: Literal["high", "normal", "low"] = Field(
+        "normal", description="under overload a higher class is served first and a lower one shed first"
+    )
+    weight: float = Field(1.0, gt=0, le=1000, description="its share against tenants of its class when saturated")
+    on_budget_unreachable: Literal["closed", "open"] = Field(
+        "closed",
+        description="when the cluster's budget holder cannot be reached: closed refuses (503), "
+        "open serves under the limits applied per replica",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TENANT_NAME.fullmatch(v):
+            raise ValueError(f"tenant name {v!r}: lowercase letters, digits, '.', '_', '-', at most 63")
+        if v in ("default", "anonymous"):
+            raise ValueError(f"tenant name {v!r} is the label of keys of no tenant / of an open API; choose another")
+        return v
+
+    @model_validator(mode="after")
+    def _a_source(self) -> TenantConfig:
+        if not (self.keys_env or self.keys_file):
+            raise ValueError(f"tenant {self.name!r} needs keys_env or keys_file")
+        return self
+
+
 class AuthConfig(Strict):
     """API keys: from an environment variable (comma-separated) and/or a mounted file (one per line).
+
+    Keys of `tenants` belong to their tenant; the keys of `api_keys_env` /
+    `api_keys_file` belong to no tenant, and each has the `limits` of its own.
 
     Fails closed: every key source named here must exist and hold at least one
     usable key, or the application refuses to start (serving/api/security.py,
@@ -377,6 +432,7 @@ class AuthConfig(Strict):
     key_file_check_s: float = Field(
         5.0, gt=0, description="how often the key file is checked for changes (keys rotate without a restart)"
     )
+    tenants: list[TenantConfig] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -384,7 +440,12 @@ class AuthConfig(Strict):
         # `auth: open` is `auth: {mode: open}`; an open API names no key source.
         if data == "open":
             return {"mode": "open", "api_keys_env": None}
+        if isinstance(data, dict) and data.get("tenants") and "api_keys_env" not in data:
+            # With tenants, keys of no tenant are only those the config names.
+            data = {**data, "api_keys_env": None}
         if isinstance(data, dict) and data.get("mode") == "open":
+            if data.get("tenants"):
+                raise ValueError("auth mode 'open' checks no keys, so it has no tenants")
             named = [k for k in ("api_keys_env", "api_keys_file") if data.get(k)]
             if named:
                 raise ValueError(f"auth mode 'open' checks no keys, but the config names a key source: {named}")
@@ -393,13 +454,19 @@ class AuthConfig(Strict):
 
     @model_validator(mode="after")
     def _a_source(self) -> AuthConfig:
-        if self.mode == "keys" and not (self.api_keys_env or self.api_keys_file):
-            raise ValueError("auth mode 'keys' needs api_keys_env or api_keys_file (or say `auth: open`)")
+        if self.mode == "keys" and not (self.api_keys_env or self.api_keys_file or self.tenants):
+            raise ValueError("auth mode 'keys' needs api_keys_env, api_keys_file or tenants (or say `auth: open`)")
+        names = [t.name for t in self.tenants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tenant names must be unique; repeated: {dupes}")
         return self
 
 
 class LimitsConfig(Strict):
-    """Per-key rate limits, body size and request time, enforced by every ingress process."""
+    """Per-key rate limits (keys of no tenant; a tenant has its own), body size, request time and what one
+    request may cost. Rate limits hold across the cluster: replicas lease quota from one budget holder
+    (serving/api/budgets.py)."""
 
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(
@@ -430,6 +497,13 @@ class LimitsConfig(Strict):
     )
     max_schema_bytes: int = Field(32_768, ge=256, description="a response_format JSON schema, encoded")
     max_schema_depth: int = Field(32, ge=2, description="nesting of a response_format JSON schema")
+    budget_lease_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="a replica leases quota to last about this long at its own rate, and gives back what it "
+        "has not used after this long idle",
+    )
 
 
 class ObservabilityConfig(Strict):
@@ -462,6 +536,12 @@ class AppConfig(Strict):
         names = [m.deployment_name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("two model ids map to the same deployment name; rename one")
+        known = set(ids) | {m.adapter_id(a) for m in self.models for a in (m.lora.adapters if m.lora else {})}
+        lora_bases = [m.id + ADAPTER_SEPARATOR for m in self.models if m.lora]
+        for t in self.auth.tenants:
+            for glob in t.models:
+                if not fnmatch.filter(known, glob) and not glob.startswith(tuple(lora_bases)):
+                    raise ValueError(f"auth.tenants[{t.name}].models: {glob!r} matches no model or adapter id")
         return self
 
 

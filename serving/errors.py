@@ -150,6 +150,12 @@ class EngineUnavailableError(APIError):
     reason = "engine_unavailable"
 
 
+class BudgetUnavailableError(EngineUnavailableError):
+    """The cluster's rate-limit budget holder cannot be reached, and the caller's budget fails closed."""
+
+    reason = "budget_unavailable"
+
+
 class OverloadedError(APIError):
     """The model's bounded queue is full: answered at once, with Retry-After."""
 

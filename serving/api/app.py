@@ -17,10 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import __version__
 from serving.api.backend import ModelRegistry
+from serving.api.budgets import Budgets, LedgerClient
 from serving.api.middleware import RequestContext, error_response, internal_error_response, record_error
 from serving.api.responses.store import MemoryResponseStore, ResponseStore
 from serving.api.routes import chat, completions, embeddings, health, models, responses, tokenize
-from serving.api.security import Authenticator, RateLimiter
+from serving.api.security import Authenticator
 from serving.config import AuthConfig, LimitsConfig, ObservabilityConfig
 from serving.errors import APIError, error_body, unwrap
 from serving.observability.logging import configure_access_log
@@ -60,9 +61,13 @@ def build_api(
     forward_token: str | None = None,
     forward_port: int | None = None,
     response_store: ResponseStore | None = None,
+    budget_ledger: LedgerClient | None = None,
+    budget_holder: str = "local",
 ) -> FastAPI:
     """The app; `forward_token`: the secret that marks requests placed here by another entry point of the
-    app, accepted only on `forward_port`, the replica's own listener (serving/api/forwarded.py)."""
+    app, accepted only on `forward_port`, the replica's own listener (serving/api/forwarded.py);
+    `budget_ledger`: where the rate-limit budgets are held (None: in this process), `budget_holder`
+    this process's name there (serving/api/budgets.py)."""
     app = FastAPI(title="serving: OpenAI-compatible LLM API", version=__version__)
     app.state.forward_token = forward_token
     app.state.forward_port = forward_port
@@ -72,9 +77,10 @@ def build_api(
     # Stored responses: the app's shared store where there is one (a Ray actor), this process's otherwise.
     app.state.response_store = response_store if response_store is not None else MemoryResponseStore()
     # Fails closed: a named key source that gives no usable key stops the start-up here.
-    app.state.authenticator = Authenticator.from_config(auth)
-    app.state.limits = limits or LimitsConfig()
-    app.state.limiter = RateLimiter(app.state.limits)
+    app.state.limits = limits = limits or LimitsConfig()
+    app.state.authenticator = Authenticator.from_config(auth, limits)
+    # The app's budgets: leased from its ledger (a Ray actor, cluster-wide), or one in this process.
+    app.state.budgets = Budgets(budget_ledger, limits.budget_lease_s, budget_holder)
     if auth.mode == "open":
         logger.warning("auth: open (from the config): the API checks no key, anyone who can reach it may use it")
     for module in (health, models, chat, completions, embeddings, responses, tokenize):

@@ -8,7 +8,9 @@ body as the client sent it with the app's forward token. Here such a request:
   port only; a request that claims to be forwarded without the token, or on
   the port clients use, gets a 403; one without the header is an ordinary
   request, with the key check and the budgets;
-* is not charged or counted again (the entry point did both, once);
+* is not charged or counted again (the entry point did both, once), and
+  queues here as the caller it was at the entry point (`FLOW_HEADER`: its
+  tenant, class and weight);
 * is served by this replica's own engine and never placed again
   (`served_here`), so no request can travel in a loop;
 * gets its usage event when the entry point asks for it
@@ -30,6 +32,7 @@ from fastapi import Request
 from serving.errors import AuthenticationError
 
 FORWARD_TOKEN_HEADER = "x-serving-forward"
+FLOW_HEADER = "x-serving-flow"  # whose request (serving.api.fair_queue.Flow), trusted with the token only
 USAGE_EVENT_HEADER = "x-serving-usage-event"
 TOTAL_TOKENS_HEADER = "x-serving-total-tokens"
 REPLICA_HEADER = "x-serving-replica"

@@ -120,15 +120,17 @@ class RequestContext:
     def _observe(self, scope: Scope, state: dict[str, Any], status: int) -> None:
         model = state.get("model", "-")
         route = scope["path"]
+        tenant = state.get("tenant", "-")  # "-": refused before its key was known
         if status < 400:
-            self.metrics.request_done(model, route, status)
+            self.metrics.request_done(model, route, status, tenant=tenant)
             return
         err = state.get("error")
         reason = err.reason if isinstance(err, APIError) else ("server_error" if status >= 500 else None)
-        self.metrics.request_done(model, route, status, reason)
+        self.metrics.request_done(model, route, status, reason, tenant)
         access_log(
             "rejected" if status < 500 else "failed",
             request_id=state["request_id"],
+            tenant=tenant,
             model=model,
             route=route,
             status=status,

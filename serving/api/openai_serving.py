@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Callable
 
 from serving.api.backend import Generation
 from serving.api.cost import SCHEMA_PARAM, check_cost, check_schema, request_schema, validate_schema
+from serving.api.fair_queue import ANONYMOUS, FairQueue, Flow, Ticket
 from serving.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -82,6 +83,13 @@ def generation_params(req: ChatCompletionRequest | CompletionRequest) -> Generat
         json_schema=json_schema,
         json_object=json_object,
     )
+
+
+def _cost(request: EngineRequest) -> float:
+    """A request's tokens as estimated on arrival (its fair-queue cost, corrected by its usage when it ends)."""
+    chars = len(request.prompt or "") + sum(len(str(m.get("content") or "")) for m in request.messages or ())
+    prompt = len(request.prompt_token_ids) if request.prompt_token_ids else chars // 4
+    return prompt + (request.params.max_tokens or 256) * request.params.n
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -279,7 +287,10 @@ class OpenAIServing:
         limits: LimitsConfig | None = None,
         max_token_chars: int | None = None,
         tool_parser: str | None = None,
+        max_running: int | None = None,
     ) -> None:
+        """`max_running`: requests in the engine at once; more wait in a `FairQueue`, up to `max_in_flight` in
+        all (None: no queue here, the engine queues them in arrival order)."""
         self.engine = engine
         self.tool_parser = tool_parser  # EngineInfo.tool_parser: who finds calls for `tool_choice: auto`
         self.model_id = model_id
@@ -293,9 +304,14 @@ class OpenAIServing:
         self.max_token_chars = max_token_chars
         self._active: set[_Puller] = set()
         self._draining = False
+        self.queue: FairQueue | None = None
+        if max_running is not None:
+            queued = None if max_in_flight is None else max(1, max_in_flight - max_running)
+            self.queue = FairQueue(max_running, queued, model_id)
 
     def _record(
         self,
+        flow: Flow | None,
         request: EngineRequest,
         status: str,
         start: float,
@@ -315,10 +331,20 @@ class OpenAIServing:
         )
         if status == "ok":
             self.metrics.generation_done(
-                GenerationDone(self.model_id, ttft, itl, end - start, queue_wait, prompt_tokens, completion_tokens)
+                GenerationDone(
+                    self.model_id,
+                    ttft,
+                    itl,
+                    end - start,
+                    queue_wait,
+                    prompt_tokens,
+                    completion_tokens,
+                    flow.tenant if flow is not None else ANONYMOUS.tenant,
+                )
             )
         fields: dict[str, Any] = {
             "request_id": request.request_id,
+            "tenant": flow.tenant if flow is not None else None,
             "model": self.model_id,
             "adapter": request.adapter,
             "status": status,
@@ -345,15 +371,40 @@ class OpenAIServing:
         """The `model` a response states: the adapter's id for an adapter, else this model's."""
         return model if self.adapter_of(model) is not None else self.model_id
 
-    def _admit(self) -> None:
+    async def _admit(self, flow: Flow | None, cost: float) -> Ticket | None:
+        """A place in the engine: at once while it has room, else after waiting in the fair queue (by class,
+        then by tenant: serving/api/fair_queue.py), within the request's time. None without a queue."""
         if self._draining:
             raise ShuttingDownError()
-        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
-            raise OverloadedError(
-                f"The model '{self.model_id}' is at capacity ({self.max_in_flight} requests in flight). Retry shortly.",
-                headers={"Retry-After": "1"},
-            )
-        self.load.add(1)
+        queue = self.queue
+        if queue is None:
+            if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+                raise OverloadedError(
+                    f"The model '{self.model_id}' is at capacity ({self.max_in_flight} requests in flight). "
+                    "Retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
+            self.load.add(1)
+            return None
+        ticket = queue.arrive(flow or ANONYMOUS, cost)
+        self.load.add(1)  # waiting here counts as load: the routing sees it
+        if ticket.running:
+            return ticket
+        try:
+            await asyncio.wait_for(queue.wait(ticket), self.timeout_s)
+        except BaseException as exc:
+            self.load.add(-1)
+            if isinstance(exc, TimeoutError):
+                raise RequestTimeoutError(
+                    f"The request waited {self.timeout_s:g}s for the model '{self.model_id}' and was cancelled."
+                ) from None
+            raise
+        return ticket
+
+    def _release(self, ticket: Ticket | None, used: int) -> None:
+        self.load.add(-1)
+        if ticket is not None and self.queue is not None:
+            self.queue.leave(ticket, used)
 
     # -- the backend interface (serving.api.backend.ModelBackend) -------------------
 
@@ -386,9 +437,10 @@ class OpenAIServing:
 
     async def embeddings(self, req: EmbeddingRequest, request_id: str | None = None) -> dict[str, Any]:
         """One vector per input, as OpenAI answers (floats, or base64 of little-endian float32)."""
-        self._admit()
+        ticket = await self._admit(req._flow, sum(len(x) // 4 if isinstance(x, str) else len(x) for x in req.inputs()))
         start = time.monotonic()
         status = "error"
+        out = None
         request = EmbedRequest(
             request_id or f"embd-{uuid.uuid4().hex}",
             req.inputs(),
@@ -399,7 +451,10 @@ class OpenAIServing:
             out = await asyncio.wait_for(self.engine.embed(request), self.timeout_s)
             status = "ok"
             # Latency (end to end) and tokens, as a generation's: no first token, nothing completed.
-            done = GenerationDone(self.model_id, None, None, time.monotonic() - start, None, out.prompt_tokens, 0)
+            tenant = req._flow.tenant if req._flow is not None else ANONYMOUS.tenant
+            done = GenerationDone(
+                self.model_id, None, None, time.monotonic() - start, None, out.prompt_tokens, 0, tenant
+            )
             self.metrics.generation_done(done)
         except TimeoutError:
             status = "timeout"
@@ -408,9 +463,10 @@ class OpenAIServing:
             status = "cancelled"
             raise
         finally:
-            self.load.add(-1)
+            self._release(ticket, out.prompt_tokens if out is not None else 0)
             access_log(
                 "embeddings",
+                tenant=req._flow.tenant if req._flow is not None else None,
                 model=self.model_id,
                 request_id=request.request_id,
                 inputs=len(request.inputs),
@@ -504,7 +560,7 @@ class OpenAIServing:
     async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
         tools = ToolCallStream(req) if req.tools else None
         texts, finish, logprobs, prompt_tokens, completion_tokens, calls = await self._collect(
-            self._chat_engine_request(req, request_id), req.n, tools
+            self._chat_engine_request(req, request_id), req.n, tools, req._flow
         )
         head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.served_as(req.model)}  # fmt: skip
@@ -588,8 +644,8 @@ class OpenAIServing:
                     return b""
                 return b"data: " + head + b',"choices":' + _encode(choices) + tail
 
-            return await first_then_rest(self._stream(engine_request, render_tools, req.usage_event, head))
-        return await first_then_rest(self._stream(engine_request, render, req.usage_event, head))
+            return await first_then_rest(self._stream(engine_request, render_tools, req.usage_event, head, req._flow))
+        return await first_then_rest(self._stream(engine_request, render, req.usage_event, head, req._flow))
 
     # -- completions ------------------------------------------------------------
 
@@ -608,7 +664,7 @@ class OpenAIServing:
 
     async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
         texts, finish, logprobs, prompt_tokens, completion_tokens, _ = await self._collect(
-            self._completion_engine_request(req, request_id), req.n
+            self._completion_engine_request(req, request_id), req.n, None, req._flow
         )
         head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
                 "model": self.served_as(req.model)}  # fmt: skip
@@ -644,12 +700,14 @@ class OpenAIServing:
                 choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
             return b"data: " + head + b',"choices":' + _encode(choices) + tail
 
-        return await first_then_rest(self._stream(engine_request, render, req.usage_event, head))
+        return await first_then_rest(self._stream(engine_request, render, req.usage_event, head, req._flow))
 
     # -- shared -----------------------------------------------------------------
 
-    async def _collect(self, request: EngineRequest, n: int, tools: ToolCallStream | None = None) -> Collected:
-        self._admit()
+    async def _collect(
+        self, request: EngineRequest, n: int, tools: ToolCallStream | None = None, flow: Flow | None = None
+    ) -> Collected:
+        ticket = await self._admit(flow, _cost(request))
         puller = _Puller(asyncio.current_task())
         self._active.add(puller)
         start = time.perf_counter()
@@ -672,9 +730,10 @@ class OpenAIServing:
             raise puller.error from None
         finally:
             self._active.discard(puller)
-            self.load.add(-1)
             prompt_tokens, completion_tokens = (result[3], result[4]) if result else (0, 0)
+            self._release(ticket, prompt_tokens + completion_tokens)
             self._record(
+                flow,
                 request,
                 status,
                 start,
@@ -726,8 +785,9 @@ class OpenAIServing:
         render: Callable[[EngineOutput, set[int]], bytes],
         include_usage: bool,
         head: bytes,
+        flow: Flow | None = None,
     ) -> AsyncIterator[bytes]:
-        self._admit()
+        ticket = await self._admit(flow, _cost(request))
         # The timeout cancels whichever task is pulling this stream at that moment
         # (the first item is pulled by the route, the rest by the response):
         # a timer per request instead of a wait_for per token.
@@ -799,8 +859,8 @@ class OpenAIServing:
         finally:
             timer.cancel()
             self._active.discard(puller)
-            self.load.add(-1)
-            self._record(request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens)
+            self._release(ticket, prompt_tokens + completion_tokens)
+            self._record(flow, request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens)
         if include_usage:
             yield (
                 b"data: "

@@ -3,13 +3,15 @@
 Every step, cheap first, in the order a request meets them:
 
 1. request id: `serving.api.middleware.RequestContext` (every route);
-2. API key, 401: the `authenticate` dependency (`serving.api.dependencies`);
-3. requests-per-minute and tokens-per-minute buckets, 429: the `admitted_caller` dependency;
+2. API key, 401: the `authenticate` dependency (`serving.api.dependencies`): the caller's `Principal`;
+3. its requests-per-minute budget (cluster-wide, serving/api/budgets.py), 429: `admitted_caller`;
 4. body size, 413, read as it arrives (`read_body`);
 5. JSON and schema validation, 400/415 (`parse_json_model`);
-6. model lookup, 404 (`ModelRegistry.get`);
+6. model lookup, 404 (`ModelRegistry.get`), also for a model the caller's tenant may not use;
 7. with a tokens-per-minute or concurrency limit, the request's worst case
    reserved (429/400), settled against its usage when it ends (`Lease`);
+   the request carries its caller's flow (tenant, class, weight) to the
+   replica's fair queue (serving/api/fair_queue.py);
 8. the backend, one method per endpoint, cancelled if the client leaves before
    the answer (`until_disconnect`): a JSON body, or SSE whose first chunk
    is already produced (so errors before it are HTTP errors, not 200 streams).
@@ -30,7 +32,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import State
 
 from serving.api.backend import Generation, ModelBackend, served_here
+from serving.api.budgets import Lease
 from serving.api.cost import prompt_chars
+from serving.api.fair_queue import Flow
 from serving.api.forwarded import (
     ENTRY_HEADER,
     REPLICA_HEADER,
@@ -42,7 +46,7 @@ from serving.api.forwarded import (
 )
 from serving.api.middleware import engine_request_id, set_model
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from serving.api.security import Lease
+from serving.api.security import Principal
 from serving.api.streaming import (
     SSE_HEADERS,
     ClosingStreamingResponse,
@@ -51,7 +55,13 @@ from serving.api.streaming import (
     aclose,
     encode_json,
 )
-from serving.errors import ClientDisconnectedError, EngineUnavailableError, InvalidRequestError, PayloadTooLargeError
+from serving.errors import (
+    ClientDisconnectedError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+)
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -204,9 +214,23 @@ def respond(result: Generation) -> Response:
     return response
 
 
+def model_backend(request: Request, caller: Principal, model: str) -> ModelBackend:
+    """The backend of `model` if the caller may use it; a 404 otherwise, as for a model that does not exist
+    (OpenAI's "does not exist or you do not have access to it": a tenant does not learn others' models)."""
+    if not caller.may_use(model):
+        raise ModelNotFoundError(model)
+    backend: ModelBackend = request.app.state.registry.get(model)
+    set_model(request, backend.model_id)  # only known ids become metric labels
+    return backend
+
+
+def flow_of(caller: Principal) -> Flow:
+    return Flow(caller.owner.budget, caller.tenant, caller.priority, caller.weight)
+
+
 async def run_generation(
     request: Request,
-    caller: str,
+    caller: Principal,
     request_model: type[GenerationRequest],
     call: Callable[[ModelBackend, GenerationRequest, str], Awaitable[Generation]],
 ) -> Response:
@@ -215,8 +239,8 @@ async def run_generation(
     raw = await read_body(request, await max_body_bytes(state))
     req = parse_json_model(raw, request.headers.get("content-type", ""), request_model)
     req._raw = raw  # what a request placed on another replica is sent as
-    backend = state.registry.get(req.model)
-    set_model(request, backend.model_id)  # only known ids become metric labels
+    backend = model_backend(request, caller, req.model)
+    req._flow = flow_of(caller)
     if forwarded(request):
         return await _serve_forwarded(request, req, backend, call)
     return respond(await admitted_generation(request, caller, req, backend, call))
@@ -224,17 +248,18 @@ async def run_generation(
 
 async def admitted_generation(
     request: Request,
-    caller: str,
+    caller: Principal,
     req: GenerationRequest,
     backend: ModelBackend,
     call: Callable[[ModelBackend, GenerationRequest, str], Awaitable[Generation]],
 ) -> Generation:
     """Steps 7-8 for a parsed request (the generation routes, and /v1/responses for the chat it becomes)."""
-    limiter = request.app.state.limiter
-    if not limiter.leases:
+    limits = caller.owner.limits
+    if not (limits.tokens_per_minute or limits.max_concurrent):
         return await until_disconnect(request, call(backend, req, engine_request_id(request)))
     prompt, completion = worst_case_tokens(req, await backend.context_length())
-    lease = limiter.reserve(caller, prompt, completion)
+    lease = await request.app.state.budgets.reserve(caller.owner, prompt, completion)
+    assert lease is not None
     hide_usage = bool(req.stream and not req.include_usage)
     if hide_usage:
         # The usage event settles the lease; the client, which did not ask for it, does not see it.

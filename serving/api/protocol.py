@@ -239,6 +239,7 @@ class _SamplingFields(_Strict):
     # The body as the client sent it (set by the pipeline after parsing): what a request
     # placed on another replica is forwarded as (serving/routing/forward.py), byte for byte.
     _raw: bytes | None = PrivateAttr(default=None)
+    _flow: Any = PrivateAttr(default=None)  # serving.api.fair_queue.Flow: whose it is, set by the pipeline
 
     def raw_body(self) -> bytes:
         if self._raw is None:
@@ -417,6 +418,7 @@ class EmbeddingRequest(_Strict):
     usage_event: ClassVar[bool] = False
     _usage_event: bool = PrivateAttr(default=False)
     _raw: bytes | None = PrivateAttr(default=None)
+    _flow: Any = PrivateAttr(default=None)  # serving.api.fair_queue.Flow: whose it is, set by the pipeline
 
     def raw_body(self) -> bytes:
         if self._raw is None:

@@ -1,31 +1,34 @@
-"""API keys, per-key rate limits and the body-size limit, applied to every /v1 route.
+"""API keys and who they belong to: the `Principal` of every /v1 request.
 
-Keys come from an environment variable and/or a mounted secret file, never from
-configs/. Comparison is constant-time against every configured key (no early
-exit that would leak which key matched or how far). The key itself never
-appears in a log line or an error message: limits are tracked per key *digest*.
+Keys come from environment variables and/or mounted secret files, never from
+configs/: the app's own (`auth.api_keys_env` / `api_keys_file`, keys of no
+tenant, each limited by `limits` on its own) and each tenant's
+(`auth.tenants[]`, sharing the tenant's budgets, scopes and priority). Keys
+are held only as SHA-256 digests: a memory dump or a log line shows no key,
+and finding the key of a digest is finding a SHA-256 preimage. A key file is
+read again when it changes (`auth.key_file_check_s`), so keys rotate without a
+restart; a changed file that gives no usable keys is logged and the keys read
+before stay in force (a bad secret update must not lock every client out, nor
+open the API).
 
-Limits are enforced per ingress process: in direct mode that is per replica, so
-a key's cluster-wide budget is the configured limit times the replicas it
-reaches (SECURITY.md). Buckets refill continuously; a refused request gets 429
-with `Retry-After` (seconds until the bucket allows it). Tokens are reserved
-for a request's worst case when it is admitted and settled when it ends
-(`RateLimiter`, `Lease`).
+The budgets themselves (requests and tokens per minute, concurrency) are
+serving/api/budgets.py's: they hold across the cluster.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.config import AuthConfig, ConfigError, LimitsConfig
-from serving.errors import AuthenticationError, InvalidRequestError, RateLimitError
+from serving.api.budgets import BudgetLimits, BudgetOwner
+from serving.config import PRIORITIES, AuthConfig, ConfigError, LimitsConfig, TenantConfig
+from serving.errors import AuthenticationError
 
 logger = logging.getLogger(__name__)
 
@@ -37,51 +40,40 @@ EXAMPLE_KEYS = frozenset({"replace-me-key-1", "replace-me-key-2", "sk-replace-me
 _HINT = (
     "Set it (e.g. `openssl rand -hex 24`), or say `auth: open` in the config to serve without keys (development only)."
 )
+# The `tenant` label of requests that belong to no configured tenant.
+NO_TENANT = "default"
+ANONYMOUS = "anonymous"
 
 
 class AuthSetupError(ConfigError):
     """The configured key sources give no usable keys: the application must not start."""
 
 
-def _keys_from_env(name: str) -> list[str]:
+def _keys_from_env(name: str, field: str = "auth.api_keys_env") -> list[str]:
     value = os.environ.get(name)
     if value is None:
-        raise AuthSetupError(f"auth: the environment variable {name} (auth.api_keys_env) is not set. {_HINT}")
+        raise AuthSetupError(f"auth: the environment variable {name} ({field}) is not set. {_HINT}")
     keys = [k.strip() for k in value.split(",") if k.strip()]
     if not keys:
-        raise AuthSetupError(f"auth: the environment variable {name} (auth.api_keys_env) holds no key. {_HINT}")
+        raise AuthSetupError(f"auth: the environment variable {name} ({field}) holds no key. {_HINT}")
     return keys
 
 
-def _keys_from_file(name: str) -> list[str]:
+def _keys_from_file(name: str, field: str = "auth.api_keys_file") -> list[str]:
     """One key per line; blank lines and lines starting with '#' are not keys."""
     try:
         text = Path(name).read_text()
     except FileNotFoundError:
-        raise AuthSetupError(f"auth: the key file {name} (auth.api_keys_file) does not exist.") from None
+        raise AuthSetupError(f"auth: the key file {name} ({field}) does not exist.") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise AuthSetupError(f"auth: the key file {name} (auth.api_keys_file) cannot be read: {exc}") from None
+        raise AuthSetupError(f"auth: the key file {name} ({field}) cannot be read: {exc}") from None
     keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if not keys:
-        raise AuthSetupError(f"auth: the key file {name} (auth.api_keys_file) holds no key.")
+        raise AuthSetupError(f"auth: the key file {name} ({field}) holds no key.")
     return keys
 
 
-def load_api_keys(cfg: AuthConfig) -> list[bytes]:
-    """The accepted keys, or AuthSetupError: fails closed, and never shows a key in its message.
-
-    Open mode (`auth: open`) returns no keys: every caller is "anonymous".
-    Otherwise every source the config names must hold at least one key, and
-    every key must be at least MIN_KEY_LENGTH characters and not a shipped
-    placeholder.
-    """
-    if cfg.mode == "open":
-        return []
-    sources: list[tuple[str, list[str]]] = []
-    if cfg.api_keys_env:
-        sources.append((f"environment variable {cfg.api_keys_env}", _keys_from_env(cfg.api_keys_env)))
-    if cfg.api_keys_file:
-        sources.append((f"key file {cfg.api_keys_file}", _keys_from_file(cfg.api_keys_file)))
+def _checked(sources: list[tuple[str, list[str]]]) -> list[bytes]:
     keys: list[str] = []
     for where, found in sources:
         for n, key in enumerate(found, 1):
@@ -98,215 +90,152 @@ def load_api_keys(cfg: AuthConfig) -> list[bytes]:
     return [k.encode() for k in keys]
 
 
+def load_tenant_keys(t: TenantConfig) -> list[bytes]:
+    """A tenant's keys, checked as the app's are (fails closed)."""
+    sources: list[tuple[str, list[str]]] = []
+    where = f"auth.tenants[{t.name}]"
+    if t.keys_env:
+        sources.append((f"environment variable {t.keys_env}", _keys_from_env(t.keys_env, f"{where}.keys_env")))
+    if t.keys_file:
+        sources.append((f"key file {t.keys_file}", _keys_from_file(t.keys_file, f"{where}.keys_file")))
+    return _checked(sources)
+
+
+def load_api_keys(cfg: AuthConfig) -> list[bytes]:
+    """The accepted keys, or AuthSetupError: fails closed, and never shows a key in its message.
+
+    Open mode (`auth: open`) returns no keys: every caller is "anonymous".
+    These are the keys of no tenant; a tenant's are `load_tenant_keys`'s.
+    Otherwise every source the config names must hold at least one key, and
+    every key must be at least MIN_KEY_LENGTH characters and not a shipped
+    placeholder.
+    """
+    if cfg.mode == "open":
+        return []
+    sources: list[tuple[str, list[str]]] = []
+    if cfg.api_keys_env:
+        sources.append((f"environment variable {cfg.api_keys_env}", _keys_from_env(cfg.api_keys_env)))
+    if cfg.api_keys_file:
+        sources.append((f"key file {cfg.api_keys_file}", _keys_from_file(cfg.api_keys_file)))
+    return _checked(sources)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who sent a request, and what that entitles it to.
+
+    `key`: a digest of the key (owner of its stored responses); `tenant`: the
+    label of its metrics and log lines; `owner`: whose budgets it spends (a
+    tenant's, shared by its keys, or a key's own); `priority` and `weight`:
+    its place under overload (serving/api/fair_queue.py); `models`: globs of
+    the model and adapter ids it may use.
+    """
+
+    key: str
+    tenant: str
+    owner: BudgetOwner
+    priority: int = PRIORITIES["normal"]
+    weight: float = 1.0
+    models: tuple[str, ...] = ("*",)
+
+    def may_use(self, model: str) -> bool:
+        return self.models == ("*",) or any(fnmatch.fnmatchcase(model, glob) for glob in self.models)
+
+
+def key_limits(limits: LimitsConfig) -> BudgetLimits:
+    return BudgetLimits(limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent_requests_per_key)
+
+
+def tenant_principal(t: TenantConfig, key: str) -> Principal:
+    limits = BudgetLimits(t.requests_per_minute, t.tokens_per_minute, t.max_concurrent_requests)
+    owner = BudgetOwner(f"tenant:{t.name}", limits, t.on_budget_unreachable == "open")
+    return Principal(key, t.name, owner, PRIORITIES[t.priority], t.weight, tuple(t.models))
+
+
 class Authenticator:
-    """Who a request's key belongs to. Keys are held only as SHA-256 digests (a memory dump or a log
-    shows no key), and a key file is read again when it changes (`AuthConfig.key_file_check_s`), so
-    keys rotate without a restart. A changed file that no longer gives usable keys is logged and
-    the keys read before stay in force: a bad secret update must not lock every client out, and
-    must not open the API either."""
+    """Who a request's key belongs to (module docstring): digests only, key files read again when they change."""
 
     def __init__(
-        self, keys: list[bytes], cfg: AuthConfig | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        cfg: AuthConfig | None = None,
+        limits: LimitsConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._digests = frozenset(hashlib.sha256(k).digest() for k in keys)
-        self._cfg = cfg
+        self._cfg = cfg or AuthConfig(mode="open", api_keys_env=None)
+        self._limits = key_limits(limits or LimitsConfig())
         self._clock = clock
+        self._table = self._load()  # fails closed: AuthSetupError stops the start-up
         self._checked = clock()
-        self._stamp = self._file_stamp()
+        self._stamp = self._file_stamps()
+        self.anonymous = Principal(ANONYMOUS, ANONYMOUS, BudgetOwner(ANONYMOUS, self._limits))
 
     @classmethod
-    def from_config(cls, cfg: AuthConfig, clock: Callable[[], float] = time.monotonic) -> Authenticator:
-        return cls(load_api_keys(cfg), cfg, clock)
+    def from_config(
+        cls, cfg: AuthConfig, limits: LimitsConfig | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> Authenticator:
+        return cls(cfg, limits, clock)
+
+    def _load(self) -> dict[bytes, Principal]:
+        table: dict[bytes, Principal] = {}
+        for key in load_api_keys(self._cfg):
+            digest = hashlib.sha256(key).digest()
+            name = digest.hex()[:16]
+            table[digest] = Principal(name, NO_TENANT, BudgetOwner(f"key:{name}", self._limits))
+        for t in self._cfg.tenants:
+            for n, key in enumerate(load_tenant_keys(t), 1):
+                digest = hashlib.sha256(key).digest()
+                if digest in table:
+                    raise AuthSetupError(
+                        f"auth: key {n} of tenant {t.name!r} is also another tenant's or the app's key."
+                    )
+                table[digest] = tenant_principal(t, digest.hex()[:16])
+        return table
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests)
+        return bool(self._table)
 
-    def _file_stamp(self) -> tuple[int, int] | None:
-        if self._cfg is None or not self._cfg.api_keys_file:
-            return None
-        try:
-            st = os.stat(self._cfg.api_keys_file)  # follows the symlink a Kubernetes secret volume swaps
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+    def _files(self) -> list[str]:
+        cfg = self._cfg
+        return [f for f in (cfg.api_keys_file, *(t.keys_file for t in cfg.tenants)) if f]
+
+    def _file_stamps(self) -> tuple[tuple[int, int] | None, ...]:
+        stamps: list[tuple[int, int] | None] = []
+        for name in self._files():
+            try:
+                st = os.stat(name)  # follows the symlink a Kubernetes secret volume swaps
+            except OSError:
+                stamps.append(None)
+                continue
+            stamps.append((st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
 
     def _maybe_reload(self) -> None:
         cfg = self._cfg
-        if cfg is None or not cfg.api_keys_file or self._clock() - self._checked < cfg.key_file_check_s:
+        if self._clock() - self._checked < cfg.key_file_check_s or not self._files():
             return
         self._checked = self._clock()
-        stamp = self._file_stamp()
+        stamp = self._file_stamps()
         if stamp == self._stamp:
             return
         self._stamp = stamp
         try:
-            keys = load_api_keys(cfg)
+            table = self._load()
         except AuthSetupError as exc:
-            logger.error("auth: the key file changed but gives no usable keys; the previous keys stay: %s", exc)
+            logger.error("auth: a key file changed but gives no usable keys; the previous keys stay: %s", exc)
             return
-        self._digests = frozenset(hashlib.sha256(k).digest() for k in keys)
-        logger.info("auth: keys read again from %s (%d keys)", cfg.api_keys_file, len(keys))
+        self._table = table
+        logger.info("auth: keys read again (%d keys)", len(table))
 
-    def identify(self, authorization: str | None) -> str:
-        """Return the caller's identity (a digest of its key), or raise 401."""
+    def identify(self, authorization: str | None) -> Principal:
+        """The caller, or a 401."""
         self._maybe_reload()
-        if not self._digests:
-            return "anonymous"
+        if not self._table:
+            return self.anonymous
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key")
-        presented = hashlib.sha256(token.strip().encode()).digest()
-        if presented not in self._digests:  # digests: finding one that matches is finding a SHA-256 preimage
+        found = self._table.get(hashlib.sha256(token.strip().encode()).digest())
+        if found is None:  # digests: finding one that matches is finding a SHA-256 preimage
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-        return presented.hex()[:16]
-
-
-@dataclass
-class _Bucket:
-    capacity: float
-    tokens: float
-    updated: float
-
-    def refill(self, now: float) -> None:
-        rate = self.capacity / 60.0
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * rate)
-        self.updated = now
-
-    def wait_for(self, amount: float) -> float:
-        """Seconds until `amount` is available (0 if it is now)."""
-        missing = amount - self.tokens
-        return 0.0 if missing <= 0 else missing / (self.capacity / 60.0)
-
-
-class Lease:
-    """What an admitted request holds until it ends: a concurrency slot and the tokens it reserved.
-
-    `settle(used)` once, when the request ends: the slot is returned, and the
-    reservation is replaced by the tokens used (prompt plus completion, from the
-    response's usage). `used=None` (a stream cut before its usage arrived)
-    keeps the whole reservation charged: what it generated is not known here,
-    and charging less would let a client that hangs up early go over its budget.
-    """
-
-    __slots__ = ("_limiter", "caller", "reserved", "_open")
-
-    def __init__(self, limiter: RateLimiter, caller: str, reserved: int) -> None:
-        self._limiter, self.caller, self.reserved, self._open = limiter, caller, reserved, True
-
-    def settle(self, used: int | None) -> None:
-        if self._open:
-            self._open = False
-            self._limiter._settle(self, used)
-
-
-class RateLimiter:
-    """Requests per minute, tokens per minute and concurrent requests, per caller.
-
-    Tokens are reserved at admission for the worst case the request may cost
-    (its prompt plus n x max_tokens, an omitted max_tokens counting as the rest of
-    the context) and settled against its usage when it ends, so a key cannot get
-    more than its budget by omitting max_tokens, by sending one huge request, or
-    by sending many at once (all of those went 8-122x over when a request was
-    charged an estimate after the fact).
-    """
-
-    def __init__(self, cfg: LimitsConfig, clock=time.monotonic) -> None:
-        self.rpm = cfg.requests_per_minute
-        self.tpm = cfg.tokens_per_minute
-        self.max_concurrent = cfg.max_concurrent_requests_per_key
-        self._clock = clock
-        self._requests: dict[str, _Bucket] = {}
-        self._tokens: dict[str, _Bucket] = {}
-        self._active: dict[str, int] = {}
-
-    @property
-    def leases(self) -> bool:
-        """Whether requests need a `Lease` (a token or concurrency limit is configured)."""
-        return bool(self.tpm or self.max_concurrent)
-
-    def _bucket(self, table: dict[str, _Bucket], caller: str, capacity: float) -> _Bucket:
-        now = self._clock()
-        bucket = table.get(caller)
-        if bucket is None:
-            bucket = table[caller] = _Bucket(capacity, capacity, now)
-        bucket.refill(now)
-        return bucket
-
-    def admit(self, caller: str) -> None:
-        """Before the body is read: refuse at once (429) a caller whose budgets are spent; take one request."""
-        self._check_concurrency(caller)
-        if self.tpm:
-            tokens = self._bucket(self._tokens, caller, self.tpm)
-            if tokens.tokens <= 0:
-                self._refuse("tokens per minute", tokens.wait_for(1))
-        if self.rpm:
-            requests = self._bucket(self._requests, caller, self.rpm)
-            wait = requests.wait_for(1)
-            if wait > 0:
-                self._refuse("requests per minute", wait)
-            requests.tokens -= 1
-
-    def reserve(self, caller: str, prompt_tokens: int, completion_tokens: int) -> Lease:
-        """Reserve a request's worst case (estimated prompt tokens plus its completion limit), or refuse it.
-
-        A request that could never fit the caller's tokens-per-minute budget is a
-        400 (waiting would not help); one that does not fit now is a 429 whose
-        `Retry-After` says when it will.
-        """
-        self._check_concurrency(caller)
-        worst = prompt_tokens + completion_tokens
-        if self.tpm:
-            if worst > self.tpm and not completion_tokens:  # nothing generated: its inputs alone (embeddings)
-                raise InvalidRequestError(
-                    f"This request's inputs are about {prompt_tokens} tokens, more than your limit of {self.tpm} "
-                    "tokens per minute. Send fewer or shorter inputs per request.",
-                    param="input",
-                    code="request_too_large",
-                )
-            if worst > self.tpm:
-                raise InvalidRequestError(
-                    f"This request may use {worst} tokens (about {prompt_tokens} of prompt and up to "
-                    f"{completion_tokens} of completion: n x max_tokens, an omitted max_tokens counting as the rest "
-                    f"of the context), more than your limit of {self.tpm} tokens per minute. Set max_tokens lower.",
-                    param="max_tokens",
-                    code="request_too_large",
-                )
-            tokens = self._bucket(self._tokens, caller, self.tpm)
-            wait = tokens.wait_for(worst)
-            if wait > 0:
-                self._refuse(f"tokens per minute (this request reserves {worst} tokens)", wait)
-            tokens.tokens -= worst
-        self._active[caller] = self._active.get(caller, 0) + 1
-        return Lease(self, caller, worst)
-
-    def _check_concurrency(self, caller: str) -> None:
-        if self.max_concurrent and self._active.get(caller, 0) >= self.max_concurrent:
-            raise RateLimitError(
-                f"Rate limit reached for concurrent requests: {self.max_concurrent} of yours are in progress. "
-                "Retry when one ends.",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": "1"},
-            )
-
-    def _settle(self, lease: Lease, used: int | None) -> None:
-        left = self._active.get(lease.caller, 0) - 1
-        if left > 0:
-            self._active[lease.caller] = left
-        else:
-            self._active.pop(lease.caller, None)
-        if self.tpm and used is not None:
-            # The bucket may go below zero when the prompt was longer than estimated.
-            self._bucket(self._tokens, lease.caller, self.tpm).tokens += lease.reserved - used
-
-    def in_progress(self, caller: str) -> int:
-        return self._active.get(caller, 0)
-
-    @staticmethod
-    def _refuse(what: str, wait_s: float) -> None:
-        retry = max(1, math.ceil(wait_s))
-        raise RateLimitError(
-            f"Rate limit reached for {what}. Retry after {retry}s.",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": str(retry)},
-        )
+        return found

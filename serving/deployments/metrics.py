@@ -32,13 +32,13 @@ class _RayInstruments:
     def __init__(self) -> None:
         self.requests = ray_metrics.Counter(
             "serving_requests",
-            description="Requests by model, route and HTTP status.",
-            tag_keys=("model", "route", "status"),
+            description="Requests by model, route, HTTP status and tenant.",
+            tag_keys=("model", "route", "status", "tenant"),
         )
         self.rejections = ray_metrics.Counter(
             "serving_rejections",
             description="Requests refused or failed, by the error's reason.",
-            tag_keys=("model", "reason"),
+            tag_keys=("model", "reason", "tenant"),
         )
         self.ttft = ray_metrics.Histogram(
             "serving_ttft_seconds",
@@ -65,10 +65,12 @@ class _RayInstruments:
             tag_keys=("model",),
         )
         self.prompt_tokens = ray_metrics.Counter(
-            "serving_prompt_tokens", description="Prompt tokens.", tag_keys=("model",)
+            "serving_prompt_tokens", description="Prompt tokens, by model and tenant.", tag_keys=("model", "tenant")
         )
         self.completion_tokens = ray_metrics.Counter(
-            "serving_completion_tokens", description="Completion tokens.", tag_keys=("model",)
+            "serving_completion_tokens",
+            description="Completion tokens, by model and tenant.",
+            tag_keys=("model", "tenant"),
         )
         self.routed = ray_metrics.Counter(
             "serving_routed_requests",
@@ -104,11 +106,13 @@ def _ray() -> _RayInstruments:
 class RayMetrics(Metrics):
     """Stateless handle on the process-wide Ray instruments (made on first use)."""
 
-    def request_done(self, model: str, route: str, status: int, reason: str | None = None) -> None:
+    def request_done(
+        self, model: str, route: str, status: int, reason: str | None = None, tenant: str = "anonymous"
+    ) -> None:
         m = _ray()
-        m.requests.inc(1, tags={"model": model, "route": route, "status": str(status)})
+        m.requests.inc(1, tags={"model": model, "route": route, "status": str(status), "tenant": tenant})
         if reason:
-            m.rejections.inc(1, tags={"model": model, "reason": reason})
+            m.rejections.inc(1, tags={"model": model, "reason": reason, "tenant": tenant})
 
     def request_placed(self, model: str, placement: str) -> None:
         _ray().routed.inc(tags={"model": model, "placement": placement})
@@ -123,10 +127,11 @@ class RayMetrics(Metrics):
         m.e2e.observe(done.e2e, tags=tags)
         if done.queue_wait is not None:
             m.queue_wait.observe(done.queue_wait, tags=tags)
+        usage = {"model": done.model, "tenant": done.tenant}
         if done.prompt_tokens:
-            m.prompt_tokens.inc(done.prompt_tokens, tags=tags)
+            m.prompt_tokens.inc(done.prompt_tokens, tags=usage)
         if done.completion_tokens:
-            m.completion_tokens.inc(done.completion_tokens, tags=tags)
+            m.completion_tokens.inc(done.completion_tokens, tags=usage)
 
     def engine_stats(self, model: str, replica: str, stats: dict[str, float], in_flight: int) -> None:
         m = _ray()

@@ -68,6 +68,7 @@ class GenerationDone:
     queue_wait: float | None
     prompt_tokens: int
     completion_tokens: int
+    tenant: str = "anonymous"  # whose request (auth.tenants[].name; "default": a key of no tenant)
 
 
 class Metrics(Protocol):
@@ -77,8 +78,11 @@ class Metrics(Protocol):
     leave out what it does not record (`NullMetrics` records nothing).
     """
 
-    def request_done(self, model: str, route: str, status: int, reason: str | None = None) -> None:
-        """One finished HTTP request; `reason` (an error's stable label) when it was refused or failed."""
+    def request_done(
+        self, model: str, route: str, status: int, reason: str | None = None, tenant: str = "anonymous"
+    ) -> None:
+        """One finished HTTP request (counted where it entered); `reason` (an error's stable label) when it was
+        refused or failed; `tenant`: whose it was."""
         return None
 
     def generation_done(self, done: GenerationDone) -> None:

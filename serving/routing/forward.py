@@ -41,6 +41,7 @@ import aiohttp
 
 from serving.api.backend import Generation, ModelBackend
 from serving.api.forwarded import (
+    FLOW_HEADER,
     FORWARD_TOKEN_HEADER,
     TOTAL_TOKENS_HEADER,
     USAGE_EVENT_HEADER,
@@ -311,6 +312,8 @@ class RoutedBackend:
         request_id: str,
     ) -> Generation:
         headers = {"x-request-id": request_id}
+        if req._flow is not None:
+            headers[FLOW_HEADER] = req._flow.header()  # whose it is: its place in the target's fair queue
         if req.stream and req.usage_event and not req.include_usage:
             headers[USAGE_EVENT_HEADER] = "1"
         resp = await self.client.post(address, path, req.raw_body(), headers)

@@ -130,7 +130,7 @@ async def test_requests_per_minute(make_app):
 async def test_requests_per_minute_refills(make_app):
     now = [1000.0]
     s = await make_app(LEN, limits=LimitsConfig(requests_per_minute=3), auth=KEYS)
-    s.app.state.limiter._clock = lambda: now[0]
+    s.app.state.budgets.use_clock(lambda: now[0])
     for _ in range(3):
         assert (await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
     r = await s.http.post("/v1/chat/completions", json=CHAT, headers=AUTH)
@@ -142,7 +142,7 @@ async def test_requests_per_minute_refills(make_app):
 async def test_tokens_per_minute(make_app):
     # Reservations and settlement in detail: tests/api/test_token_budgets.py.
     s = await make_app(LEN, limits=LimitsConfig(tokens_per_minute=100), auth=KEYS)
-    s.app.state.limiter._clock = lambda: 1000.0  # no refill
+    s.app.state.budgets.use_clock(lambda: 1000.0)  # no refill
     r = await s.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60, "ignore_eos": True}, headers=AUTH)
     assert r.status_code == 200, r.text
     # 60 more do not fit what is left

@@ -18,7 +18,7 @@ class RecordingMetrics:
         self.requests: list[tuple[str, str, int, str | None]] = []
         self.generations = 0
 
-    def request_done(self, model, route, status, reason=None):
+    def request_done(self, model, route, status, reason=None, tenant=None):
         self.requests.append((model, route, status, reason))
 
     def generation_done(self, done):

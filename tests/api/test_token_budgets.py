@@ -37,15 +37,14 @@ def api_keys(monkeypatch):
 
 async def budgeted(make_app, engine_args: dict, **limits):
     app = await make_app(engine_args, limits=LimitsConfig(**limits), auth=KEYS)
-    app.app.state.limiter._clock = lambda: 1000.0  # no refill during the test
+    app.app.state.budgets.use_clock(lambda: 1000.0)  # no refill during the test
     return app
 
 
 def bucket(app, key: str = KEY) -> float:
     """Tokens left in the key's tokens-per-minute bucket."""
-    limiter = app.app.state.limiter
     caller = app.app.state.authenticator.identify(f"Bearer {key}")
-    return limiter._tokens[caller].tokens
+    return app.app.state.budgets.remaining(caller.owner.budget, "tokens")
 
 
 async def test_a_request_that_cannot_fit_the_budget_is_400_and_says_why(make_app):
@@ -139,7 +138,7 @@ async def test_per_key_concurrency_cap(make_app):
         *(app.http.post("/v1/chat/completions", json={**slow, "max_tokens": 1}, headers=AUTH) for _ in range(2))
     )
     assert [r.status_code for r in again] == [200, 200]
-    assert app.app.state.limiter.in_progress(app.app.state.authenticator.identify(f"Bearer {KEY}")) == 0
+    assert app.app.state.budgets.in_progress(app.app.state.authenticator.identify(f"Bearer {KEY}").owner.budget) == 0
 
 
 def test_the_cluster_configs_set_budgets():

@@ -106,7 +106,7 @@ def test_open_only_when_said():
     [
         ({"mode": "open", "api_keys_file": "/etc/keys"}, "names a key source"),
         ({"mode": "open", "api_keys_env": "KEYS"}, "names a key source"),
-        ({"api_keys_env": None}, "needs api_keys_env or api_keys_file"),
+        ({"api_keys_env": None}, "needs api_keys_env, api_keys_file or tenants"),
         ({"mode": "closed"}, "auth.mode"),
         ("opn", "auth"),
     ],

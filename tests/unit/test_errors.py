@@ -24,6 +24,7 @@ EXPECTED_REASONS = {
     "RateLimitError": "rate_limit",
     "PayloadTooLargeError": "body_too_large",
     "EngineUnavailableError": "engine_unavailable",
+    "BudgetUnavailableError": "budget_unavailable",
     "OverloadedError": "queue_full",
     "ShuttingDownError": "shutting_down",
     "RequestTimeoutError": "timeout",

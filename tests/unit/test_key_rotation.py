@@ -35,12 +35,12 @@ def setup(tmp_path):
     write(path, OLD, stamp=10**18)
     clock = Clock()
     cfg = AuthConfig(api_keys_env=None, api_keys_file=str(path), key_file_check_s=5.0)
-    return path, clock, Authenticator.from_config(cfg, clock)
+    return path, clock, Authenticator.from_config(cfg, clock=clock)
 
 
 def test_keys_are_held_only_as_digests(setup):
     _, _, auth = setup
-    held = pickle.dumps(auth._digests)
+    held = pickle.dumps(list(auth._table))
     assert OLD.encode() not in held and OLD.encode() not in repr(vars(auth)).encode()
     assert auth.identify(f"Bearer {OLD}") == auth.identify(f"Bearer  {OLD} ")  # the same caller
 

@@ -12,8 +12,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serving.api.dependencies import AdmittedCaller, Caller
-from serving.api.middleware import set_model
-from serving.api.pipeline import admitted_generation, max_body_bytes, parse_json_model, read_body, respond
+from serving.api.pipeline import (
+    admitted_generation,
+    flow_of,
+    max_body_bytes,
+    model_backend,
+    parse_json_model,
+    read_body,
+    respond,
+)
 from serving.api.responses.protocol import ResponsesRequest
 from serving.api.responses.serving import ResponseEvents, new_id, now, response_of, responses_param, to_chat
 from serving.api.routes import json_body_schema
@@ -36,16 +43,16 @@ async def create_response(request: Request, caller: AdmittedCaller) -> Response:
     state = request.app.state
     raw = await read_body(request, await max_body_bytes(state))
     req = parse_json_model(raw, request.headers.get("content-type", ""), ResponsesRequest)
-    backend = state.registry.get(req.model)
-    set_model(request, backend.model_id)
+    backend = model_backend(request, caller, req.model)
     store = state.response_store
     history: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
-        previous = await store.get(caller, req.previous_response_id)
+        previous = await store.get(caller.key, req.previous_response_id)
         if previous is None:
             raise _not_found(req.previous_response_id, "previous_response_id")
         history = previous["conversation"]
     chat, conversation = to_chat(req, history)
+    chat._flow = flow_of(caller)
     response_id, created_at = new_id("resp"), now()
     try:
         result = await admitted_generation(request, caller, chat, backend, lambda b, r, rid: b.chat(r, rid))
@@ -56,11 +63,11 @@ async def create_response(request: Request, caller: AdmittedCaller) -> Response:
         body = result if isinstance(result, dict) else msgspec.json.decode(result.join())
         response, record = response_of(req, body, response_id, created_at, conversation)
         if req.store:
-            await store.put(caller, response_id, record)
+            await store.put(caller.key, response_id, record)
         return respond(response)
 
     async def keep(record: dict[str, Any]) -> None:
-        await store.put(caller, response_id, record)
+        await store.put(caller.key, response_id, record)
 
     events = ResponseEvents(req, response_id, created_at, conversation, on_done=keep if req.store else None)
     return respond(events.stream(result))
@@ -68,7 +75,7 @@ async def create_response(request: Request, caller: AdmittedCaller) -> Response:
 
 @router.get("/v1/responses/{response_id}")
 async def get_response(response_id: str, caller: Caller, request: Request) -> Response:
-    found = await request.app.state.response_store.get(caller, response_id)
+    found = await request.app.state.response_store.get(caller.key, response_id)
     if found is None:
         raise _not_found(response_id)
     return Response(encode_json(found["response"]), media_type="application/json")
@@ -76,7 +83,7 @@ async def get_response(response_id: str, caller: Caller, request: Request) -> Re
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, caller: Caller, request: Request) -> Response:
-    if not await request.app.state.response_store.delete(caller, response_id):
+    if not await request.app.state.response_store.delete(caller.key, response_id):
         raise _not_found(response_id)
     return Response(
         encode_json({"id": response_id, "object": "response", "deleted": True}), media_type="application/json"

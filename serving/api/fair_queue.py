@@ -1,0 +1,238 @@
+"""Who runs next when a model's replica is saturated: strict priority across classes, weighted fair queuing
+across tenants within a class, and shedding that takes from the lowest class and the longest queue first.
+
+Without it, requests past the engine's batch waited in the engine's own FIFO,
+so one tenant's flood sat in front of everyone else's requests, and when the
+bounded queue was full every other tenant got 503s. Here, per model and
+replica:
+
+* at most `max_running` requests are in the engine at once (the deployment's
+  `max_ongoing_requests`); more wait here, at most `max_queued` of them;
+* a waiting request is dispatched by class first (a higher `priority` always
+  before a lower one), then, within its class, by start-time fair queuing
+  (SFQ, Goyal et al. 1996): each request gets a virtual start tag
+  `max(V, last finish tag of its tenant)` and a finish tag `start + cost /
+  weight`; the least start tag goes first, and V becomes it. A tenant that
+  sent nothing for a while starts at V, so it is served next, whatever
+  another has queued: a flood delays the others by about one dispatch;
+* the cost is the request's tokens: estimated on arrival (its prompt plus
+  what it may generate), and corrected when it ends (`leave(used=...)`), so
+  tenants share tokens, not request counts (the virtual token counter idea of
+  Sheng et al., "Fairness in Serving Large Language Models", OSDI 2024);
+* when the queue is full, an arrival takes the place of the newest waiting
+  request of a lower class, or else of the tenant (same class) with the most
+  requests waiting if that is more than the arrival's own tenant has; if
+  there is none, the arrival is refused. The request that loses its place
+  gets the 503 (`OverloadedError`, with `Retry-After`).
+
+Pure asyncio, no I/O (tests/unit/test_fair_queue.py). `OpenAIServing` holds one per model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from serving.errors import OverloadedError
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Whose request it is, for the queue: `name` (a tenant's budget, or one key's), the `tenant` label
+    of its metrics, its class and weight. Crosses to another replica as one header (`header`/`parse`)."""
+
+    name: str = "anonymous"
+    tenant: str = "anonymous"
+    priority: int = 1
+    weight: float = 1.0
+
+    def header(self) -> str:
+        return f"{self.name};{self.tenant};{self.priority};{self.weight:g}"
+
+    @classmethod
+    def parse(cls, value: str | None) -> Flow | None:
+        """The header's flow; None if absent or malformed (the request then queues as anonymous)."""
+        if not value:
+            return None
+        try:
+            name, tenant, priority, weight = value.split(";")
+            return cls(name, tenant, int(priority), float(weight))
+        except ValueError:
+            return None
+
+
+ANONYMOUS = Flow()
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's place: waiting, then running until `FairQueue.leave`."""
+
+    flow: str
+    priority: int
+    weight: float
+    cost: float
+    start: float = 0.0
+    seq: int = 0
+    waiter: asyncio.Future[None] | None = None
+    running: bool = False
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Flow:
+    finish: float = 0.0  # the finish tag of its last request
+    waiting: deque[Ticket] = field(default_factory=deque)
+
+
+class FairQueue:
+    def __init__(self, max_running: int, max_queued: int | None, model_id: str = "") -> None:
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self.model_id = model_id
+        self.running = 0
+        self.queued = 0
+        self._virtual = 0.0
+        self._flows: dict[str, _Flow] = {}
+        self._seq = itertools.count()
+        self.shed = 0  # requests refused or displaced for lack of room (metrics, tests)
+
+    # -- entering ------------------------------------------------------------------
+
+    def _tag(self, ticket: Ticket) -> None:
+        flow = self._flows.get(ticket.flow)
+        if flow is None:
+            flow = self._flows[ticket.flow] = _Flow()
+        ticket.start = max(self._virtual, flow.finish)
+        flow.finish = ticket.start + ticket.cost / ticket.weight
+        ticket.seq = next(self._seq)
+
+    def arrive(self, flow: Flow, cost: float = 1.0) -> Ticket:
+        """A request's place: running at once if there is room and nobody waits, else waiting (`wait`).
+        Raises `OverloadedError` if the queue is full and the request has no better claim than any waiting."""
+        ticket = Ticket(flow.name, flow.priority, flow.weight, max(cost, 1.0))
+        self._tag(ticket)
+        if self.running < self.max_running and self.queued == 0:
+            self._run(ticket)
+            return ticket
+        if self.max_queued is not None and self.queued >= self.max_queued:
+            victim = self._victim(ticket)
+            if victim is None:
+                self._forget(ticket)
+                self.shed += 1
+                raise self._overloaded()
+            self._remove(victim)
+            self._forget(victim)
+            assert victim.waiter is not None
+            victim.waiter.set_exception(self._overloaded())
+            self.shed += 1
+        ticket.waiter = asyncio.get_running_loop().create_future()
+        self._flows[ticket.flow].waiting.append(ticket)
+        self.queued += 1
+        return ticket
+
+    async def wait(self, ticket: Ticket) -> None:
+        """Returns once a waiting request may run; raises `OverloadedError` if another took its place.
+        Cancelled (its client left, its time ran out), it leaves the queue."""
+        if ticket.running:
+            return
+        assert ticket.waiter is not None
+        try:
+            await ticket.waiter
+        except asyncio.CancelledError:
+            if ticket.running:  # dispatched as it was cancelled: give the place to the next
+                self.leave(ticket)
+            elif not ticket.done:
+                self._remove(ticket)
+                self._forget(ticket)
+            raise
+
+    async def enter(self, flow: Flow, cost: float = 1.0) -> Ticket:
+        """`arrive`, then `wait`."""
+        ticket = self.arrive(flow, cost)
+        await self.wait(ticket)
+        return ticket
+
+    def leave(self, ticket: Ticket, used: float | None = None) -> None:
+        """The request ended (once; later calls do nothing). `used`: its real cost, to correct its tenant's tags."""
+        if ticket.done:
+            return
+        ticket.done = True
+        if used is not None and used != ticket.cost:
+            flow = self._flows.get(ticket.flow)
+            if flow is not None:
+                flow.finish = max(self._virtual, flow.finish + (max(used, 1.0) - ticket.cost) / ticket.weight)
+        if ticket.running:
+            ticket.running = False
+            self.running -= 1
+            self._dispatch()
+        self._prune(ticket.flow)
+
+    # -- inside ------------------------------------------------------------------
+
+    def _run(self, ticket: Ticket) -> None:
+        ticket.running = True
+        self.running += 1
+        self._virtual = max(self._virtual, ticket.start)
+
+    def _dispatch(self) -> None:
+        while self.running < self.max_running and self.queued:
+            heads = [(-f.waiting[0].priority, f.waiting[0].start, f.waiting[0].seq, name)
+                     for name, f in self._flows.items() if f.waiting]  # fmt: skip
+            _, _, _, name = min(heads)  # few: one per tenant with requests waiting
+            ticket = self._flows[name].waiting.popleft()
+            self.queued -= 1
+            self._run(ticket)
+            assert ticket.waiter is not None
+            if not ticket.waiter.done():
+                ticket.waiter.set_result(None)
+
+    def _victim(self, arrival: Ticket) -> Ticket | None:
+        """The waiting request an arrival may displace (module docstring), or None."""
+        waiting = [t for f in self._flows.values() for t in f.waiting]
+        lower = [t for t in waiting if t.priority < arrival.priority]
+        if lower:
+            lowest = min(t.priority for t in lower)
+            return max((t for t in lower if t.priority == lowest), key=lambda t: t.seq)
+        same = [f for f in self._flows.values() if f.waiting and f.waiting[-1].priority == arrival.priority]
+        if not same:
+            return None
+        own = self._flows.get(arrival.flow)
+        own_count = sum(1 for t in own.waiting if t.priority == arrival.priority) if own else 0
+        longest = max(same, key=lambda f: sum(1 for t in f.waiting if t.priority == arrival.priority))
+        count = sum(1 for t in longest.waiting if t.priority == arrival.priority)
+        if count <= own_count + 1:
+            return None
+        return max((t for t in longest.waiting if t.priority == arrival.priority), key=lambda t: t.seq)
+
+    def _remove(self, ticket: Ticket) -> None:
+        flow = self._flows.get(ticket.flow)
+        if flow is not None and ticket in flow.waiting:
+            flow.waiting.remove(ticket)
+            self.queued -= 1
+        ticket.done = True
+
+    def _forget(self, ticket: Ticket) -> None:
+        """A request that never ran: its cost no longer counts against its tenant."""
+        flow = self._flows.get(ticket.flow)
+        if flow is not None:
+            flow.finish = max(self._virtual, flow.finish - ticket.cost / ticket.weight)
+        self._prune(ticket.flow)
+
+    def _prune(self, name: str) -> None:
+        # A flow with nothing waiting and a finish tag behind V carries no history that matters.
+        flow = self._flows.get(name)
+        if flow is not None and not flow.waiting and flow.finish <= self._virtual:
+            del self._flows[name]
+
+    def _overloaded(self) -> OverloadedError:
+        return OverloadedError(
+            f"The model '{self.model_id}' is at capacity ({self.running} requests running, {self.queued} waiting). "
+            "Retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+    def waiting_by_flow(self) -> dict[str, int]:
+        return {name: len(f.waiting) for name, f in self._flows.items() if f.waiting}
