@@ -93,9 +93,10 @@ async def simulated_app(
     metrics: Metrics | None = None,
     api_key: str = "unused",
     lora: LoraConfig | None = None,
+    max_running: int | None = None,
 ) -> InProcessApp:
     """The API on one simulated model, as a replica serves it (the limits applied to the model too);
-    with `lora`, its adapters too."""
+    with `lora`, its adapters too; with `max_running`, its fair queue (serving/api/fair_queue.py)."""
     catalog = AdapterCatalog(model, lora) if lora is not None else None
     engine = simulated_engine(engine_args, catalog)
     info = await engine.start()
@@ -110,6 +111,7 @@ async def simulated_app(
         limits=limits,
         max_token_chars=info.max_token_chars,
         tool_parser=info.tool_parser,
+        max_running=max_running,
     )
     return InProcessApp(
         [serving],

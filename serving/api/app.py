@@ -62,12 +62,10 @@ def build_api(
     forward_port: int | None = None,
     response_store: ResponseStore | None = None,
     budget_ledger: LedgerClient | None = None,
-    budget_holder: str = "local",
 ) -> FastAPI:
     """The app; `forward_token`: the secret that marks requests placed here by another entry point of the
     app, accepted only on `forward_port`, the replica's own listener (serving/api/forwarded.py);
-    `budget_ledger`: where the rate-limit budgets are held (None: in this process), `budget_holder`
-    this process's name there (serving/api/budgets.py)."""
+    `budget_ledger`: where the rate-limit budgets are held (None: in this process; serving/api/budgets.py)."""
     app = FastAPI(title="serving: OpenAI-compatible LLM API", version=__version__)
     app.state.forward_token = forward_token
     app.state.forward_port = forward_port
@@ -80,7 +78,7 @@ def build_api(
     app.state.limits = limits = limits or LimitsConfig()
     app.state.authenticator = Authenticator.from_config(auth, limits)
     # The app's budgets: leased from its ledger (a Ray actor, cluster-wide), or one in this process.
-    app.state.budgets = Budgets(budget_ledger, limits.budget_lease_s, budget_holder)
+    app.state.budgets = Budgets(budget_ledger, limits.budget_lease_s)
     if auth.mode == "open":
         logger.warning("auth: open (from the config): the API checks no key, anyone who can reach it may use it")
     for module in (health, models, chat, completions, embeddings, responses, tokenize):

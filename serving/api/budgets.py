@@ -46,7 +46,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -58,6 +60,7 @@ REQUESTS, TOKENS, SLOTS = "requests", "tokens", "slots"
 HEARTBEAT_S = 5.0
 HOLDER_TTL_S = 30.0
 LEDGER_TIMEOUT_S = 2.0
+FIRST_CALL_TIMEOUT_S = 30.0  # the first call may make the holder (a Ray actor: seconds on a busy node)
 UNREACHABLE_RETRY_S = 5.0
 
 
@@ -280,18 +283,27 @@ class Budgets:
         self,
         ledger: LedgerClient | None = None,
         lease_s: float = 2.0,
-        holder: str = "local",
+        holder: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ledger: LedgerClient = ledger or LocalLedger()
         self._fallback = LocalLedger()  # open tenants when the ledger cannot be reached: this replica's own limits
         self._lease_s = lease_s
-        self._holder = holder
+        self._holder_name = holder
         self._clock = clock
         self._locals: dict[str, _Local] = {}
         self._down_until = 0.0
+        self._reached = False  # the ledger answered once: later calls get LEDGER_TIMEOUT_S
         self._sweeper: asyncio.Task[None] | None = None
         self.unreachable = 0  # calls that failed (a metric and the tests)
+
+    @property
+    def _holder(self) -> str:
+        """This process's name at the ledger (its slots are freed if it goes silent): made where it runs, not
+        where the app was built (an app object is built once and copied into every replica)."""
+        if self._holder_name is None:
+            self._holder_name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return self._holder_name
 
     # -- admission -------------------------------------------------------------
 
@@ -437,14 +449,17 @@ class Budgets:
         ledger = self._ledger
         if self._clock() < self._down_until:
             ledger = self._unreachable(owner)
+        timeout = LEDGER_TIMEOUT_S if self._reached else FIRST_CALL_TIMEOUT_S
         try:
-            got = await asyncio.wait_for(ledger.take(self._holder, owner.budget, owner.limits, wants), LEDGER_TIMEOUT_S)
+            got = await asyncio.wait_for(ledger.take(self._holder, owner.budget, owner.limits, wants), timeout)
+            self._reached = self._reached or ledger is self._ledger
         except (BudgetUnavailableError, RateLimitError):
             raise
         except Exception as exc:
             if ledger is self._fallback:
                 raise
             self.unreachable += 1
+            self._reached = False
             self._down_until = self._clock() + UNREACHABLE_RETRY_S
             logger.warning("budget ledger unreachable (%s): %s", type(exc).__name__, exc)
             got = await self._unreachable(owner).take(self._holder, owner.budget, owner.limits, wants)

@@ -18,6 +18,7 @@ from serving.api.backend import ModelRegistry
 from serving.api.relay import RELAYS
 from serving.config import AppConfig
 from serving.deployments import serve_stop
+from serving.deployments.budget_holder import RayLedger
 from serving.deployments.handle_backend import HandleBackend
 from serving.deployments.metrics import RayMetrics
 from serving.deployments.response_store import RayResponseStore
@@ -36,6 +37,7 @@ def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
         cfg.observability,
         metrics=RayMetrics(),  # makes its Ray instruments in the ingress replica, on first use
         response_store=RayResponseStore(cfg.responses),  # the app's, found from the replica's context
+        budget_ledger=RayLedger(),  # the app's, found from the replica's context
     )
 
     # As long as the longest of the models' replicas: the streams relayed through a stopping

@@ -33,6 +33,7 @@ from serving.api.relay import RELAYS
 from serving.api.streaming import EncodedBody
 from serving.config import AppConfig, IngressConfig, ModelConfig
 from serving.deployments import engine_watchdog, node_tuning, serve_stop
+from serving.deployments.budget_holder import RayLedger
 from serving.deployments.direct.engine_loop import EngineLoop
 from serving.deployments.direct.http_server import ConnectionLimits, DirectHTTPServer, own_socket
 from serving.deployments.handle_backend import HandleBackend
@@ -195,7 +196,9 @@ class LLMServer:
             engine,
             self.cfg.id,
             info.max_model_len,
+            # The engine runs max_ongoing_requests at once; the rest wait in the fair queue (by class, then tenant).
             max_in_flight=d.max_ongoing_requests + max(0, d.max_queued_requests),
+            max_running=d.max_ongoing_requests,
             timeout_s=self.app_cfg.limits.request_timeout_s,
             log_prompts=self.app_cfg.observability.log_prompts,
             metrics=self.metrics,
@@ -245,6 +248,7 @@ class LLMServer:
                 forward_token=self._forward_token if routed else None,
                 forward_port=own_port,
                 response_store=RayResponseStore(self.app_cfg.responses, app_name),
+                budget_ledger=RayLedger(app_name),
             )
             self._http = await DirectHTTPServer.start(
                 api,
