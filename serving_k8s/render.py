@@ -268,15 +268,19 @@ def _quantity(amount: float) -> str:
     return str(int(amount)) if float(amount).is_integer() else repr(float(amount))
 
 
-def _secret_env() -> list[dict[str, Any]]:
+def secret_keys(cfg: AppConfig) -> dict[str, bool]:
+    """The Secret's keys the pods get as environment variables, each with whether it is required: HF_TOKEN
+    (optional), the app's keys (required when the config reads them) and each tenant's `keys_env` (required: a
+    tenant's keys fail closed as the app's do)."""
+    keys = {k: k in REQUIRED_SECRET_KEYS for k in SECRET_KEYS if k != API_KEYS_ENV or cfg.auth.api_keys_env}
+    keys.update({t.keys_env: True for t in cfg.auth.tenants if t.keys_env})
+    return keys
+
+
+def _secret_env(cfg: AppConfig) -> list[dict[str, Any]]:
     return [
-        {
-            "name": key,
-            "valueFrom": {
-                "secretKeyRef": {"name": SECRET_NAME, "key": key, "optional": key not in REQUIRED_SECRET_KEYS}
-            },
-        }
-        for key in SECRET_KEYS
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": key, "optional": not required}}}
+        for key, required in secret_keys(cfg).items()
     ]
 
 
@@ -318,7 +322,7 @@ def _wget(port: int, path: str, expect: str | None = "success") -> str:
     return f"{cmd} | grep -q {expect}" if expect else f"{cmd} > /dev/null"
 
 
-def _head(name: str, image: str, kind: Kind, serve_port: int) -> dict[str, Any]:
+def _head(name: str, image: str, kind: Kind, serve_port: int, cfg: AppConfig) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "securityContext": _pod_security(),
         "containers": [
@@ -333,7 +337,7 @@ def _head(name: str, image: str, kind: Kind, serve_port: int) -> dict[str, Any]:
                     _port("serve", serve_port),
                     _port("metrics", METRICS_PORT),
                 ],
-                "env": _secret_env(),
+                "env": _secret_env(cfg),
                 "resources": _resources(kind.head_cpu, kind.head_memory),
                 "securityContext": _container_security(),
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
@@ -366,7 +370,7 @@ def _worker(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "ports": ports,
-        "env": [*_secret_env(), {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(shape["drain_s"])}],
+        "env": [*_secret_env(cfg), {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(shape["drain_s"])}],
         "resources": _resources(str(shape["cpus"]), f"{shape['memory_gib']}Gi", shape["gpus"]),
         "securityContext": _container_security(),
         "volumeMounts": [
@@ -472,7 +476,7 @@ def build_objects(
         }
     else:
         cluster["enableInTreeAutoscaling"] = False
-    cluster["headGroupSpec"] = _head(name, image, kind, serve_port)
+    cluster["headGroupSpec"] = _head(name, image, kind, serve_port, cfg)
     cluster["workerGroupSpecs"] = [_worker(name, image, kind, shape, cfg, serve_port, fixed)]
 
     labels = {"app.kubernetes.io/name": APP_LABEL, "app.kubernetes.io/instance": name}

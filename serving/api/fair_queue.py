@@ -234,5 +234,16 @@ class FairQueue:
             headers={"Retry-After": "1"},
         )
 
+    def reject_waiting(self, error: Exception) -> int:
+        """Every waiting request gets `error` (a replica that stops): returns how many."""
+        waiting = [t for f in self._flows.values() for t in f.waiting]
+        for ticket in waiting:
+            self._remove(ticket)
+            self._forget(ticket)
+            assert ticket.waiter is not None
+            if not ticket.waiter.done():
+                ticket.waiter.set_exception(error)
+        return len(waiting)
+
     def waiting_by_flow(self) -> dict[str, int]:
         return {name: len(f.waiting) for name, f in self._flows.items() if f.waiting}

@@ -540,7 +540,8 @@ class OpenAIServing:
 
         def end() -> int:
             self._draining = True
-            return sum(p.interrupt(ShuttingDownError()) for p in list(self._active))
+            waiting = self.queue.reject_waiting(ShuttingDownError()) if self.queue is not None else 0
+            return waiting + sum(p.interrupt(ShuttingDownError()) for p in list(self._active))
 
         return await drain(lambda: self.in_flight, end, timeout_s)
 

@@ -79,3 +79,20 @@ async def test_a_request_arriving_after_an_idle_drain_is_served():
 def test_drain_time_leaves_room_before_serve_kills_the_replica():
     assert drain_time_s(30) == 23 and drain_time_s(120) == 113
     assert drain_time_s(8) == 3 and drain_time_s(1) == 0
+
+
+async def test_requests_waiting_in_the_fair_queue_end_with_the_drain():
+    """Requests waiting for the engine (the fair queue, serving/api/fair_queue.py) get the 503 at the drain's
+    end as those in progress do; before, they were started one by one as the ended ones left the engine."""
+    api = await simulated_app({"decode_s_per_token": 0.02, "max_model_len": 4096}, max_running=1, max_in_flight=8)
+    body = {**CHAT, "max_tokens": 2000}
+    running = [asyncio.ensure_future(api.http.post("/v1/chat/completions", json=body)) for _ in range(3)]
+    while api.serving.in_flight < 3:
+        await asyncio.sleep(0.01)
+    assert api.serving.queue.queued == 2
+    assert await api.serving.drain(0.2) == 3
+    answers = await asyncio.wait_for(asyncio.gather(*running), 10)
+    assert [r.status_code for r in answers] == [503, 503, 503], [r.text for r in answers]
+    assert all(r.json()["error"]["code"] == "server_shutting_down" for r in answers)
+    assert api.serving.in_flight == 0 and api.serving.queue.running == 0 and api.serving.queue.queued == 0
+    await api.aclose()

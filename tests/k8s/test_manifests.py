@@ -376,15 +376,15 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
             errors.append(f"{role}: securityContext must set runAsNonRoot: true and runAsUser: {dockerfile_uid()}")
         for c in containers(template):
             refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
-            for key in k8s.SECRET_KEYS:
+            for key, required in k8s.secret_keys(cfg).items():
                 ref = refs.get(key)
                 if (
                     not ref
                     or ref.get("name") != k8s.SECRET_NAME
                     or ref.get("key") != key
-                    or ref.get("optional") is not (key not in k8s.REQUIRED_SECRET_KEYS)
+                    or ref.get("optional") is required
                 ):
-                    need = "required" if key in k8s.REQUIRED_SECRET_KEYS else "optional"
+                    need = "required" if required else "optional"
                     errors.append(f"{role}: env {key} must come from secret {k8s.SECRET_NAME} key {key}, {need}")
 
     # Autoscaling: the in-tree autoscaler when the worker group can grow.
@@ -649,6 +649,27 @@ def test_custom_resources_are_offered_by_the_worker_group(tmp_path, rayservice_s
     assert _worker(rs)["resources"] == {"big": "1000001", "pool-a": "1"}  # exact: "1e+06" would be less
     assert not schema_errors(rayservice_schema, rs)
     assert "resources" not in _worker(_cluster_manifest()[0])
+
+
+def test_tenant_keys_reach_the_pods_from_the_secret(tmp_path):
+    """Each tenant's `keys_env` comes from the Secret, required (its keys fail closed); a config whose keys
+    are all tenants' does not require the app's SERVING_API_KEYS."""
+    data = yaml.safe_load((ROOT / "configs" / "cluster.yaml").read_text())
+    data["applications"][0]["args"]["auth"] = {
+        "tenants": [{"name": "search", "keys_env": "TENANT_SEARCH_KEYS", "requests_per_minute": 600}]
+    }
+    config = tmp_path / "tenants.yaml"
+    config.write_text(yaml.safe_dump(data))
+    rs = next(o for o in k8s.build_objects(config, "multi-node") if o["kind"] == "RayService")
+    for _, template in pod_templates(rs):
+        for c in containers(template):
+            refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
+            assert refs["TENANT_SEARCH_KEYS"] == {
+                "name": k8s.SECRET_NAME,
+                "key": "TENANT_SEARCH_KEYS",
+                "optional": False,
+            }
+            assert "SERVING_API_KEYS" not in refs and refs["HF_TOKEN"]["optional"] is True
 
 
 def test_renderer_refuses_bad_names():

@@ -268,10 +268,13 @@ async def test_idle_quota_goes_back_to_the_ledger_for_other_replicas(replicas):
     assert ledger.level("tenant-1", REQUESTS) == 0
     with pytest.raises(RateLimitError):
         await r1.admit(who)
-    clock.now += 0.4  # r0's balance is idle for lease_s (the bucket refills 0.4 meanwhile)
+    clock.now += 1.0  # r0's balance is idle for longer than lease_s (the bucket refills 1 meanwhile)
     await eventually(lambda: r0.held("tenant-1", REQUESTS) == 0)
-    assert ledger.level("tenant-1", REQUESTS) == pytest.approx(held + 0.4)
-    for _ in range(int(held)):
+    assert ledger.level("tenant-1", REQUESTS) == pytest.approx(held + 1)
+    for _ in range(int(held) + 1):
+        await r1.admit(who)
+        await settle_tasks()
+    with pytest.raises(RateLimitError):
         await r1.admit(who)
 
 
@@ -539,6 +542,7 @@ async def test_fail_open_concurrency_does_not_leak_slots_while_the_ledger_is_unr
 
 async def test_a_ledger_that_does_not_answer_counts_as_unreachable(replicas, monkeypatch):
     monkeypatch.setattr(budgets_module, "LEDGER_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(budgets_module, "FIRST_CALL_TIMEOUT_S", 0.05)
     clock = Clock()
     client = Unreachable(Ledger(clock=clock), hang=True)
     (b,) = replicas(1, clock, client)
