@@ -329,9 +329,9 @@ class Budgets:
         if limits.tokens_per_minute and local.held[TOKENS] <= 0:
             until = local.denied.get(TOKENS, 0.0)
             if until > self._clock():
-                self._refuse("tokens per minute", until - self._clock())
+                self._refuse(f"tokens per minute (limit {limits.tokens_per_minute})", until - self._clock())
         if limits.requests_per_minute:
-            await self._acquire(local, REQUESTS, 1, "requests per minute")
+            await self._acquire(local, REQUESTS, 1, f"requests per minute (limit {limits.requests_per_minute})")
 
     async def reserve(self, owner: BudgetOwner, prompt_tokens: int, completion_tokens: int) -> Lease | None:
         """A request's worst case (estimated prompt tokens plus its completion limit) and a slot, or a refusal.
@@ -365,7 +365,9 @@ class Budgets:
             await self._acquire(local, SLOTS, 1, None)
         if tpm:
             try:
-                await self._acquire(local, TOKENS, worst, f"tokens per minute (this request reserves {worst} tokens)")
+                await self._acquire(
+                    local, TOKENS, worst, f"tokens per minute (limit {tpm}; this request reserves {worst})"
+                )
             except BaseException:
                 if limits.max_concurrent:
                     local.held[SLOTS] += 1

@@ -401,6 +401,10 @@ class OpenAIServing:
             raise
         return ticket
 
+    def _time_left(self, arrived: float) -> float:
+        """What is left of the request's time after its wait in the queue (the time counts from arrival)."""
+        return max(0.001, self.timeout_s - (time.monotonic() - arrived))
+
     def _release(self, ticket: Ticket | None, used: int) -> None:
         self.load.add(-1)
         if ticket is not None and self.queue is not None:
@@ -437,6 +441,7 @@ class OpenAIServing:
 
     async def embeddings(self, req: EmbeddingRequest, request_id: str | None = None) -> dict[str, Any]:
         """One vector per input, as OpenAI answers (floats, or base64 of little-endian float32)."""
+        arrived = time.monotonic()
         ticket = await self._admit(req._flow, sum(len(x) // 4 if isinstance(x, str) else len(x) for x in req.inputs()))
         start = time.monotonic()
         status = "error"
@@ -448,7 +453,7 @@ class OpenAIServing:
             max_total_tokens=self.limits.max_embedding_tokens,
         )
         try:
-            out = await asyncio.wait_for(self.engine.embed(request), self.timeout_s)
+            out = await asyncio.wait_for(self.engine.embed(request), self._time_left(arrived))
             status = "ok"
             # Latency (end to end) and tokens, as a generation's: no first token, nothing completed.
             tenant = req._flow.tenant if req._flow is not None else ANONYMOUS.tenant
@@ -708,6 +713,7 @@ class OpenAIServing:
     async def _collect(
         self, request: EngineRequest, n: int, tools: ToolCallStream | None = None, flow: Flow | None = None
     ) -> Collected:
+        arrived = time.monotonic()
         ticket = await self._admit(flow, _cost(request))
         puller = _Puller(asyncio.current_task())
         self._active.add(puller)
@@ -715,7 +721,7 @@ class OpenAIServing:
         timing: dict[str, float | None] = {"first": None, "last": None, "queue_wait": None}
         status, result = "error", None
         try:
-            result = await asyncio.wait_for(self._collect_outputs(request, n, timing, tools), self.timeout_s)
+            result = await asyncio.wait_for(self._collect_outputs(request, n, timing, tools), self._time_left(arrived))
             status = "ok"
             return result
         except TimeoutError:
@@ -788,6 +794,7 @@ class OpenAIServing:
         head: bytes,
         flow: Flow | None = None,
     ) -> AsyncIterator[bytes]:
+        arrived = time.monotonic()
         ticket = await self._admit(flow, _cost(request))
         # The timeout cancels whichever task is pulling this stream at that moment
         # (the first item is pulled by the route, the rest by the response):
@@ -799,7 +806,7 @@ class OpenAIServing:
         def on_timeout() -> None:
             puller.interrupt(RequestTimeoutError(f"The request timed out after {self.timeout_s:g}s and was cancelled."))
 
-        timer = asyncio.get_running_loop().call_later(self.timeout_s, on_timeout)
+        timer = asyncio.get_running_loop().call_later(self._time_left(arrived), on_timeout)
         started: set[int] = set()
         prompt_tokens = completion_tokens = 0
         clock = time.perf_counter

@@ -51,7 +51,9 @@ def llm_deployment_options(model: ModelConfig, ingress: IngressConfig | None = N
     options = {
         "name": model.deployment_name,
         "ray_actor_options": actor,
-        "max_ongoing_requests": d.max_ongoing_requests,
+        # Handle calls (the proxy path, another model's ingress) up to running + waiting reach the replica,
+        # whose fair queue orders the waiting ones by class and tenant; past that, Serve's own queue (FIFO).
+        "max_ongoing_requests": d.max_ongoing_requests + max(0, d.max_queued_requests),
         "max_queued_requests": d.max_queued_requests,
         "autoscaling_config": autoscaling_config(d.autoscaling),
         "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,

@@ -197,7 +197,7 @@ class LLMServer:
             self.cfg.id,
             info.max_model_len,
             # The engine runs max_ongoing_requests at once; the rest wait in the fair queue (by class, then tenant).
-            max_in_flight=d.max_ongoing_requests + max(0, d.max_queued_requests),
+            max_in_flight=None if d.max_queued_requests < 0 else d.max_ongoing_requests + d.max_queued_requests,
             max_running=d.max_ongoing_requests,
             timeout_s=self.app_cfg.limits.request_timeout_s,
             log_prompts=self.app_cfg.observability.log_prompts,

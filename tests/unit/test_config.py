@@ -465,7 +465,7 @@ def test_llm_deployment_options_dev_yaml():
     assert opts["ray_actor_options"]["runtime_env"] == {
         "env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "RAY_worker_niceness": "0"}
     }
-    assert opts["max_ongoing_requests"] == 256
+    assert opts["max_ongoing_requests"] == 256 + 512  # running + the replica's fair queue
     assert opts["max_queued_requests"] == 512
     assert opts["autoscaling_config"] == {
         "min_replicas": 1,
