@@ -419,7 +419,7 @@ def print_tpm(r: dict[str, Any], stack, args) -> None:
     print(f"requests      200: {s.get('200', 0)}  429: {s.get('429', 0)}  other: {other}")
     print(f"per replica   ({r['replicas_serving']} serving, max/mean tokens {fx(r['max_over_mean_tokens'])})")
     for rid, row in sorted(r["per_replica"].items(), key=lambda kv: -kv[1]["tokens"]):
-        node = f" on {row['node']}" if row.get("node") else ""
+        node = f" on node {row['node'][:8]}" if row.get("node") else ""
         print(f"  {rid}{node}: {row['requests']} requests, {row['tokens']} tokens")
     for e in r["errors"]:
         print(f"  error: {e}")
@@ -447,6 +447,12 @@ def scenario_flood(stack, args, keys: Keys) -> dict[str, Any]:
     def victims(start: float = 0.0) -> list[Group]:
         return [Group(v, args.victim_streams, max_tokens=mt, start_s=start) for v in VICTIMS]
 
+    if len(VICTIMS) * args.victim_streams > capacity // 2:
+        print(
+            f"[flood] note: the victims' {len(VICTIMS) * args.victim_streams} streams are more than half the"
+            f" running capacity ({capacity}): 'alone' is not unloaded",
+            flush=True,
+        )
     with stack.serving(config, "flood") as urls:
         wait_for_replicas(stack, app, args.replicas)
         warmup = [Group(t["name"], 1, max_tokens=mt) for t in tenants]
