@@ -287,7 +287,8 @@ class Budgets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ledger: LedgerClient = ledger or LocalLedger()
-        self._fallback = LocalLedger()  # open tenants when the ledger cannot be reached: this replica's own limits
+        # Open tenants when the ledger cannot be reached: this replica's own limits (a new one each outage).
+        self._fallback = LocalLedger(Ledger(clock))
         self._lease_s = lease_s
         self._holder_name = holder
         self._clock = clock
@@ -398,6 +399,7 @@ class Budgets:
     def use_clock(self, clock: Callable[[], float]) -> None:
         """Tests: a fake clock for the balances here and an in-process ledger."""
         self._clock = clock
+        self._fallback.ledger._clock = clock
         if isinstance(self._ledger, LocalLedger):
             self._ledger.ledger._clock = clock
 
@@ -454,7 +456,9 @@ class Budgets:
         timeout = LEDGER_TIMEOUT_S if self._reached else FIRST_CALL_TIMEOUT_S
         try:
             got = await asyncio.wait_for(ledger.take(self._holder, owner.budget, owner.limits, wants), timeout)
-            self._reached = self._reached or ledger is self._ledger
+            if ledger is self._ledger and not self._reached:
+                self._reached = True
+                self._fallback = LocalLedger(Ledger(self._clock))  # what the outage's fallback granted is forgotten
         except (BudgetUnavailableError, RateLimitError):
             raise
         except Exception as exc:
@@ -496,14 +500,20 @@ class Budgets:
         asyncio.get_running_loop().create_task(top_up())
 
     async def _sweep(self) -> None:
-        """Give back what has sat unused for lease_s (spare slots: lease_s / 4); state the slots held."""
+        """Give back what has sat unused for lease_s (spare slots: lease_s / 4); state the slots held.
+        While the ledger is unreachable, an open budget gives back to the fallback that granted it, and a
+        closed one keeps what it holds (its debt too) until the ledger answers again."""
         beat = 0.0
         period = min(1.0, self._lease_s / 4)
         while True:
             await asyncio.sleep(period)
             now = self._clock()
             try:
+                down = now < self._down_until
                 for local in list(self._locals.values()):
+                    if down and not local.owner.fail_open:
+                        continue
+                    target = self._fallback if down else self._ledger
                     back: dict[str, float] = {}
                     for kind in (REQUESTS, TOKENS):
                         idle = now - local.used_at[kind] >= self._lease_s
@@ -511,10 +521,10 @@ class Budgets:
                             back[kind], local.held[kind] = local.held[kind], 0.0
                     if local.held[SLOTS] > 0 and now - local.used_at[SLOTS] >= self._lease_s / 4:
                         back[SLOTS], local.held[SLOTS] = local.held[SLOTS], 0.0
-                    if back and now >= self._down_until:
+                    if back:
                         owner = local.owner
                         await asyncio.wait_for(
-                            self._ledger.give_back(self._holder, owner.budget, owner.limits, back), LEDGER_TIMEOUT_S
+                            target.give_back(self._holder, owner.budget, owner.limits, back), LEDGER_TIMEOUT_S
                         )
                 if now - beat >= HEARTBEAT_S and now >= self._down_until:
                     beat = now

@@ -19,6 +19,18 @@ replica:
   what it may generate), and corrected when it ends (`leave(used=...)`), so
   tenants share tokens, not request counts (the virtual token counter idea of
   Sheng et al., "Fairness in Serving Large Language Models", OSDI 2024);
+* the last `reserve` places in the engine (an eighth of them, at least one)
+  go only to a tenant under its fair share (`max_running x its weight / the
+  weights of the tenants active now`; active: running, waiting, or seen in
+  the last `ACTIVE_S`). A tenant alone may use them all; when others are
+  active, one holding more than its share waits for the places below the
+  reserve, so a tenant that comes in while another floods starts at once
+  instead of after a running request ends. Without it, a light tenant's
+  request waited for a place to free: on the multi-node benchmark its time
+  to first token went from ~20 ms to about one whole request's time
+  (loadtests/PERFORMANCE.md, "Tenants"). The engine cannot preempt for us,
+  so headroom is the only way to start at once; it costs up to an eighth of
+  the batch while tenants compete and the light ones leave it unused;
 * when the queue is full, an arrival takes the place of the newest waiting
   request of a lower class, or else of the tenant (same class) with the most
   requests waiting if that is more than the arrival's own tenant has; if
@@ -32,10 +44,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from serving.errors import OverloadedError
+
+RESERVE_FRACTION = 0.125  # of max_running (at least 1 place when max_running >= 2): see the module docstring
+ACTIVE_S = 1.0  # a tenant stays active this long after its last request arrived or ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +102,26 @@ class Ticket:
 class _Flow:
     finish: float = 0.0  # the finish tag of its last request
     waiting: deque[Ticket] = field(default_factory=deque)
+    running: int = 0
+    weight: float = 1.0
+    seen: float = 0.0  # when a request of it last arrived or ended
 
 
 class FairQueue:
-    def __init__(self, max_running: int, max_queued: int | None, model_id: str = "") -> None:
+    def __init__(
+        self,
+        max_running: int,
+        max_queued: int | None,
+        model_id: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        reserve: int | None = None,
+    ) -> None:
+        """`reserve`: places kept for tenants under their share (None: RESERVE_FRACTION of max_running)."""
         self.max_running = max_running
+        if reserve is None:
+            reserve = max(1, int(max_running * RESERVE_FRACTION)) if max_running >= 2 else 0
+        self.reserve = reserve
+        self._clock = clock
         self.max_queued = max_queued
         self.model_id = model_id
         self.running = 0
@@ -97,6 +129,7 @@ class FairQueue:
         self._virtual = 0.0
         self._flows: dict[str, _Flow] = {}
         self._seq = itertools.count()
+        self._arrivals = 0
         self.shed = 0  # requests refused or displaced for lack of room (metrics, tests)
 
     # -- entering ------------------------------------------------------------------
@@ -105,16 +138,23 @@ class FairQueue:
         flow = self._flows.get(ticket.flow)
         if flow is None:
             flow = self._flows[ticket.flow] = _Flow()
+        flow.weight, flow.seen = ticket.weight, self._clock()
+        self._arrivals += 1
+        if self._arrivals % 256 == 0:  # flows of tenants gone quiet (keys of no tenant may be many)
+            for name in list(self._flows):
+                self._prune(name)
         ticket.start = max(self._virtual, flow.finish)
         flow.finish = ticket.start + ticket.cost / ticket.weight
         ticket.seq = next(self._seq)
 
     def arrive(self, flow: Flow, cost: float = 1.0) -> Ticket:
-        """A request's place: running at once if there is room and nobody waits, else waiting (`wait`).
-        Raises `OverloadedError` if the queue is full and the request has no better claim than any waiting."""
+        """A request's place: running at once if it may run now (room, or the reserve and its tenant under
+        its share) and no waiting request may, else waiting (`wait`). Raises `OverloadedError` if the queue
+        is full and the request has no better claim than any waiting."""
         ticket = Ticket(flow.name, flow.priority, flow.weight, max(cost, 1.0))
         self._tag(ticket)
-        if self.running < self.max_running and self.queued == 0:
+        self._dispatch()  # whoever the passing time lets run goes first
+        if self._may_run(ticket.flow):
             self._run(ticket)
             return ticket
         if self.max_queued is not None and self.queued >= self.max_queued:
@@ -132,6 +172,21 @@ class FairQueue:
         self._flows[ticket.flow].waiting.append(ticket)
         self.queued += 1
         return ticket
+
+    def _may_run(self, name: str) -> bool:
+        """Whether a request of flow `name` may go into the engine now (module docstring: the reserve)."""
+        if self.running >= self.max_running:
+            return False
+        if self.running < self.max_running - self.reserve:
+            return True
+        now = self._clock()
+        active = [f for f in self._flows.values() if f.running or f.waiting or now - f.seen < ACTIVE_S]
+        flow = self._flows[name]
+        if flow not in active:
+            active.append(flow)
+        if len(active) == 1:
+            return True
+        return flow.running < self.max_running * flow.weight / sum(f.weight for f in active)
 
     async def wait(self, ticket: Ticket) -> None:
         """Returns once a waiting request may run; raises `OverloadedError` if another took its place.
@@ -156,18 +211,24 @@ class FairQueue:
         return ticket
 
     def leave(self, ticket: Ticket, used: float | None = None) -> None:
-        """The request ended (once; later calls do nothing). `used`: its real cost, to correct its tenant's tags."""
+        """The request ended (once; later calls do nothing). `used`: its real cost, to correct its tenant's tags.
+        A request that never ran leaves the queue."""
         if ticket.done:
             return
+        if not ticket.running:
+            self._remove(ticket)
+            self._forget(ticket)
+            return
         ticket.done = True
-        if used is not None and used != ticket.cost:
-            flow = self._flows.get(ticket.flow)
-            if flow is not None:
+        flow = self._flows.get(ticket.flow)
+        if flow is not None:
+            flow.running -= 1
+            flow.seen = self._clock()
+            if used is not None and used != ticket.cost:
                 flow.finish = max(self._virtual, flow.finish + (max(used, 1.0) - ticket.cost) / ticket.weight)
-        if ticket.running:
-            ticket.running = False
-            self.running -= 1
-            self._dispatch()
+        ticket.running = False
+        self.running -= 1
+        self._dispatch()
         self._prune(ticket.flow)
 
     # -- inside ------------------------------------------------------------------
@@ -175,12 +236,15 @@ class FairQueue:
     def _run(self, ticket: Ticket) -> None:
         ticket.running = True
         self.running += 1
+        self._flows[ticket.flow].running += 1
         self._virtual = max(self._virtual, ticket.start)
 
     def _dispatch(self) -> None:
         while self.running < self.max_running and self.queued:
             heads = [(-f.waiting[0].priority, f.waiting[0].start, f.waiting[0].seq, name)
-                     for name, f in self._flows.items() if f.waiting]  # fmt: skip
+                     for name, f in self._flows.items() if f.waiting and self._may_run(name)]  # fmt: skip
+            if not heads:
+                return  # the places left are the reserve, and every tenant waiting has its share
             _, _, _, name = min(heads)  # few: one per tenant with requests waiting
             ticket = self._flows[name].waiting.popleft()
             self.queued -= 1
@@ -222,9 +286,16 @@ class FairQueue:
         self._prune(ticket.flow)
 
     def _prune(self, name: str) -> None:
-        # A flow with nothing waiting and a finish tag behind V carries no history that matters.
+        # A flow with nothing waiting or running, no longer active, and a finish tag behind V carries
+        # no history that matters.
         flow = self._flows.get(name)
-        if flow is not None and not flow.waiting and flow.finish <= self._virtual:
+        if (
+            flow is not None
+            and not flow.waiting
+            and not flow.running
+            and flow.finish <= self._virtual
+            and self._clock() - flow.seen >= ACTIVE_S
+        ):
             del self._flows[name]
 
     def _overloaded(self) -> OverloadedError:

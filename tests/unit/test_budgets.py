@@ -258,7 +258,8 @@ async def test_concurrent_admissions_ask_the_ledger_once(replicas):
 
 async def test_idle_quota_goes_back_to_the_ledger_for_other_replicas(replicas):
     clock = Clock()
-    r0, r1 = replicas(2, clock, lease_s=0.4)  # the sweeper looks every 0.1 s
+    client = Recording(Ledger(clock=clock))
+    r0, r1 = replicas(2, clock, client, lease_s=0.4)  # the sweeper looks every 0.1 s
     who = owner(rpm=60)
     ledger = ledger_of(r0)
     await r0.admit(who)
@@ -269,7 +270,9 @@ async def test_idle_quota_goes_back_to_the_ledger_for_other_replicas(replicas):
     with pytest.raises(RateLimitError):
         await r1.admit(who)
     clock.now += 1.0  # r0's balance is idle for longer than lease_s (the bucket refills 1 meanwhile)
-    await eventually(lambda: r0.held("tenant-1", REQUESTS) == 0)
+    await eventually(lambda: bool(client.gives))
+    assert client.gives == [("r0", "tenant-1", {REQUESTS: held})]
+    assert r0.held("tenant-1", REQUESTS) == 0
     assert ledger.level("tenant-1", REQUESTS) == pytest.approx(held + 1)
     for _ in range(int(held) + 1):
         await r1.admit(who)
@@ -370,7 +373,7 @@ async def test_tokens_that_do_not_fit_now_are_a_429_with_the_seconds_until_they_
 
 async def test_a_request_refused_for_tokens_keeps_no_concurrency_slot(replicas):
     clock = Clock()
-    r0, r1 = replicas(2, clock)
+    (r0,) = replicas(1, clock)
     who = owner(tpm=600, concurrent=1)
     big = await r0.reserve(who, 300, 300)
     big.settle(None)
@@ -388,7 +391,8 @@ async def test_a_request_refused_for_tokens_keeps_no_concurrency_slot(replicas):
 
 async def test_two_replicas_share_a_concurrency_cap_of_two(replicas):
     clock = Clock()
-    r0, r1 = replicas(2, clock, lease_s=0.4)  # a spare slot goes back after 0.1 s
+    client = Recording(Ledger(clock=clock))
+    r0, r1 = replicas(2, clock, client, lease_s=0.4)  # a spare slot goes back after 0.1 s
     who = owner(concurrent=2)
     first = await r0.reserve(who, 10, 10)
     second = await r1.reserve(who, 10, 10)
@@ -405,7 +409,8 @@ async def test_two_replicas_share_a_concurrency_cap_of_two(replicas):
         await r1.reserve(who, 10, 10)
     third.settle(20)
     clock.now += 0.2  # spare on r0 for longer than lease_s / 4: it goes back to the ledger
-    await eventually(lambda: r0.held("tenant-1", SLOTS) == 0)
+    await eventually(lambda: ("r0", "tenant-1", {SLOTS: 1}) in client.gives)
+    assert r0.held("tenant-1", SLOTS) == 0
     fourth = await r1.reserve(who, 10, 10)
     assert fourth is not None and r1.in_progress("tenant-1") == 2
 
@@ -447,6 +452,8 @@ def test_the_ledger_grants_what_is_there_when_it_covers_the_need():
     ledger.give_back("r1", "b", limits, {TOKENS: 30})
     assert ledger.level("b", TOKENS) == 30
     clock.now += 120  # never deeper than one minute's limit
+    assert ledger.level("b", TOKENS) == 600
+    ledger.give_back("r1", "b", limits, {TOKENS: 100})  # nor by what comes back
     assert ledger.level("b", TOKENS) == 600
 
 

@@ -5,7 +5,7 @@ dispatches observed through `Ticket.running` after each `leave`. Covers
 running at once while there is room, FIFO within a flow, strict priority
 across classes, start-time fair queuing across tenants (bounded delay after a
 flood, weighted shares, cost correction at `leave`), shedding when the queue
-is full, cancellation, and the `Flow` header.
+is full, cancellation, `reject_waiting`, and the `Flow` header.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from serving.api.fair_queue import FairQueue, Flow, Ticket
+from serving.api.fair_queue import ACTIVE_S, FairQueue, Flow, Ticket
 from serving.errors import OverloadedError
 
 A = Flow("a", "tenant-a")
@@ -42,6 +42,15 @@ def dispatch_order(
         running = next_dispatched(queue, running, waiting, (used or {}).get(running.flow))
         order.append(running.flow)
     return order
+
+
+async def displaced(queue: FairQueue, ticket: Ticket) -> OverloadedError:
+    """The error a waiter that lost its place gets from `wait` (at once: it is no longer waiting)."""
+    assert ticket.waiter is not None and ticket.waiter.done(), "the ticket still has its place"
+    with pytest.raises(OverloadedError) as err:
+        await queue.wait(ticket)
+    assert ticket.done and not ticket.running
+    return err.value
 
 
 # -- running and waiting -------------------------------------------------------------------------
@@ -126,6 +135,19 @@ async def test_a_tenant_arriving_in_the_middle_of_a_flood_waits_at_most_one_disp
     assert late in (first, next_dispatched(queue, first, waiting))
 
 
+async def test_a_tenant_back_from_idling_gets_no_credit_for_the_time_it_sent_nothing():
+    queue = FairQueue(max_running=1, max_queued=None)
+    a_old = queue.arrive(A, cost=10)  # A's one request, long ago
+    waiting = [queue.arrive(B, cost=10) for _ in range(30)]
+    running = next_dispatched(queue, a_old, waiting)
+    for _ in range(19):  # B alone is served for a while
+        running = next_dispatched(queue, running, waiting)
+    waiting += [queue.arrive(A, cost=10) for _ in range(4)]
+    # A starts at the virtual time (the tag of B's request in service): they alternate from there,
+    # A does not get 4 in a row for the 19 it did not send.
+    assert dispatch_order(queue, running, waiting, 8) == ["a", "b"] * 4
+
+
 async def test_two_equal_flooding_tenants_alternate():
     queue = FairQueue(max_running=1, max_queued=None)
     running = queue.arrive(X)
@@ -192,7 +214,7 @@ async def test_a_requests_overrun_is_charged_even_if_its_tenants_other_request_e
     # A's request (estimated 10 tokens) really uses 1000. While it runs, B's flood is served and the
     # virtual time passes A's last finish tag. Whether or not another request of A ended meanwhile,
     # the overrun must put A's next request behind B's next ones (it is 100 dispatches of B behind).
-    queue = FairQueue(max_running=3 if sibling else 2, max_queued=None)
+    queue = FairQueue(max_running=3 if sibling else 2, max_queued=None, reserve=0)  # SFQ alone
     a_short = queue.arrive(A, cost=10) if sibling else None
     a_long = queue.arrive(A, cost=10)
     b_first = queue.arrive(B, cost=10)
@@ -227,11 +249,10 @@ async def test_a_higher_priority_arrival_displaces_the_newest_lower_priority_wai
     arrival = queue.arrive(high)
     assert not arrival.running
     assert queue.queued == 3 and queue.shed == 1
-    with pytest.raises(OverloadedError) as err:
-        await queue.wait(newest)
-    assert err.value.status_code == 503
-    assert err.value.headers["Retry-After"] == "1"
-    assert "'m'" in err.value.message
+    err = await displaced(queue, newest)
+    assert err.status_code == 503
+    assert err.headers["Retry-After"] == "1"
+    assert "'m'" in err.message
     assert queue.waiting_by_flow() == {"low": 1, "high": 2}
     assert not older.done
 
@@ -244,8 +265,7 @@ async def test_the_lowest_class_loses_its_place_first():
     middle = queue.arrive(p1)  # newer than `lowest`, but of a higher class
     queue.arrive(p1)
     queue.arrive(p2)
-    with pytest.raises(OverloadedError):
-        await queue.wait(lowest)
+    await displaced(queue, lowest)
     assert not middle.done and queue.waiting_by_flow() == {"p1": 2, "p2": 1}
 
 
@@ -255,9 +275,8 @@ async def test_a_light_tenant_displaces_the_newest_waiter_of_the_flooding_tenant
     flood = [queue.arrive(A) for _ in range(4)]
     light = queue.arrive(B)
     assert not light.running and queue.queued == 4 and queue.shed == 1
-    with pytest.raises(OverloadedError) as err:
-        await queue.wait(flood[-1])
-    assert err.value.headers["Retry-After"] == "1"
+    err = await displaced(queue, flood[-1])
+    assert err.status_code == 503 and err.headers["Retry-After"] == "1"
     assert not any(t.done for t in flood[:-1])
     assert queue.waiting_by_flow() == {"a": 3, "b": 1}
 
@@ -301,6 +320,24 @@ async def test_an_unbounded_queue_never_sheds():
     for _ in range(1000):
         queue.arrive(A)
     assert queue.queued == 1000 and queue.shed == 0
+
+
+async def test_a_displaced_requests_cost_no_longer_counts_against_its_tenant():
+    queue = FairQueue(max_running=1, max_queued=3)
+    running = queue.arrive(X, cost=1)
+    waiting = [queue.arrive(A, cost=100) for _ in range(3)]  # tags 0, 100, 200
+    waiting.append(queue.arrive(B, cost=1))  # takes the place of A's newest (tag 200)
+    await displaced(queue, waiting.pop(2))
+    order = []
+    running = next_dispatched(queue, running, waiting)
+    order.append(running.flow)
+    waiting.append(queue.arrive(A, cost=1))  # tagged where the displaced one was: 200, not 300
+    for cost in (249, 1):  # B's next two: tags 1 and 250
+        running = next_dispatched(queue, running, waiting)
+        order.append(running.flow)
+        waiting.append(queue.arrive(B, cost=cost))
+    order += dispatch_order(queue, running, waiting, 3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
 
 
 async def test_a_refused_arrivals_cost_no_longer_counts_against_its_tenant():
@@ -374,6 +411,16 @@ async def test_a_waiter_cancelled_just_after_dispatch_frees_its_running_place():
     assert queue.running == 1 and queue.queued == 0
 
 
+async def test_a_second_leave_does_not_correct_the_cost_again():
+    queue = FairQueue(max_running=1, max_queued=None)
+    a0 = queue.arrive(A, cost=10)
+    b0 = queue.arrive(B, cost=10)
+    queue.leave(a0, used=10)
+    queue.leave(a0, used=1000)  # ignored: the request had already ended
+    waiting = [queue.arrive(A, cost=10), queue.arrive(B, cost=10), queue.arrive(A, cost=10), queue.arrive(B, cost=10)]
+    assert dispatch_order(queue, b0, waiting, 4) == ["a", "b", "a", "b"]
+
+
 async def test_leave_is_idempotent():
     queue = FairQueue(max_running=2, max_queued=None)
     first, second = queue.arrive(A), queue.arrive(B)
@@ -388,6 +435,20 @@ async def test_leave_is_idempotent():
     queue.leave(waiting)
     assert queue.running == 0
     assert queue.arrive(A).running and queue.arrive(B).running and not queue.arrive(C).running
+
+
+async def test_reject_waiting_fails_every_waiter_and_leaves_the_running_alone():
+    queue = FairQueue(max_running=1, max_queued=None)
+    running = queue.arrive(X)
+    tasks = [asyncio.ensure_future(queue.enter(f)) for f in (A, B, A)]
+    await asyncio.sleep(0)
+    assert queue.reject_waiting(OverloadedError("stopping", headers={"Retry-After": "1"})) == 3
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1)
+    assert all(isinstance(r, OverloadedError) for r in results)
+    assert (queue.running, queue.queued) == (1, 0) and queue.waiting_by_flow() == {}
+    queue.leave(running)
+    assert queue.running == 0
+    assert queue.arrive(A).running
 
 
 # -- the flow header -----------------------------------------------------------------------------
@@ -411,3 +472,68 @@ def test_the_header_lists_name_tenant_priority_and_weight():
 @pytest.mark.parametrize("value", [None, "", "a;b;1", "a;b;1;1;extra", "a;b;high;1", "a;b;1;heavy", "garbage"])
 def test_a_missing_or_malformed_header_is_none(value):
     assert Flow.parse(value) is None
+
+
+# -- the reserve: places for tenants under their share ---------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_tenant_alone_uses_every_place_including_the_reserve():
+    queue = FairQueue(max_running=8, max_queued=None)
+    assert queue.reserve == 1
+    tickets = [queue.arrive(A) for _ in range(9)]
+    assert [t.running for t in tickets] == [True] * 8 + [False]
+
+
+async def test_a_tenant_arriving_during_a_flood_starts_in_the_reserve_without_waiting_again():
+    """Before the reserve, every request of the light tenant waited for one of the flood's to end."""
+    clock = FakeClock()
+    queue = FairQueue(max_running=8, max_queued=None, clock=clock)
+    flood = [queue.arrive(A) for _ in range(20)]
+    running = [t for t in flood if t.running]
+    assert len(running) == 8
+    first = queue.arrive(B)
+    assert not first.running  # every place taken: it waits for one to free...
+    queue.leave(running.pop())
+    assert first.running  # ...and takes it, ahead of the flood's 12 waiting
+    queue.leave(running.pop())
+    assert queue.running == 7  # the freed place is the reserve: the flood (7 of 8, its share 4) may not take it
+    queue.leave(first)
+    clock.now += 0.5
+    second = queue.arrive(B)
+    assert second.running  # B, still active, starts at once in the reserve
+    assert queue.running == 8
+
+
+async def test_the_reserve_goes_back_to_the_flood_once_the_light_tenant_is_quiet():
+    clock = FakeClock()
+    queue = FairQueue(max_running=8, max_queued=None, clock=clock)
+    flood = [queue.arrive(A) for _ in range(20)]
+    running = [t for t in flood if t.running]
+    light = queue.arrive(B)
+    queue.leave(running.pop())
+    assert light.running
+    queue.leave(light)
+    queue.leave(running.pop())
+    assert queue.running == 7  # the flood's 7: the reserve held for B, active for ACTIVE_S after its last request
+    clock.now += ACTIVE_S + 0.1
+    queue.leave(running.pop())  # the next dispatch after B went quiet: the flood fills every place again
+    assert queue.running == 8 and all(t.flow == "a" for t in flood if t.running)
+
+
+async def test_the_share_follows_the_weights():
+    clock = FakeClock()
+    queue = FairQueue(max_running=8, max_queued=None, clock=clock, reserve=4)
+    heavy, light = Flow("h", "h", weight=3.0), Flow("l", "l", weight=1.0)
+    assert queue.arrive(light).running
+    tickets = [queue.arrive(heavy) for _ in range(8)]
+    # 3 below max_running - reserve (no share check), then, in the reserve, up to 8 x 3/4 = 6
+    assert sum(t.running for t in tickets) == 6
+    assert queue.running == 7
