@@ -19,18 +19,17 @@ replica:
   what it may generate), and corrected when it ends (`leave(used=...)`), so
   tenants share tokens, not request counts (the virtual token counter idea of
   Sheng et al., "Fairness in Serving Large Language Models", OSDI 2024);
-* the last `reserve` places in the engine (an eighth of them, at least one)
-  go only to a tenant under its fair share (`max_running x its weight / the
-  weights of the tenants active now`; active: running, waiting, or seen in
-  the last `ACTIVE_S`). A tenant alone may use them all; when others are
-  active, one holding more than its share waits for the places below the
-  reserve, so a tenant that comes in while another floods starts at once
-  instead of after a running request ends. Without it, a light tenant's
-  request waited for a place to free: on the multi-node benchmark its time
-  to first token went from ~20 ms to about one whole request's time
-  (loadtests/PERFORMANCE.md, "Tenants"). The engine cannot preempt for us,
-  so headroom is the only way to start at once; it costs up to an eighth of
-  the batch while tenants compete and the light ones leave it unused;
+* places are held for the tenants under their fair share (`max_running x
+  its weight / the weights of the tenants active now`; active: running,
+  waiting, or seen in the last `ACTIVE_S`): a tenant alone may use every
+  place, but while others are active, one at or over its share takes a place
+  only if as many stay free as the others are owed (each its share, no more
+  than its recent demand, less what it runs) and at least `reserve` (an
+  eighth of the places, at least one). So a light tenant's requests start at
+  once while another floods, instead of after one of the flood's ends: the
+  engine cannot preempt for us, so free places are the only way to start at
+  once (loadtests/PERFORMANCE.md, "Tenants", measured before and after). It
+  costs the places held for a light tenant between its requests;
 * when the queue is full, an arrival takes the place of the newest waiting
   request of a lower class, or else of the tenant (same class) with the most
   requests waiting if that is more than the arrival's own tenant has; if
@@ -44,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,6 +53,7 @@ from serving.errors import OverloadedError
 
 RESERVE_FRACTION = 0.125  # of max_running (at least 1 place when max_running >= 2): see the module docstring
 ACTIVE_S = 1.0  # a tenant stays active this long after its last request arrived or ended
+DEMAND_S = 2.0  # a tenant's recent demand (places held for it) is its peak over about this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ class _Flow:
     running: int = 0
     weight: float = 1.0
     seen: float = 0.0  # when a request of it last arrived or ended
+    peak: int = 0  # its recent demand: the most requests running and waiting here at once (`_demand`)
+    peak_at: float = 0.0
 
 
 class FairQueue:
@@ -116,7 +119,8 @@ class FairQueue:
         clock: Callable[[], float] = time.monotonic,
         reserve: int | None = None,
     ) -> None:
-        """`reserve`: places kept for tenants under their share (None: RESERVE_FRACTION of max_running)."""
+        """`reserve`: the fewest places kept for tenants under their share while others are active (None:
+        RESERVE_FRACTION of max_running; 0: none are held, plain fair queuing)."""
         self.max_running = max_running
         if reserve is None:
             reserve = max(1, int(max_running * RESERVE_FRACTION)) if max_running >= 2 else 0
@@ -139,6 +143,9 @@ class FairQueue:
         if flow is None:
             flow = self._flows[ticket.flow] = _Flow()
         flow.weight, flow.seen = ticket.weight, self._clock()
+        demand = flow.running + len(flow.waiting) + 1  # with this one
+        if demand >= flow.peak:
+            flow.peak, flow.peak_at = demand, flow.seen
         self._arrivals += 1
         if self._arrivals % 256 == 0:  # flows of tenants gone quiet (keys of no tenant may be many)
             for name in list(self._flows):
@@ -174,19 +181,39 @@ class FairQueue:
         return ticket
 
     def _may_run(self, name: str) -> bool:
-        """Whether a request of flow `name` may go into the engine now (module docstring: the reserve)."""
-        if self.running >= self.max_running:
+        """Whether a request of flow `name` may go into the engine now (module docstring: the reserve).
+
+        A flow under its share may take any free place. One at or over it may take a place only if as
+        many stay free as the other active flows are owed (each: its share, but no more than its recent
+        demand, less what it runs), and at least `reserve` while any other flow is active."""
+        free = self.max_running - self.running
+        if free <= 0:
             return False
-        if self.running < self.max_running - self.reserve:
+        if len(self._flows) == 1 or not self.reserve:  # reserve 0: no places held (plain fair queuing)
             return True
         now = self._clock()
-        active = [f for f in self._flows.values() if f.running or f.waiting or now - f.seen < ACTIVE_S]
         flow = self._flows[name]
-        if flow not in active:
-            active.append(flow)
-        if len(active) == 1:
+        others = [
+            f for f in self._flows.values() if f is not flow and (f.running or f.waiting or now - f.seen < ACTIVE_S)
+        ]
+        if not others:
             return True
-        return flow.running < self.max_running * flow.weight / sum(f.weight for f in active)
+        total = flow.weight + sum(f.weight for f in others)
+        if flow.running < self.max_running * flow.weight / total:
+            return True
+        owed = 0
+        for f in others:
+            share = math.ceil(self.max_running * f.weight / total)
+            owed += max(0, min(share, self._demand(f, now)) - f.running)
+        return free - 1 >= max(self.reserve, owed)
+
+    @staticmethod
+    def _demand(flow: _Flow, now: float) -> int:
+        """The most requests the flow had here at once (running and waiting) over about the last DEMAND_S."""
+        current = flow.running + len(flow.waiting)
+        if now - flow.peak_at > DEMAND_S or current >= flow.peak:
+            flow.peak, flow.peak_at = current, now
+        return flow.peak
 
     async def wait(self, ticket: Ticket) -> None:
         """Returns once a waiting request may run; raises `OverloadedError` if another took its place.

@@ -537,3 +537,23 @@ async def test_the_share_follows_the_weights():
     # 3 below max_running - reserve (no share check), then, in the reserve, up to 8 x 3/4 = 6
     assert sum(t.running for t in tickets) == 6
     assert queue.running == 7
+
+
+async def test_places_are_held_for_a_light_tenants_recent_demand():
+    """B runs 3 at a time while A floods: when B's 3 end, A (over its share of 4) takes none of the places
+    they free, so B's next 3 start at once (with the fixed reserve of 1 alone, A took 2 and two of B's waited)."""
+    clock = FakeClock()
+    queue = FairQueue(max_running=8, max_queued=None, clock=clock)
+    flood = [queue.arrive(A) for _ in range(30)]
+    light = [queue.arrive(B) for _ in range(3)]
+    running_a = [t for t in flood if t.running]
+    for _ in range(3):
+        queue.leave(running_a.pop(0))
+    assert all(t.running for t in light) and queue.running == 8
+    clock.now += 0.1
+    for t in light:
+        queue.leave(t)
+    assert queue.running == 5  # A's 5: the 3 places stay free for B's recent demand
+    clock.now += 0.1
+    again = [queue.arrive(B) for _ in range(3)]
+    assert all(t.running for t in again) and queue.running == 8
