@@ -52,7 +52,7 @@ from typing import Callable
 from serving.errors import OverloadedError
 
 RESERVE_FRACTION = 0.125  # of max_running (at least 1 place when max_running >= 2): see the module docstring
-ACTIVE_S = 1.0  # a tenant stays active this long after its last request arrived or ended
+ACTIVE_S = 30.0  # a tenant stays active this long after its last request arrived or ended
 DEMAND_S = 2.0  # a tenant's recent demand (places held for it) is its peak over about this long
 
 
