@@ -25,7 +25,8 @@ replica:
   place, but while others are active, one at or over its share takes a place
   only if as many stay free as the others are owed (each its share, no more
   than its recent demand, less what it runs) and at least `reserve` (an
-  eighth of the places, at least one). So a light tenant's requests start at
+  eighth of the places, at least one). A higher class is owed its whole
+  recent demand, by every tenant of a lower class, under its share or not. So a light tenant's requests start at
   once while another floods, instead of after one of the flood's ends: the
   engine cannot preempt for us, so free places are the only way to start at
   once (loadtests/PERFORMANCE.md, "Tenants", measured before and after). It
@@ -105,6 +106,7 @@ class _Flow:
     waiting: deque[Ticket] = field(default_factory=deque)
     running: int = 0
     weight: float = 1.0
+    priority: int = 1
     seen: float = 0.0  # when a request of it last arrived or ended
     peak: int = 0  # its recent demand: the most requests running and waiting here at once (`_demand`)
     peak_at: float = 0.0
@@ -142,7 +144,7 @@ class FairQueue:
         flow = self._flows.get(ticket.flow)
         if flow is None:
             flow = self._flows[ticket.flow] = _Flow()
-        flow.weight, flow.seen = ticket.weight, self._clock()
+        flow.weight, flow.priority, flow.seen = ticket.weight, ticket.priority, self._clock()
         demand = flow.running + len(flow.waiting) + 1  # with this one
         if demand >= flow.peak:
             flow.peak, flow.peak_at = demand, flow.seen
@@ -181,11 +183,12 @@ class FairQueue:
         return ticket
 
     def _may_run(self, name: str) -> bool:
-        """Whether a request of flow `name` may go into the engine now (module docstring: the reserve).
+        """Whether a request of flow `name` may go into the engine now (module docstring: places held).
 
-        A flow under its share may take any free place. One at or over it may take a place only if as
-        many stay free as the other active flows are owed (each: its share, but no more than its recent
-        demand, less what it runs), and at least `reserve` while any other flow is active."""
+        Places are kept free for what the other active flows are owed: a higher class its whole recent
+        demand, one of the same or a lower class its share (no more than its recent demand), less what
+        each runs. A flow under its share needs only the higher classes' owed places free; one at or
+        over it needs all of them, and at least `reserve` while any other flow is active."""
         free = self.max_running - self.running
         if free <= 0:
             return False
@@ -199,13 +202,16 @@ class FairQueue:
         if not others:
             return True
         total = flow.weight + sum(f.weight for f in others)
-        if flow.running < self.max_running * flow.weight / total:
-            return True
-        owed = 0
+        higher = peers = 0
         for f in others:
-            share = math.ceil(self.max_running * f.weight / total)
-            owed += max(0, min(share, self._demand(f, now)) - f.running)
-        return free - 1 >= max(self.reserve, owed)
+            demand = self._demand(f, now)
+            if f.priority > flow.priority:
+                higher += max(0, demand - f.running)
+            else:
+                peers += max(0, min(math.ceil(self.max_running * f.weight / total), demand) - f.running)
+        if flow.running < self.max_running * flow.weight / total:
+            return free - 1 >= higher
+        return free - 1 >= max(self.reserve, higher + peers)
 
     @staticmethod
     def _demand(flow: _Flow, now: float) -> int:

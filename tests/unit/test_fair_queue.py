@@ -557,3 +557,26 @@ async def test_places_are_held_for_a_light_tenants_recent_demand():
     clock.now += 0.1
     again = [queue.arrive(B) for _ in range(3)]
     assert all(t.running for t in again) and queue.running == 8
+
+
+async def test_a_lower_class_leaves_a_higher_ones_recent_demand_free_even_under_its_share():
+    """Online (high) runs 3 at a time, batch (low) floods: whatever ends, batch (even under its share of 4 of
+    8) leaves 3 places free for online's recent demand, and online's next 3 start at once."""
+    clock = FakeClock()
+    queue = FairQueue(max_running=8, max_queued=None, clock=clock)
+    online, batch = Flow("online", "online", priority=2), Flow("batch", "batch", priority=0)
+    first = [queue.arrive(online) for _ in range(3)]
+    assert all(t.running for t in first)
+    flood = [queue.arrive(batch) for _ in range(30)]
+    assert sum(t.running for t in flood) == 4  # its share; the reserve stays free
+    clock.now += 0.1
+    for t in first:
+        queue.leave(t)
+    assert queue.running == 5  # batch took 1 of online's 3 places: 3 stay free for online's demand
+    running_batch = [t for t in flood if t.running]
+    queue.leave(running_batch[0])
+    queue.leave(running_batch[1])
+    assert queue.running == 5  # batch, now under its share, still leaves online's 3 free
+    clock.now += 0.1
+    again = [queue.arrive(online) for _ in range(3)]
+    assert all(t.running for t in again)
