@@ -497,6 +497,11 @@ class LimitsConfig(Strict):
     )
     max_schema_bytes: int = Field(32_768, ge=256, description="a response_format JSON schema, encoded")
     max_schema_depth: int = Field(32, ge=2, description="nesting of a response_format JSON schema")
+    on_budget_unreachable: Literal["closed", "open"] = Field(
+        "closed",
+        description="keys of no tenant, when the budget holder cannot be reached: closed refuses (503), open "
+        "serves under these limits applied per replica (an open API always serves)",
+    )
     budget_lease_s: float = Field(
         2.0,
         gt=0,

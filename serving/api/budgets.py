@@ -62,6 +62,7 @@ HOLDER_TTL_S = 30.0
 LEDGER_TIMEOUT_S = 2.0
 FIRST_CALL_TIMEOUT_S = 30.0  # the first call may make the holder (a Ray actor: seconds on a busy node)
 UNREACHABLE_RETRY_S = 5.0
+SLOT_DENIAL_S = 0.5  # a budget refused a slot by the ledger is refused here this long without asking again
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +210,8 @@ class LedgerClient(Protocol):
 
     async def heartbeat(self, holder: str, slots: dict[str, int]) -> None: ...
 
+    # Optional: `connected` (bool), False while the client still finds or makes the ledger (a longer timeout).
+
 
 class LocalLedger:
     """A `LedgerClient` over a `Ledger` in this process (one process, tests, the fallback of open tenants)."""
@@ -243,12 +246,13 @@ class BudgetOwner:
 class _Local:
     """One budget's quota held by this replica."""
 
-    __slots__ = ("owner", "held", "active", "used_at", "denied", "lock", "topping")
+    __slots__ = ("owner", "held", "active", "pending", "used_at", "denied", "lock", "topping")
 
     def __init__(self, owner: BudgetOwner, now: float) -> None:
         self.owner = owner
         self.held = {REQUESTS: 0.0, TOKENS: 0.0, SLOTS: 0.0}
         self.active = 0  # requests holding one of its slots here
+        self.pending = 0  # slots taken for requests still leasing their tokens
         self.used_at = {REQUESTS: now, TOKENS: now, SLOTS: now}
         self.denied: dict[str, float] = {}  # kind -> monotonic time until which the ledger said no
         self.lock = asyncio.Lock()
@@ -294,8 +298,9 @@ class Budgets:
         self._clock = clock
         self._locals: dict[str, _Local] = {}
         self._down_until = 0.0
-        self._reached = False  # the ledger answered once: later calls get LEDGER_TIMEOUT_S
+        self._reached = False  # the ledger answered since its last failure (or ever)
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # top-ups under way (a reference, or the GC may drop them)
         self.unreachable = 0  # calls that failed (a metric and the tests)
 
     @property
@@ -332,7 +337,11 @@ class Budgets:
             if until > self._clock():
                 self._refuse(f"tokens per minute (limit {limits.tokens_per_minute})", until - self._clock())
         if limits.requests_per_minute:
-            await self._acquire(local, REQUESTS, 1, f"requests per minute (limit {limits.requests_per_minute})")
+            what = f"requests per minute (limit {limits.requests_per_minute})"
+            until = local.denied.get(REQUESTS, 0.0)
+            if local.held[REQUESTS] < 1 and until > self._clock():  # the ledger said no: not asked again till then
+                self._refuse(what, until - self._clock())
+            await self._acquire(local, REQUESTS, 1, what)
 
     async def reserve(self, owner: BudgetOwner, prompt_tokens: int, completion_tokens: int) -> Lease | None:
         """A request's worst case (estimated prompt tokens plus its completion limit) and a slot, or a refusal.
@@ -363,7 +372,10 @@ class Budgets:
             )
         local = self._local(owner)
         if limits.max_concurrent:
+            if local.held[SLOTS] < 1 and local.denied.get(SLOTS, 0.0) > self._clock():
+                self._refuse_slot(limits.max_concurrent)
             await self._acquire(local, SLOTS, 1, None)
+            local.pending += 1  # in hand, not yet active: the heartbeat counts it
         if tpm:
             try:
                 await self._acquire(
@@ -371,8 +383,11 @@ class Budgets:
                 )
             except BaseException:
                 if limits.max_concurrent:
+                    local.pending -= 1
                     local.held[SLOTS] += 1
                 raise
+        if limits.max_concurrent:
+            local.pending -= 1
         local.active += 1
         return Lease(self, local, worst if tpm else 0)
 
@@ -438,11 +453,8 @@ class Budgets:
                 return
         if kind == SLOTS:
             cap = local.owner.limits.max_concurrent
-            raise RateLimitError(
-                f"Rate limit reached for concurrent requests: {cap} of yours are in progress. Retry when one ends.",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": "1"},
-            )
+            local.denied[SLOTS] = self._clock() + SLOT_DENIAL_S
+            self._refuse_slot(cap)
         local.denied[kind] = self._clock() + wait
         assert what is not None
         self._refuse(what, wait)
@@ -453,12 +465,13 @@ class Budgets:
         ledger = self._ledger
         if self._clock() < self._down_until:
             ledger = self._unreachable(owner)
-        timeout = LEDGER_TIMEOUT_S if self._reached else FIRST_CALL_TIMEOUT_S
+        # A client still finding (or making) the holder gets longer: a Ray actor takes seconds to start.
+        timeout = LEDGER_TIMEOUT_S if getattr(ledger, "connected", True) else FIRST_CALL_TIMEOUT_S
         try:
             got = await asyncio.wait_for(ledger.take(self._holder, owner.budget, owner.limits, wants), timeout)
-            if ledger is self._ledger and not self._reached:
-                self._reached = True
+            if ledger is self._ledger and self.unreachable and not self._reached:
                 self._fallback = LocalLedger(Ledger(self._clock))  # what the outage's fallback granted is forgotten
+            self._reached = self._reached or ledger is self._ledger
         except (BudgetUnavailableError, RateLimitError):
             raise
         except Exception as exc:
@@ -497,7 +510,9 @@ class Budgets:
             finally:
                 local.topping.discard(kind)
 
-        asyncio.get_running_loop().create_task(top_up())
+        task = asyncio.get_running_loop().create_task(top_up())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _sweep(self) -> None:
         """Give back what has sat unused for lease_s (spare slots: lease_s / 4); state the slots held.
@@ -529,7 +544,7 @@ class Budgets:
                 if now - beat >= HEARTBEAT_S and now >= self._down_until:
                     beat = now
                     slots = {
-                        b: int(v.active + v.held[SLOTS])
+                        b: int(v.active + v.pending + v.held[SLOTS])
                         for b, v in self._locals.items()
                         if v.owner.limits.max_concurrent
                     }
@@ -540,6 +555,14 @@ class Budgets:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+    @staticmethod
+    def _refuse_slot(cap: int | None) -> None:
+        raise RateLimitError(
+            f"Rate limit reached for concurrent requests: {cap} of yours are in progress. Retry when one ends.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        )
 
     @staticmethod
     def _refuse(what: str, wait_s: float) -> None:

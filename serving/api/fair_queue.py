@@ -77,9 +77,12 @@ class Flow:
             return None
         try:
             name, tenant, priority, weight = value.split(";")
-            return cls(name, tenant, int(priority), float(weight))
+            flow = cls(name, tenant, int(priority), float(weight))
         except ValueError:
             return None
+        if not (0 < flow.weight <= 1000) or flow.priority not in (0, 1, 2):  # as TenantConfig allows (NaN fails too)
+            return None
+        return flow
 
 
 ANONYMOUS = Flow()
@@ -136,6 +139,7 @@ class FairQueue:
         self._flows: dict[str, _Flow] = {}
         self._seq = itertools.count()
         self._arrivals = 0
+        self._later: asyncio.TimerHandle | None = None
         self.shed = 0  # requests refused or displaced for lack of room (metrics, tests)
 
     # -- entering ------------------------------------------------------------------
@@ -209,9 +213,10 @@ class FairQueue:
                 higher += max(0, demand - f.running)
             else:
                 peers += max(0, min(math.ceil(self.max_running * f.weight / total), demand) - f.running)
+        cap = self.max_running // 2  # never more than half the places held idle for others
         if flow.running < self.max_running * flow.weight / total:
-            return free - 1 >= higher
-        return free - 1 >= max(self.reserve, higher + peers)
+            return free - 1 >= min(higher, cap)
+        return free - 1 >= max(self.reserve, min(higher + peers, cap))
 
     @staticmethod
     def _demand(flow: _Flow, now: float) -> int:
@@ -277,7 +282,11 @@ class FairQueue:
             heads = [(-f.waiting[0].priority, f.waiting[0].start, f.waiting[0].seq, name)
                      for name, f in self._flows.items() if f.waiting and self._may_run(name)]  # fmt: skip
             if not heads:
-                return  # the places left are the reserve, and every tenant waiting has its share
+                # The places left are held for others. Held demand runs out with time, which no arrival or
+                # end may come to notice (a quiet replica): look again then.
+                if self._later is None:
+                    self._later = asyncio.get_running_loop().call_later(DEMAND_S / 2, self._look_again)
+                return
             _, _, _, name = min(heads)  # few: one per tenant with requests waiting
             ticket = self._flows[name].waiting.popleft()
             self.queued -= 1
@@ -286,9 +295,14 @@ class FairQueue:
             if not ticket.waiter.done():
                 ticket.waiter.set_result(None)
 
+    def _look_again(self) -> None:
+        self._later = None
+        self._dispatch()
+
     def _victim(self, arrival: Ticket) -> Ticket | None:
-        """The waiting request an arrival may displace (module docstring), or None."""
-        waiting = [t for f in self._flows.values() for t in f.waiting]
+        """The waiting request an arrival may displace (module docstring), or None. A waiter whose client
+        just left (its future cancelled, its cleanup not run yet) is not one: it leaves by itself."""
+        waiting = [t for f in self._flows.values() for t in f.waiting if t.waiter is not None and not t.waiter.done()]
         lower = [t for t in waiting if t.priority < arrival.priority]
         if lower:
             lowest = min(t.priority for t in lower)
@@ -300,9 +314,10 @@ class FairQueue:
         own_count = sum(1 for t in own.waiting if t.priority == arrival.priority) if own else 0
         longest = max(same, key=lambda f: sum(1 for t in f.waiting if t.priority == arrival.priority))
         count = sum(1 for t in longest.waiting if t.priority == arrival.priority)
-        if count <= own_count + 1:
+        live = [t for t in longest.waiting if t.priority == arrival.priority and t in waiting]
+        if count <= own_count + 1 or not live:
             return None
-        return max((t for t in longest.waiting if t.priority == arrival.priority), key=lambda t: t.seq)
+        return max(live, key=lambda t: t.seq)
 
     def _remove(self, ticket: Ticket) -> None:
         flow = self._flows.get(ticket.flow)

@@ -391,7 +391,10 @@ class OpenAIServing:
         if ticket.running:
             return ticket
         try:
-            await asyncio.wait_for(queue.wait(ticket), self.timeout_s)
+            # asyncio.timeout, not wait_for: wait_for may swallow a cancellation (the client left) that
+            # comes as the ticket is dispatched, and the request would then run for nobody.
+            async with asyncio.timeout(self.timeout_s):
+                await queue.wait(ticket)
         except BaseException as exc:
             self.load.add(-1)
             if isinstance(exc, TimeoutError):

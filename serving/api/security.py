@@ -162,12 +162,15 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = cfg or AuthConfig(mode="open", api_keys_env=None)
-        self._limits = key_limits(limits or LimitsConfig())
+        limits = limits or LimitsConfig()
+        self._limits = key_limits(limits)
+        self._fail_open = limits.on_budget_unreachable == "open"
         self._clock = clock
         self._table = self._load()  # fails closed: AuthSetupError stops the start-up
         self._checked = clock()
         self._stamp = self._file_stamps()
-        self.anonymous = Principal(ANONYMOUS, ANONYMOUS, BudgetOwner(ANONYMOUS, self._limits))
+        # An open API (development) serves under per-replica limits when the holder cannot be reached.
+        self.anonymous = Principal(ANONYMOUS, ANONYMOUS, BudgetOwner(ANONYMOUS, self._limits, fail_open=True))
 
     @classmethod
     def from_config(
@@ -180,7 +183,7 @@ class Authenticator:
         for key in load_api_keys(self._cfg):
             digest = hashlib.sha256(key).digest()
             name = digest.hex()[:16]
-            table[digest] = Principal(name, NO_TENANT, BudgetOwner(f"key:{name}", self._limits))
+            table[digest] = Principal(name, NO_TENANT, BudgetOwner(f"key:{name}", self._limits, self._fail_open))
         for t in self._cfg.tenants:
             for n, key in enumerate(load_tenant_keys(t), 1):
                 digest = hashlib.sha256(key).digest()

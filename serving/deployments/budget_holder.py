@@ -69,6 +69,11 @@ class RayLedger:
         self._app_name = app_name
         self._actor: Any = None
 
+    @property
+    def connected(self) -> bool:
+        """False while the actor is still to be found or made (seconds): callers give that call longer."""
+        return self._actor is not None
+
     async def _call(self, method: str, *args: Any) -> Any:
         if self._actor is None:
             app = self._app_name

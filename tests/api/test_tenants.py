@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from serving.config import AuthConfig, TenantConfig
+from serving.config import AuthConfig, LimitsConfig, TenantConfig
 from tests.inprocess import MODEL
 
 KEYS = {
@@ -145,3 +145,16 @@ async def test_a_higher_class_is_served_first_and_a_lower_one_shed_first(make_ap
     assert [o for o in order if ":" not in o] == ["0", "4", "5", "1"], order
     assert sorted(o for o in order if ":" in o) == ["2:503", "3:503"], order
     assert time.monotonic() - t0 < 5
+
+
+def test_what_fails_open_when_the_budget_holder_cannot_be_reached():
+    """A tenant says; keys of no tenant follow `limits.on_budget_unreachable` (closed by default); an open API
+    always serves (under per-replica limits): before, it refused every request with 503 while the holder was out."""
+    from serving.api.security import Authenticator
+
+    closed = Authenticator(auth(), LimitsConfig(requests_per_minute=10))
+    assert not closed.identify(PLAIN).owner.fail_open
+    assert not closed.identify(A1).owner.fail_open  # team-a: the default, closed
+    opened = Authenticator(auth(), LimitsConfig(requests_per_minute=10, on_budget_unreachable="open"))
+    assert opened.identify(PLAIN).owner.fail_open
+    assert Authenticator(AuthConfig(mode="open"), LimitsConfig(requests_per_minute=10)).identify(None).owner.fail_open

@@ -5,7 +5,8 @@ each request enters at whichever replica its new connection landed on, and is
 placed and forwarded from there. Before, limits held per replica, so a tenant
 got its limit times the replicas its traffic reached; now every replica leases
 from the app's budget-holder actor (serving/api/budgets.py,
-serving/deployments/budget_holder.py). Then the actor is stopped (SIGSTOP: a
+serving/deployments/budget_holder.py). The tenant's usage, summed over the
+replicas' metrics, is what its responses said. Then the actor is stopped (SIGSTOP: a
 holder that does not answer, as a hung or partitioned one): a tenant whose
 budget fails closed gets 503 `budget_unavailable` with Retry-After, one that
 fails open is served under per-replica limits, and once the holder answers
@@ -26,6 +27,7 @@ import httpx
 from loadtests.servers import free_ports
 from serving.api.forwarded import ENTRY_HEADER
 from tests.e2e.conftest import start_stack
+from tests.e2e.test_metrics import total, wait_for
 
 DIRECT, PROXY = free_ports(2)
 APP, MODEL = "tenants", "sim-tenants"
@@ -108,6 +110,21 @@ def test_a_tenant_budget_holds_across_replicas_and_its_holder_failing_is_its_cho
         err = refused[0].json()["error"]
         assert err["code"] == "rate_limit_exceeded" and "requests per minute" in err["message"]
         assert int(refused[0].headers["retry-after"]) >= 1
+
+        # -- usage per tenant, summed over every replica's metrics, is what the responses said
+        prompt = sum(r.json()["usage"]["prompt_tokens"] for r in ok)
+        completion = sum(r.json()["usage"]["completion_tokens"] for r in ok)
+
+        def usage(samples):
+            return (
+                total(samples, "ray_serving_prompt_tokens_total", tenant="team", model=MODEL),
+                total(samples, "ray_serving_completion_tokens_total", tenant="team", model=MODEL),
+                total(samples, "ray_serving_requests_total", tenant="team", status="200"),
+                total(samples, "ray_serving_requests_total", tenant="team", status="429"),
+            )
+
+        seen = usage(wait_for(server, lambda s: usage(s) == (prompt, completion, len(ok), len(refused)), 60))
+        assert seen == (prompt, completion, len(ok), len(refused)), seen
 
         # -- the holder hung (stopped, as a partitioned or stuck one looks): closed refuses, open serves
         assert chat("closed").status_code == 200 and chat("open").status_code == 200

@@ -22,6 +22,7 @@ import pytest
 import serving.api.budgets as budgets_module
 from serving.api.budgets import (
     REQUESTS,
+    SLOT_DENIAL_S,
     SLOTS,
     TOKENS,
     UNREACHABLE_RETRY_S,
@@ -411,6 +412,9 @@ async def test_two_replicas_share_a_concurrency_cap_of_two(replicas):
     clock.now += 0.2  # spare on r0 for longer than lease_s / 4: it goes back to the ledger
     await eventually(lambda: ("r0", "tenant-1", {SLOTS: 1}) in client.gives)
     assert r0.held("tenant-1", SLOTS) == 0
+    with pytest.raises(RateLimitError):  # r1 was refused a slot 0.2 s ago: not asked again for SLOT_DENIAL_S
+        await r1.reserve(who, 10, 10)
+    clock.now += SLOT_DENIAL_S
     fourth = await r1.reserve(who, 10, 10)
     assert fourth is not None and r1.in_progress("tenant-1") == 2
 
@@ -567,3 +571,40 @@ async def test_a_budget_without_limits_never_asks_the_ledger(replicas):
     await b.admit(who)
     assert await b.reserve(who, 10_000, 10_000) is None
     assert client.calls == 0 and b.unreachable == 0
+
+
+async def test_a_hung_ledger_costs_each_retry_the_short_timeout_not_the_first_calls(replicas, monkeypatch):
+    """Only a client still finding its ledger (`connected` False) gets the long first-call timeout. Before, every
+    retry after a failure waited it (30 s in production), holding the budget's lock."""
+    monkeypatch.setattr(budgets_module, "LEDGER_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(budgets_module, "FIRST_CALL_TIMEOUT_S", 3.0)
+    clock = Clock()
+    client = Unreachable(Ledger(clock=clock), hang=True)
+    (b,) = replicas(1, clock, client)
+    who = owner(rpm=60)
+    for _ in range(2):
+        t0 = time.monotonic()
+        with pytest.raises(BudgetUnavailableError):
+            await b.admit(who)
+        assert time.monotonic() - t0 < 1.0
+        clock.now += budgets_module.UNREACHABLE_RETRY_S + 1  # the next try reaches for the ledger again
+    assert client.calls == 2
+
+
+async def test_a_refused_budget_is_not_asked_again_until_the_refusal_runs_out(replicas):
+    """Before, each request against an exhausted requests-per-minute budget called the one holder actor:
+    one key could queue the actor's calls for every tenant."""
+    clock = Clock()
+    client = Recording(Ledger(clock=clock))
+    (b,) = replicas(1, clock, client)
+    who = owner(rpm=2)
+    await b.admit(who)
+    await b.admit(who)
+    for _ in range(50):
+        with pytest.raises(RateLimitError):
+            await b.admit(who)
+    asked = len(client.takes)
+    assert asked <= 3, client.takes
+    clock.now += 31  # one request's worth refilled (2 a minute)
+    await b.admit(who)
+    assert len(client.takes) > asked

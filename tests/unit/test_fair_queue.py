@@ -15,6 +15,7 @@ from collections import Counter
 
 import pytest
 
+from serving.api import fair_queue
 from serving.api.fair_queue import ACTIVE_S, FairQueue, Flow, Ticket
 from serving.errors import OverloadedError
 
@@ -456,7 +457,7 @@ async def test_reject_waiting_fails_every_waiter_and_leaves_the_running_alone():
 
 @pytest.mark.parametrize(
     "flow",
-    [Flow(), Flow("key-1", "acme", 2, 0.5), Flow("team/x", "team x", 0, 3.0), Flow("n", "t", -1, 1.25)],
+    [Flow(), Flow("key-1", "acme", 2, 0.5), Flow("team/x", "team x", 0, 3.0), Flow("n", "t", 1, 1.25)],
 )
 def test_a_flow_survives_its_header(flow):
     header = flow.header()
@@ -469,7 +470,12 @@ def test_the_header_lists_name_tenant_priority_and_weight():
     assert Flow("k", "t", 1, 1.0).header() == "k;t;1;1"
 
 
-@pytest.mark.parametrize("value", [None, "", "a;b;1", "a;b;1;1;extra", "a;b;high;1", "a;b;1;heavy", "garbage"])
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "a;b;1", "a;b;1;1;extra", "a;b;high;1", "a;b;1;heavy", "garbage"]
+    # values no tenant can have: a weight of 0 divided by zero, NaN broke the order
+    + ["a;b;1;0", "a;b;1;-1", "a;b;1;nan", "a;b;1;inf", "a;b;7;1", "a;b;-1;1"],
+)
 def test_a_missing_or_malformed_header_is_none(value):
     assert Flow.parse(value) is None
 
@@ -580,3 +586,35 @@ async def test_a_lower_class_leaves_a_higher_ones_recent_demand_free_even_under_
     clock.now += 0.1
     again = [queue.arrive(online) for _ in range(3)]
     assert all(t.running for t in again)
+
+
+async def test_places_held_for_a_higher_class_go_to_a_lower_one_when_its_demand_runs_out(monkeypatch):
+    """Before, nothing looked again once the held demand ran out: on a quiet replica the low requests waited,
+    with places free, until something else arrived or ended, or their time ran out."""
+    monkeypatch.setattr(fair_queue, "DEMAND_S", 0.2)
+    queue = FairQueue(max_running=8, max_queued=None)
+    high, low = Flow("h", "h", priority=2), Flow("l", "l", priority=0)
+    running = [queue.arrive(high) for _ in range(8)]
+    lows = [queue.arrive(low) for _ in range(6)]
+    for t in running:
+        queue.leave(t)
+    # high ran 8 at once: up to half the places (4) stay held for it while its demand is recent
+    assert sum(t.running for t in lows) == 4 and queue.running == 4
+    await asyncio.sleep(0.8)  # no arrival, no end: the queue looks again when high's demand has run out
+    assert all(t.running for t in lows)
+
+
+async def test_a_waiter_whose_client_just_left_is_not_displaced():
+    """Its future is cancelled before its cleanup runs: displacing it raised InvalidStateError (a 500)."""
+    queue = FairQueue(max_running=1, max_queued=1)
+    queue.arrive(X)
+    low = Flow("low", "low", priority=0)
+    task = asyncio.ensure_future(queue.enter(low))
+    await asyncio.sleep(0)
+    assert queue.queued == 1
+    task.cancel()  # its future is cancelled now; the task's cleanup runs at its next step
+    with pytest.raises(OverloadedError):
+        queue.arrive(Flow("high", "high", priority=2))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.queued == 0

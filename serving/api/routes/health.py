@@ -25,7 +25,7 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/stats")
-async def stats(request: Request, _: Caller) -> dict[str, Any]:
-    """Engine counters per model, as seen by the process that answers (one replica)."""
+async def stats(request: Request, caller: Caller) -> dict[str, Any]:
+    """Engine counters per model the caller may use, as seen by the process that answers (one replica)."""
     result: dict[str, Any] = await request.app.state.registry.stats()
-    return result
+    return {model: counters for model, counters in result.items() if caller.may_use(model)}
