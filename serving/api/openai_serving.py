@@ -17,7 +17,14 @@ import uuid
 from typing import Any, AsyncIterator, Callable
 
 from serving.api.backend import Generation
-from serving.api.cost import SCHEMA_PARAM, check_cost, check_schema, request_schema, validate_schema
+from serving.api.cost import (
+    SCHEMA_PARAM,
+    check_cost,
+    check_schema,
+    estimated_input_tokens,
+    request_schema,
+    validate_schema,
+)
 from serving.api.fair_queue import ANONYMOUS, FairQueue, Flow, Ticket
 from serving.api.protocol import (
     ChatCompletionRequest,
@@ -445,7 +452,7 @@ class OpenAIServing:
     async def embeddings(self, req: EmbeddingRequest, request_id: str | None = None) -> dict[str, Any]:
         """One vector per input, as OpenAI answers (floats, or base64 of little-endian float32)."""
         arrived = time.monotonic()
-        ticket = await self._admit(req._flow, sum(len(x) // 4 if isinstance(x, str) else len(x) for x in req.inputs()))
+        ticket = await self._admit(req._flow, estimated_input_tokens(req))
         start = time.monotonic()
         status = "error"
         out = None

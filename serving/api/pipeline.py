@@ -33,7 +33,7 @@ from starlette.datastructures import State
 
 from serving.api.backend import Generation, ModelBackend, served_here
 from serving.api.budgets import Lease
-from serving.api.cost import prompt_chars
+from serving.api.cost import estimated_input_tokens, prompt_chars
 from serving.api.fair_queue import Flow
 from serving.api.forwarded import (
     ENTRY_HEADER,
@@ -181,7 +181,7 @@ def worst_case_tokens(
     prompt's own size again, at least 256.
     """
     if isinstance(req, EmbeddingRequest):  # nothing generated: its inputs only
-        return sum(len(x) // 4 if isinstance(x, str) else len(x) for x in req.inputs()), 0
+        return estimated_input_tokens(req), 0
     chars = prompt_chars(req)
     if chars is not None:
         prompt = chars // 4
