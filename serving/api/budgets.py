@@ -337,11 +337,7 @@ class Budgets:
             if until > self._clock():
                 self._refuse(f"tokens per minute (limit {limits.tokens_per_minute})", until - self._clock())
         if limits.requests_per_minute:
-            what = f"requests per minute (limit {limits.requests_per_minute})"
-            until = local.denied.get(REQUESTS, 0.0)
-            if local.held[REQUESTS] < 1 and until > self._clock():  # the ledger said no: not asked again till then
-                self._refuse(what, until - self._clock())
-            await self._acquire(local, REQUESTS, 1, what)
+            await self._acquire(local, REQUESTS, 1, f"requests per minute (limit {limits.requests_per_minute})")
 
     async def reserve(self, owner: BudgetOwner, prompt_tokens: int, completion_tokens: int) -> Lease | None:
         """A request's worst case (estimated prompt tokens plus its completion limit) and a slot, or a refusal.
@@ -372,8 +368,6 @@ class Budgets:
             )
         local = self._local(owner)
         if limits.max_concurrent:
-            if local.held[SLOTS] < 1 and local.denied.get(SLOTS, 0.0) > self._clock():
-                self._refuse_slot(limits.max_concurrent)
             await self._acquire(local, SLOTS, 1, None)
             local.pending += 1  # in hand, not yet active: the heartbeat counts it
         if tpm:
@@ -438,6 +432,14 @@ class Budgets:
             if kind != SLOTS and local.held[kind] < self._batch(local.owner, kind) / 2:
                 self._top_up(local, kind)
             return
+        until = local.denied.get(kind, 0.0)
+        # The ledger said no to one request or slot: not asked again till then. (Tokens are asked again: a
+        # smaller reservation may fit what the ledger has; `admit` refuses an empty token balance early.)
+        if kind != TOKENS and until > now:
+            if kind == SLOTS:
+                self._refuse_slot(local.owner.limits.max_concurrent)
+            assert what is not None
+            self._refuse(what, until - now)
         async with local.lock:  # one waiter asks the ledger; the others find its batch here
             if local.held[kind] >= amount:
                 local.held[kind] -= amount
