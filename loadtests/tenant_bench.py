@@ -41,6 +41,11 @@ A request admitted behind a full batch waits for a running one to end (no
 preemption), so a victim's TTFT under saturation is at least about one
 request's time / (2 x max_ongoing) above unloaded.
 
+Beside every TTFT p50/p99: the same requests' wait in the serving replica's
+fair queue, as its response header `x-serving-admission-ms` states it (server
+side, 0 when admitted at once), and their TTFT less that wait (the rest: the
+engine, the network, and the client's own event loop on this machine's cores).
+
 Percentiles are nearest-rank. Prints one table per scenario, then one JSON
 line with every figure (also written to --out if given). With --cluster N
 (root; tests/cluster.py) a head and N worker nodes in network namespaces;
@@ -66,6 +71,7 @@ from typing import Any
 from loadtests.routing_bench import ClusterStack, LocalStack, serve_config, sim_model
 from loadtests.sse import aiter_events
 from serving.api.forwarded import REPLICA_HEADER
+from serving.api.openai_serving import ADMISSION_HEADER
 
 MODEL = "bench-llm"
 APP = "tenant-bench"
@@ -181,7 +187,8 @@ class Group:
 class Done:
     """One request: status (0: no HTTP answer; -1: an error event after the stream began), times in
     seconds since the phase's start, TTFT (to the first content chunk), tokens (a stream's completion
-    tokens, a whole body's total_tokens), the replica that served it."""
+    tokens, a whole body's total_tokens), the replica that served it, and its wait in that replica's
+    fair queue in ms (`x-serving-admission-ms`; None without the header)."""
 
     tenant: str
     status: int
@@ -192,6 +199,15 @@ class Done:
     replica: str | None = None
     retry_after: float = 1.0
     error: str = ""
+    admission_ms: float | None = None
+
+
+def _admission_ms(headers) -> float | None:
+    value = headers.get(ADMISSION_HEADER)
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def _retry_after(headers) -> float:
@@ -220,6 +236,7 @@ async def one_request(client, key: str, g: Group, text: str, t0: float, timeout_
         if not g.stream:
             r = await client.post("/v1/chat/completions", json=body, headers=headers)
             done.status, done.replica = r.status_code, r.headers.get(REPLICA_HEADER)
+            done.admission_ms = _admission_ms(r.headers)
             if r.status_code == 200:
                 done.tokens = int(r.json()["usage"]["total_tokens"])
             else:
@@ -227,6 +244,7 @@ async def one_request(client, key: str, g: Group, text: str, t0: float, timeout_
         else:
             async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
                 done.status, done.replica = r.status_code, r.headers.get(REPLICA_HEADER)
+                done.admission_ms = _admission_ms(r.headers)
                 if r.status_code != 200:
                     done.retry_after = _retry_after(r.headers)
                     done.error = (await r.aread())[:200].decode(errors="replace")
@@ -319,12 +337,23 @@ def jain(xs: list[float]) -> float | None:
 
 
 def ttft_stats(done: list[Done]) -> dict[str, Any]:
-    ttfts = [d.ttft for d in done if d.status == 200 and d.ttft is not None]
+    """TTFT percentiles of the requests that had a first token, and of the same requests (those with the
+    header) their wait in the serving replica's fair queue and their TTFT less that wait."""
+    timed = [d for d in done if d.status == 200 and d.ttft is not None]
+    ttfts = [d.ttft for d in timed if d.ttft is not None]
+    stated = [(d.ttft, d.admission_ms / 1000) for d in timed if d.ttft is not None and d.admission_ms is not None]
+    waits = [w for _, w in stated]
+    rest = [t - w for t, w in stated]
     return {
         "n": len(ttfts),
         "p50_s": nearest_rank(ttfts, 50),
         "p99_s": nearest_rank(ttfts, 99),
         "status": status_counts(done),
+        "admission_n": len(waits),  # of n: responses that stated their wait (x-serving-admission-ms)
+        "admission_p50_s": nearest_rank(waits, 50),
+        "admission_p99_s": nearest_rank(waits, 99),
+        "ttft_less_admission_p50_s": nearest_rank(rest, 50),
+        "ttft_less_admission_p99_s": nearest_rank(rest, 99),
     }
 
 
@@ -342,6 +371,27 @@ def errors_of(done: list[Done], n: int = 3) -> list[str]:
 
 def ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 1000:.0f}ms"
+
+
+def ms1(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 1000:.1f}ms"
+
+
+ADMISSION_TITLES = ("our queue's wait p50 / p99", "TTFT less it p50 / p99")
+ADMISSION_COLUMNS = "".join(f"   {t}" for t in ADMISSION_TITLES)
+
+
+def admission_columns(s: dict[str, Any]) -> str:
+    """The columns beside a TTFT p50/p99 (ADMISSION_COLUMNS): the same requests' wait in the serving replica's
+    fair queue (server side) and their TTFT less it; `(k of n)` when only k of the n responses stated it."""
+    pairs = (
+        f"{ms1(s['admission_p50_s'])} / {ms1(s['admission_p99_s'])}",
+        f"{ms(s['ttft_less_admission_p50_s'])} / {ms(s['ttft_less_admission_p99_s'])}",
+    )
+    cols = "".join(f"   {pair:>{len(title)}}" for pair, title in zip(pairs, ADMISSION_TITLES, strict=True))
+    if s["admission_n"] != s["n"]:
+        cols += f"  ({s['admission_n']} of {s['n']})"
+    return cols
 
 
 def fx(x: float | None, digits: int = 2) -> str:
@@ -507,10 +557,16 @@ def print_flood(r: dict[str, Any], stack, args) -> None:
         f" {r['capacity_running']} running + {r['capacity_queued']} queued; streamed chat, max_tokens"
         f" {args.max_tokens}; phases of {r['phase_s']:g} s"
     )
-    print(f"victims' TTFT ({len(VICTIMS)} x {r['victim_streams']} streams)   p50      p99       n   503")
+    print(
+        f"victims' TTFT ({len(VICTIMS)} x {r['victim_streams']} streams)   p50      p99       n   503"
+        + ADMISSION_COLUMNS
+    )
     for label, key in (("alone", "victims_alone"), (f"flood x{r['flood_streams']}", "victims_flooded")):
         s = r[key]
-        print(f"  {label:<30} {ms(s['p50_s']):>7}  {ms(s['p99_s']):>7}  {s['n']:>6}  {s['status'].get('503', 0):>4}")
+        print(
+            f"  {label:<30} {ms(s['p50_s']):>7}  {ms(s['p99_s']):>7}  {s['n']:>6}  {s['status'].get('503', 0):>4}"
+            + admission_columns(s)
+        )
     print(f"  {'ratio (target p99 <= 1.5x)':<30} {fx(r['p50_ratio']):>6}x  {fx(r['p99_ratio']):>6}x")
     fs = r["flood_status"]
     print(f"  flood's requests: 200: {fs.get('200', 0)}, 503: {fs.get('503', 0)}")
@@ -576,14 +632,18 @@ def print_priority(r: dict[str, Any], stack, args) -> None:
         f" {args.replicas} replicas on {stack.nodes} node(s): {r['capacity_running']} running +"
         f" {r['capacity_queued']} queued; phases of {r['phase_s']:g} s"
     )
-    print("online's TTFT                  p50      p99       n   503")
+    print("online's TTFT                  p50      p99       n   503" + ADMISSION_COLUMNS)
     for label, key in (("alone", "online_alone"), ("with batch", "online_with_batch")):
         s = r[key]
-        print(f"  {label:<26} {ms(s['p50_s']):>7}  {ms(s['p99_s']):>7}  {s['n']:>6}  {s['status'].get('503', 0):>4}")
+        print(
+            f"  {label:<26} {ms(s['p50_s']):>7}  {ms(s['p99_s']):>7}  {s['n']:>6}  {s['status'].get('503', 0):>4}"
+            + admission_columns(s)
+        )
     print(f"  {'ratio':<26} {fx(r['p50_ratio']):>6}x  {fx(r['p99_ratio']):>6}x")
     b = r["batch"]
     print(
-        f"  batch: {b['status'].get('200', 0)} served (TTFT p50 {ms(b['p50_s'])}, p99 {ms(b['p99_s'])}),"
+        f"  batch: {b['status'].get('200', 0)} served (TTFT p50 {ms(b['p50_s'])}, p99 {ms(b['p99_s'])};"
+        f" queue wait p50 {ms1(b['admission_p50_s'])}, p99 {ms1(b['admission_p99_s'])}),"
         f" {r['batch_503']} shed (503); online shed: {r['online_503']} (should be 0)"
     )
     for e in r["errors"]:

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any, AsyncIterator, Callable
 
 from serving.api.backend import Generation
@@ -62,6 +63,25 @@ from serving.errors import (
 )
 from serving.observability.logging import access_log
 from serving.observability.metrics import GenerationDone, Metrics, NullMetrics
+
+# A generation's wait for its place in the engine (`OpenAIServing._admit`), in milliseconds with one decimal
+# (0.0: at once), for the response header: set in the request's task when the place is granted, read when
+# the response is made. A stream's response is made after its first chunk, so after admission too.
+ADMISSION_HEADER = "x-serving-admission-ms"
+_admission_ms: ContextVar[str | None] = ContextVar("admission_ms", default=None)
+
+
+def set_admission_ms(value: str) -> None:
+    """The header's value for the request of this task (or a peer's header, relayed where the request entered)."""
+    _admission_ms.set(value)
+
+
+def take_admission_ms() -> str | None:
+    """The header's value of the request admitted last in this task (None: none was), cleared as it is read."""
+    found = _admission_ms.get()
+    if found is not None:
+        _admission_ms.set(None)
+    return found
 
 
 def generation_params(req: ChatCompletionRequest | CompletionRequest) -> GenerationParams:
@@ -327,8 +347,10 @@ class OpenAIServing:
         queue_wait: float | None,
         prompt_tokens: int,
         completion_tokens: int,
+        admission_wait: float = 0.0,
     ) -> None:
-        """One metrics observation set and one log line per request (never per token)."""
+        """One metrics observation set and one log line per request (never per token). `queue_wait`: the engine's
+        own queue (its scheduler); `admission_wait`: ours, the fair queue's (`_admit`), before the engine."""
         end = time.perf_counter()
         ttft = first - start if first is not None else None
         itl = (
@@ -361,6 +383,7 @@ class OpenAIServing:
             "itl_ms": None if itl is None else round(itl * 1000, 3),
             "e2e_ms": round((end - start) * 1000, 2),
             "queue_wait_ms": None if queue_wait is None else round(queue_wait * 1000, 2),
+            "admission_wait_ms": round(admission_wait * 1000, 2),
         }
         if self.log_prompts:
             fields["prompt"] = request.prompt if request.messages is None else request.messages
@@ -378,9 +401,15 @@ class OpenAIServing:
         """The `model` a response states: the adapter's id for an adapter, else this model's."""
         return model if self.adapter_of(model) is not None else self.model_id
 
-    async def _admit(self, flow: Flow | None, cost: float) -> Ticket | None:
+    async def _admit(self, flow: Flow | None, cost: float) -> tuple[Ticket | None, float]:
         """A place in the engine: at once while it has room, else after waiting in the fair queue (by class,
-        then by tenant: serving/api/fair_queue.py), within the request's time. None without a queue."""
+        then by tenant: serving/api/fair_queue.py), within the request's time. Returns the ticket (None without
+        a queue) and the seconds waited for it (0.0 at once), which the response header states (`ADMISSION_HEADER`).
+
+        Every request that asks the queue for a place is observed once in `Metrics.admission_waited`, by
+        tenant: admitted (its wait), shed at arrival (0), or refused while waiting (displaced, timed out,
+        drained, its client gone: the time it waited)."""
+        arrived = time.perf_counter()
         if self._draining:
             raise ShuttingDownError()
         queue = self.queue
@@ -392,11 +421,19 @@ class OpenAIServing:
                     headers={"Retry-After": "1"},
                 )
             self.load.add(1)
-            return None
-        ticket = queue.arrive(flow or ANONYMOUS, cost)
+            set_admission_ms("0.0")
+            return None, 0.0
+        flow = flow or ANONYMOUS
+        try:
+            ticket = queue.arrive(flow, cost)
+        except OverloadedError:
+            self.metrics.admission_waited(self.model_id, flow.tenant, 0.0)
+            raise
         self.load.add(1)  # waiting here counts as load: the routing sees it
         if ticket.running:
-            return ticket
+            self.metrics.admission_waited(self.model_id, flow.tenant, 0.0)
+            set_admission_ms("0.0")
+            return ticket, 0.0
         try:
             # asyncio.timeout, not wait_for: wait_for may swallow a cancellation (the client left) that
             # comes as the ticket is dispatched, and the request would then run for nobody.
@@ -404,12 +441,16 @@ class OpenAIServing:
                 await queue.wait(ticket)
         except BaseException as exc:
             self.load.add(-1)
+            self.metrics.admission_waited(self.model_id, flow.tenant, time.perf_counter() - arrived)
             if isinstance(exc, TimeoutError):
                 raise RequestTimeoutError(
                     f"The request waited {self.timeout_s:g}s for the model '{self.model_id}' and was cancelled."
                 ) from None
             raise
-        return ticket
+        waited = time.perf_counter() - arrived
+        self.metrics.admission_waited(self.model_id, flow.tenant, waited)
+        set_admission_ms(f"{waited * 1000:.1f}")
+        return ticket, waited
 
     def _time_left(self, arrived: float) -> float:
         """What is left of the request's time after its wait in the queue (the time counts from arrival)."""
@@ -452,7 +493,7 @@ class OpenAIServing:
     async def embeddings(self, req: EmbeddingRequest, request_id: str | None = None) -> dict[str, Any]:
         """One vector per input, as OpenAI answers (floats, or base64 of little-endian float32)."""
         arrived = time.monotonic()
-        ticket = await self._admit(req._flow, estimated_input_tokens(req))
+        ticket, admission_wait = await self._admit(req._flow, estimated_input_tokens(req))
         start = time.monotonic()
         status = "error"
         out = None
@@ -487,6 +528,7 @@ class OpenAIServing:
                 inputs=len(request.inputs),
                 status=status,
                 duration_ms=round(1000 * (time.monotonic() - start), 1),
+                admission_wait_ms=round(admission_wait * 1000, 2),
             )
         as_text = req.encoding_format == "base64"
         data = [
@@ -724,7 +766,7 @@ class OpenAIServing:
         self, request: EngineRequest, n: int, tools: ToolCallStream | None = None, flow: Flow | None = None
     ) -> Collected:
         arrived = time.monotonic()
-        ticket = await self._admit(flow, _cost(request))
+        ticket, admission_wait = await self._admit(flow, _cost(request))
         puller = _Puller(asyncio.current_task())
         self._active.add(puller)
         start = time.perf_counter()
@@ -759,6 +801,7 @@ class OpenAIServing:
                 timing["queue_wait"],
                 prompt_tokens,
                 completion_tokens,
+                admission_wait,
             )
 
     async def _collect_outputs(
@@ -805,7 +848,7 @@ class OpenAIServing:
         flow: Flow | None = None,
     ) -> AsyncIterator[bytes]:
         arrived = time.monotonic()
-        ticket = await self._admit(flow, _cost(request))
+        ticket, admission_wait = await self._admit(flow, _cost(request))
         # The timeout cancels whichever task is pulling this stream at that moment
         # (the first item is pulled by the route, the rest by the response):
         # a timer per request instead of a wait_for per token.
@@ -878,7 +921,9 @@ class OpenAIServing:
             timer.cancel()
             self._active.discard(puller)
             self._release(ticket, prompt_tokens + completion_tokens)
-            self._record(flow, request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens)
+            self._record(
+                flow, request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens, admission_wait
+            )
         if include_usage:
             yield (
                 b"data: "

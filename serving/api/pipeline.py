@@ -45,6 +45,7 @@ from serving.api.forwarded import (
     placed_on,
 )
 from serving.api.middleware import engine_request_id, set_model
+from serving.api.openai_serving import ADMISSION_HEADER, take_admission_ms
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from serving.api.security import Principal
 from serving.api.streaming import (
@@ -211,6 +212,9 @@ def respond(result: Generation) -> Response:
         response.headers[REPLICA_HEADER] = replica
     if entry is not None:
         response.headers[ENTRY_HEADER] = entry
+    admission = take_admission_ms()  # the wait in the fair queue of the engine that serves it, if known here
+    if admission is not None:
+        response.headers[ADMISSION_HEADER] = admission
     return response
 
 

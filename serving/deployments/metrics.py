@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ray.util import metrics as ray_metrics
 
 from serving.observability.metrics import (
+    ADMISSION_BUCKETS,
     E2E_BUCKETS,
     ENGINE_GAUGES,
     ENGINE_STATS_INTERVAL_S,
@@ -63,6 +64,13 @@ class _RayInstruments:
             description="Time a request waited in the engine's queue before it was scheduled.",
             boundaries=QUEUE_BUCKETS,
             tag_keys=("model",),
+        )
+        self.admission_wait = ray_metrics.Histogram(
+            "serving_admission_wait_seconds",
+            description="Time a request waited in the replica's fair queue for a place in the engine (0: at once), "
+            "by tenant; requests refused there (shed, timed out) are observed with the time they waited.",
+            boundaries=ADMISSION_BUCKETS,
+            tag_keys=("model", "tenant"),
         )
         self.prompt_tokens = ray_metrics.Counter(
             "serving_prompt_tokens", description="Prompt tokens, by model and tenant.", tag_keys=("model", "tenant")
@@ -113,6 +121,9 @@ class RayMetrics(Metrics):
         m.requests.inc(1, tags={"model": model, "route": route, "status": str(status), "tenant": tenant})
         if reason:
             m.rejections.inc(1, tags={"model": model, "reason": reason, "tenant": tenant})
+
+    def admission_waited(self, model: str, tenant: str, seconds: float) -> None:
+        _ray().admission_wait.observe(seconds, tags={"model": model, "tenant": tenant})
 
     def request_placed(self, model: str, placement: str) -> None:
         _ray().routed.inc(tags={"model": model, "placement": placement})

@@ -25,6 +25,12 @@ TTFT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 E2E_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
 QUEUE_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]
+# The wait in our fair queue (serving/api/fair_queue.py): 0 for most requests (the first bucket), fine
+# steps up to 100 ms (where it shows in a TTFT of tens of ms), then up to the 30 s a request may wait.
+ADMISSION_BUCKETS = [
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+]  # fmt: skip
 
 # name in code -> name on Ray's Prometheus endpoint (histograms add _bucket/_sum/_count).
 # Ray prefixes custom metrics with `ray_` on export; the dashboard and its test use these.
@@ -35,6 +41,7 @@ METRIC_NAMES = {
     "itl": "ray_serving_itl_seconds",
     "e2e": "ray_serving_e2e_latency_seconds",
     "queue_wait": "ray_serving_queue_wait_seconds",
+    "admission_wait": "ray_serving_admission_wait_seconds",
     "prompt_tokens": "ray_serving_prompt_tokens_total",
     "completion_tokens": "ray_serving_completion_tokens_total",
     "routed": "ray_serving_routed_requests_total",
@@ -87,6 +94,12 @@ class Metrics(Protocol):
 
     def generation_done(self, done: GenerationDone) -> None:
         """One generation that ran to its end."""
+        return None
+
+    def admission_waited(self, model: str, tenant: str, seconds: float) -> None:
+        """One request's wait for a place in the engine, in the model's fair queue (serving/api/fair_queue.py),
+        from its arrival there to its place (0: at once) or to its refusal (shed, displaced, timed out, drained,
+        its client gone): once per request that asked the queue for a place."""
         return None
 
     def request_placed(self, model: str, placement: str) -> None:

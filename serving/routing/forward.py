@@ -48,6 +48,7 @@ from serving.api.forwarded import (
     entered_at,
     placed_on,
 )
+from serving.api.openai_serving import ADMISSION_HEADER, set_admission_ms
 from serving.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -320,6 +321,9 @@ class RoutedBackend:
         try:
             if resp.status != 200:
                 raise await _error_of(resp)
+            admission = resp.headers.get(ADMISSION_HEADER)
+            if admission is not None:  # the serving replica's fair-queue wait, stated where the request entered
+                set_admission_ms(admission)
             if resp.content_type == "text/event-stream":
                 stream = await first_then_rest(_events(resp))
                 return ended_cleanly(stream, self.model_id, self.relays, source="forwarded replica")

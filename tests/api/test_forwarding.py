@@ -10,6 +10,7 @@ marked draining is not chosen). No Ray.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from loadtests import sse
 from loadtests.servers import free_port
 from serving.api.app import build_api
 from serving.api.backend import ModelRegistry
+from serving.api.fair_queue import Flow
 from serving.api.forwarded import FORWARD_TOKEN_HEADER, REPLICA_HEADER
-from serving.api.openai_serving import OpenAIServing
+from serving.api.openai_serving import ADMISSION_HEADER, OpenAIServing
 from serving.config import AuthConfig, LimitsConfig
 from serving.deployments.direct.http_server import DirectHTTPServer, own_socket
 from serving.engine.simulator import SimulatedEngine
@@ -44,6 +46,7 @@ class Replica:
     table: EndpointTable
     http: DirectHTTPServer
     client: PeerClient
+    serving: OpenAIServing | None = None
 
     @property
     def url(self) -> str:
@@ -66,11 +69,19 @@ async def replicas() -> AsyncIterator[Any]:
         engine_args: dict[str, Any] | None = None,
         serve_model: bool = True,
         task: str = "generate",
+        max_running: int | None = None,
     ) -> Replica:
         engine = SimulatedEngine.from_engine_args({**FAST, "decode_s_per_token": 0.002, **(engine_args or {})}, task)
         info = await engine.start()
         limits = limits or LimitsConfig()
-        serving = OpenAIServing(engine, model, info.max_model_len, limits=limits, max_token_chars=info.max_token_chars)
+        serving = OpenAIServing(
+            engine,
+            model,
+            info.max_model_len,
+            limits=limits,
+            max_token_chars=info.max_token_chars,
+            max_running=max_running,
+        )
         table = EndpointTable(rid, own_load=lambda: serving.in_flight)
         client = PeerClient(TOKEN)
         backend = RoutedBackend(model, table, Scheduler(), client, local=serving if serve_model else None)
@@ -84,7 +95,7 @@ async def replicas() -> AsyncIterator[Any]:
         )
         port = free_port()
         http = await DirectHTTPServer.start(app, "127.0.0.1", port, graceful_timeout_s=1, extra_sockets=[sock])
-        replica = Replica(rid, port, sock.getsockname()[1], engine, table, http, client)
+        replica = Replica(rid, port, sock.getsockname()[1], engine, table, http, client, serving)
         made.append(replica)
         return replica
 
@@ -140,6 +151,34 @@ async def test_a_request_placed_on_another_replica_is_served_there_and_answered_
     assert whole.json()["usage"]["completion_tokens"] == 12 and whole.json()["choices"][0]["message"]["content"]
     assert (await a.engine.stats())["requests"] == 0  # a's engine served none of them
     assert (await b.engine.stats())["requests"] == 3
+
+
+async def test_the_serving_replica_s_admission_wait_is_stated_where_the_request_entered(replicas):
+    """x-serving-admission-ms is the wait in the fair queue of the replica that served the request, relayed
+    by the entry point (streamed or not); the entry point's own queue was not asked."""
+    a, b = await replicas("a", max_running=1), await replicas("b", max_running=1)
+    connect([a, b], a=DRAINING)  # a takes no new request: it must go to b
+    assert b.serving is not None and b.serving.queue is not None
+    queue = b.serving.queue
+    held = queue.arrive(Flow("holder", "holder"))  # b's one place, until the test frees it
+    async with httpx.AsyncClient(timeout=30) as http:
+        sends = [
+            asyncio.ensure_future(http.post(f"{a.url}/v1/chat/completions", json=chat(stream=s), headers=AUTH))
+            for s in (False, True)
+        ]
+
+        async def both_wait() -> bool:
+            return queue.queued == 2
+
+        assert await seconds_until(both_wait, 10) is not None
+        await asyncio.sleep(0.3)
+        queue.leave(held)
+        answers = await asyncio.gather(*sends)
+        here = await http.post(f"{b.url}/v1/chat/completions", json=chat(), headers=AUTH)
+    for r in answers:
+        assert r.status_code == 200 and r.headers[REPLICA_HEADER] == "b", r.text
+        assert float(r.headers[ADMISSION_HEADER]) >= 300, r.headers
+    assert here.headers[ADMISSION_HEADER] == "0.0"
 
 
 async def test_the_forward_token_admits_a_request_only_on_a_replica_s_own_port(replicas):

@@ -288,7 +288,9 @@ def mutated(draw):
         elif op == "add":
             body[draw(st.text(min_size=1, max_size=12))] = draw(json_values)
         elif op == "nest" and "messages" in body:
-            msg = dict(body["messages"][0]) if isinstance(body.get("messages"), list) and body["messages"] else {}
+            # a "replace" before may have left messages of any JSON value: nest into a message only if it is one
+            messages = body.get("messages")
+            msg = dict(messages[0]) if isinstance(messages, list) and messages and isinstance(messages[0], dict) else {}
             field = draw(st.sampled_from(["role", "content", "name", "extra"]))
             msg[field] = draw(json_values | st.sampled_from(["tool", "", "user"]))
             body["messages"] = [msg]
