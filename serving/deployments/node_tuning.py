@@ -10,12 +10,13 @@ dashboard, Serve controller, proxy) took ~13% of a core from it at random
 moments, worth 5-10% of output tokens/s. Lowering their scheduling priority
 (nice +10, allowed without privileges for processes of the same user) lets them
 run whenever the data path leaves room. In `proxy` mode the proxy and ingress
-are on the data path, so they are left alone.
+are on the data path, so they are left alone. The raylet is left alone too: the
+workers it starts inherit its niceness (see CONTROL_PLANE).
 
 Ray's own workers (controller, proxy, replicas) start at nice 15; Ray's daemons
 and agents at 0. In direct mode the LLM-server replica runs at
 `ingress.replica_niceness` (0) instead (serving/deployments/app.py), so the order under load
-is: engine and replica (0), Ray's daemons and agents (10), Ray's workers (15).
+is: engine, replica and raylet (0), Ray's other daemons and agents (10), Ray's workers (15).
 """
 
 from __future__ import annotations
@@ -25,12 +26,32 @@ import os
 
 logger = logging.getLogger(__name__)
 
+# Matched against a process's program (`program`), never its other arguments: the raylet's argv names
+# the dashboard agent, the runtime_env agent and the GCS, and a starting worker's names the raylet.
+# Matched anywhere, the raylet was reniced, and it forks every worker of its node: a child keeps its
+# parent's niceness (Ray's RAY_worker_niceness adds to it), so every replica started after a node's
+# first ones ran at nice 10, not `ingress.replica_niceness` (0), and Ray's own workers at 19, not 15
+# (seen: 2-4 of 8 simulated replicas of one `serve run`, and all 4 LLM replicas in the multi-node
+# harness, where the tenant bench's client, at nice 0, then took the CPU they needed). The raylet
+# is left alone for that reason.
 CONTROL_PLANE = (
-    "gcs_server", "raylet", "dashboard", "DashboardAgent", "RuntimeEnvAgent",
+    "gcs_server", "dashboard", "DashboardAgent", "RuntimeEnvAgent",
     "ServeController", "log_monitor", "monitor.py", "runtime_env",
 )  # fmt: skip
 DIRECT_ONLY = ("ProxyActor", ":ingress")
 NICENESS = 10
+# Ray's worker programs before the worker sets its title (`ray::<actor>`): it may become an LLM
+# replica. setup_worker.py first when its actor has a runtime_env (every LLM replica in direct mode).
+STARTING_WORKER = ("default_worker.py", "setup_worker.py")
+
+
+def program(argv: list[str]) -> str:
+    """What a process runs: its title or binary (argv[0]), or for a Python interpreter its script."""
+    if not argv:
+        return ""
+    if os.path.basename(argv[0]).startswith("python"):
+        return next((a for a in argv[1:] if not a.startswith("-")), argv[0])
+    return argv[0]
 
 
 def deprioritize_ray_control_plane(direct_ingress: bool) -> list[int]:
@@ -44,14 +65,8 @@ def deprioritize_ray_control_plane(direct_ingress: bool) -> list[int]:
         try:
             if proc.info["uids"] is None or proc.info["uids"].real != uid or proc.pid == os.getpid():
                 continue
-            argv = proc.info["cmdline"] or [proc.info["name"] or ""]
-            text = " ".join(argv)
-            # A Ray worker still starting runs default_worker.py without its title (`ray::<actor>`)
-            # yet: its argv names the raylet's socket, and it may become an LLM replica. Before
-            # this check, each replica reniced the replicas that started beside it. (The raylet's
-            # own argv names default_worker.py too, further on: only the program counts.)
-            starting_worker = any(a.endswith("default_worker.py") for a in argv[:2])
-            if "VLLM::" in text or starting_worker or not any(p in text for p in patterns):
+            what = program(proc.info["cmdline"] or [proc.info["name"] or ""])
+            if "VLLM::" in what or what.endswith(STARTING_WORKER) or not any(p in what for p in patterns):
                 continue
             if proc.nice() < NICENESS:
                 proc.nice(NICENESS)

@@ -30,25 +30,43 @@ def _wait_for_command_lines(procs, timeout_s=10.0):
 
 @pytest.fixture
 def fake_processes(tmp_path):
-    """Sleepers whose command lines look like Ray's processes (the renice matches command lines)."""
-    names = {
-        "gcs": "gcs_server",
-        # The raylet's argv names the worker command, default_worker.py included.
-        "raylet": "raylet --python_worker_command=python ray/_private/workers/default_worker.py",
-        "controller": "ray::ServeController",
-        "engine": "VLLM::EngineCore raylet",  # an engine is never reniced, whatever else it says
-        "ingress": "ray::ServeReplica:llm:ingress",
-        "replica": "ray::ServeReplica:llm:llm-tiny-llama",
-        "other": "unrelated-job",
+    """Sleepers that look like Ray's processes: a title or binary as argv[0], or a Python script."""
+    titled = {
+        "gcs": ["/ray/core/src/ray/gcs/gcs_server", "--gcs_server_port=6379"],
+        # The raylet's argv names the worker command and the agents' (dashboard, runtime_env), and
+        # the GCS: only its program counts, and it is never reniced (its workers would inherit it).
+        "raylet": [
+            "/ray/core/src/ray/raylet/raylet",
+            "--python_worker_command=python setup_worker.py default_worker.py",
+            "--dashboard_agent_command=python -u dashboard/agent.py",
+            "--runtime_env_agent_command=python -u runtime_env/agent/main.py",
+            "--gcs-address=10.0.0.1:6379",
+        ],
+        "controller": ["ray::ServeController"],
+        "engine": ["VLLM::EngineCore", "raylet"],  # an engine is never reniced, whatever else it says
+        "ingress": ["ray::ServeReplica:llm:ingress"],
+        "replica": ["ray::ServeReplica:llm:llm-tiny-llama"],
+        "other": ["unrelated-job", "--dashboard"],
     }
     sleep = "import time; time.sleep(60)"
-    procs = {key: subprocess.Popen([sys.executable, "-c", sleep, text]) for key, text in names.items()}
+    procs = {
+        key: subprocess.Popen([argv[0], "-c", sleep, *argv[1:]], executable=sys.executable)
+        for key, argv in titled.items()
+    }
+    scripts = {}
+    for name in ("default_worker.py", "setup_worker.py", "dashboard.py"):
+        scripts[name] = tmp_path / name
+        scripts[name].write_text(sleep)
     # A Ray worker before its title is set (it may become an LLM replica): default_worker.py is
     # the program, and its argv names the raylet's socket.
-    worker = tmp_path / "default_worker.py"
-    worker.write_text(sleep)
     raylet_socket = "--raylet-name=/tmp/ray/session_1/sockets/raylet"
-    procs["starting"] = subprocess.Popen([sys.executable, str(worker), raylet_socket])
+    procs["starting"] = subprocess.Popen([sys.executable, str(scripts["default_worker.py"]), raylet_socket])
+    # An actor with a runtime_env (an LLM replica in direct mode) starts as setup_worker.py, which
+    # then execs default_worker.py in the same process.
+    procs["setting_up"] = subprocess.Popen(
+        [sys.executable, str(scripts["setup_worker.py"]), str(scripts["default_worker.py"]), raylet_socket]
+    )
+    procs["dashboard"] = subprocess.Popen([sys.executable, "-u", str(scripts["dashboard.py"]), "--port=8265"])
     found = {key: psutil.Process(p.pid) for key, p in procs.items()}
     _wait_for_command_lines(found.values())
     yield found
@@ -60,9 +78,15 @@ def fake_processes(tmp_path):
 def test_proxy_mode_renices_the_control_plane_only(fake_processes):
     changed = set(deprioritize_ray_control_plane(direct_ingress=False))
     p = fake_processes
-    assert {p["gcs"].pid, p["raylet"].pid, p["controller"].pid} <= changed
-    assert p["gcs"].nice() == NICENESS and p["raylet"].nice() == NICENESS and p["controller"].nice() == NICENESS
+    assert {p["gcs"].pid, p["controller"].pid, p["dashboard"].pid} <= changed
+    assert p["gcs"].nice() == NICENESS and p["controller"].nice() == NICENESS and p["dashboard"].nice() == NICENESS
     assert p["engine"].nice() == 0 and p["ingress"].nice() == 0 and p["other"].nice() == 0
+
+
+def test_the_raylet_is_left_alone_its_workers_would_inherit_its_niceness(fake_processes):
+    """Every worker the raylet starts later (the node's next replicas) would run at its niceness."""
+    deprioritize_ray_control_plane(direct_ingress=True)
+    assert fake_processes["raylet"].nice() == 0
 
 
 def test_direct_mode_also_renices_the_ingress(fake_processes):
@@ -76,6 +100,7 @@ def test_llm_replicas_are_never_reniced_not_even_while_they_start(fake_processes
     deprioritize_ray_control_plane(direct_ingress=True)
     p = fake_processes
     assert p["starting"].nice() == 0 and p["replica"].nice() == 0
+    assert p["setting_up"].nice() == 0
 
 
 def test_never_raises_priority(fake_processes):
