@@ -45,6 +45,8 @@ Beside every TTFT p50/p99: the same requests' wait in the serving replica's
 fair queue, as its response header `x-serving-admission-ms` states it (server
 side, 0 when admitted at once), and their TTFT less that wait (the rest: the
 engine, the network, and the client's own event loop on this machine's cores).
+The flood and the batch class send from a client process of their own
+(`run_split`), the measured tenants from this one.
 
 Percentiles are nearest-rank. Prints one table per scenario, then one JSON
 line with every figure (also written to --out if given). With --cluster N
@@ -82,12 +84,12 @@ TPM_MAX_TOKENS = 50
 TPM_MAX_ONGOING, TPM_MAX_QUEUED = 8, 16
 
 
-def engine_args(max_ongoing: int) -> dict[str, Any]:
+def engine_args(max_ongoing: int, decode_s_per_token: float = 0.02) -> dict[str, Any]:
     return {
         "max_model_len": 2048,
         "ttft_base_s": 0.02,
         "prefill_s_per_token": 0.0002,
-        "decode_s_per_token": 0.02,
+        "decode_s_per_token": decode_s_per_token,
         "decode_batch_slowdown": 0.02,
         "max_num_seqs": max_ongoing,  # the engine's batch is the fair queue's running limit
     }
@@ -121,7 +123,7 @@ def app_config(
     model = sim_model("prefix_aware", keys.dir, args.replicas)  # request placement reads its router_* settings
     model.pop("env", None)
     model["engine"] = "simulator"
-    model["engine_args"] = engine_args(max_ongoing)
+    model["engine_args"] = engine_args(max_ongoing, args.decode_s_per_token)
     model["deployment"].update(
         max_ongoing_requests=max_ongoing,
         max_queued_requests=max_queued,
@@ -272,9 +274,12 @@ async def one_request(client, key: str, g: Group, text: str, t0: float, timeout_
     return done
 
 
-async def run_phase(urls: list[str], keys: Keys, groups: list[Group], until_s: float, args) -> list[Done]:
+async def run_phase(
+    urls: list[str], keys: Keys, groups: list[Group], until_s: float, args, start_at: float | None = None
+) -> list[Done]:
     """Every group's clients, each spread over the URLs (one pool per URL), sending until `until_s`;
-    requests in flight then may end within --drain-s, the rest are cancelled (not counted)."""
+    requests in flight then may end within --drain-s, the rest are cancelled (not counted).
+    `start_at`: the wall-clock time (time.time()) to begin at, shared with a load process (`run_split`)."""
     import httpx
 
     slots = []
@@ -292,6 +297,8 @@ async def run_phase(urls: list[str], keys: Keys, groups: list[Group], until_s: f
             clients.append(
                 await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits))
             )
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
         t0 = time.perf_counter()
         deadline = t0 + until_s
 
@@ -317,6 +324,38 @@ async def run_phase(urls: list[str], keys: Keys, groups: list[Group], until_s: f
             if t.exception() is not None:
                 raise t.exception()  # a bug of ours, not the server's
     return results
+
+
+def _load_process(urls: list[str], keys: Keys, groups: list[Group], until_s: float, args, start_at: float, out) -> None:
+    out.send(asyncio.run(run_phase(urls, keys, groups, until_s, args, start_at)))
+    out.close()
+
+
+def run_split(
+    urls: list[str], keys: Keys, load: list[Group], measured: list[Group], until_s: float, args
+) -> list[Done]:
+    """`run_phase` with the load (a flood, a batch class) in a client process of its own, and the measured
+    groups in this one, from the same moment. In one process, the load's hundreds of streams kept that
+    process's event loop busy (a whole core, measured), and the measured clients' first chunks waited in
+    it: their TTFT then measured our client, not the server. Two processes, as two clients would be."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    start_at = time.time() + args.spawn_s  # the load process imports and connects before then
+    child = ctx.Process(target=_load_process, args=(urls, keys, load, until_s, args, start_at, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        measured_done = asyncio.run(run_phase(urls, keys, measured, until_s, args, start_at))
+        if not receive.poll(until_s + args.drain_s + args.spawn_s + 30):
+            raise RuntimeError("the load process sent no results")
+        load_done: list[Done] = receive.recv()
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    return load_done + measured_done
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -510,8 +549,8 @@ def scenario_flood(stack, args, keys: Keys) -> dict[str, Any]:
         print("[flood] victims alone", flush=True)
         alone = asyncio.run(run_phase(urls, keys, victims(), phase, args))
         print(f"[flood] victims with {flood_streams} flood streams", flush=True)
-        flooded = asyncio.run(
-            run_phase(urls, keys, [Group("flood", flood_streams, max_tokens=mt), *victims(ramp)], ramp + phase, args)
+        flooded = run_split(
+            urls, keys, [Group("flood", flood_streams, max_tokens=mt)], victims(ramp), ramp + phase, args
         )
         fairness = {}
         for name, counts in (
@@ -601,11 +640,14 @@ def scenario_priority(stack, args, keys: Keys) -> dict[str, Any]:
         print("[priority] online alone", flush=True)
         alone = asyncio.run(run_phase(urls, keys, [Group("online", online_streams, max_tokens=mt)], args.phase_s, args))
         print(f"[priority] online with {batch_streams} batch streams", flush=True)
-        groups = [
-            Group("batch", batch_streams, max_tokens=mt),
-            Group("online", online_streams, max_tokens=mt, start_s=args.ramp_s),
-        ]
-        mixed = asyncio.run(run_phase(urls, keys, groups, args.ramp_s + args.phase_s, args))
+        mixed = run_split(
+            urls,
+            keys,
+            [Group("batch", batch_streams, max_tokens=mt)],
+            [Group("online", online_streams, max_tokens=mt, start_s=args.ramp_s)],
+            args.ramp_s + args.phase_s,
+            args,
+        )
     online_mixed = [d for d in mixed if d.tenant == "online"]
     batch = [d for d in mixed if d.tenant == "batch"]
     out = {
@@ -714,6 +756,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-s", type=float, default=5, help="fairness runs: seconds before the throughput window")
     p.add_argument("--warmup-s", type=float, default=3, help="unmeasured requests of every tenant after each deploy")
     p.add_argument("--drain-s", type=float, default=20, help="how long requests in flight at a phase's end may finish")
+    p.add_argument(
+        "--decode-s-per-token",
+        type=float,
+        default=0.02,
+        help="the simulated engine's time per output token (at batch 1); longer: fewer chunks per second for"
+        " the same places taken, so the 2 cores' client and replicas keep up with a saturated queue",
+    )
+    p.add_argument(
+        "--spawn-s", type=float, default=5, help="time given to the load's client process to start (flood, priority)"
+    )
     p.add_argument("--max-retry-after-s", type=float, default=5, help="the longest Retry-After a client honours")
     p.add_argument("--timeout-s", type=float, default=120, help="client timeout per request")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")

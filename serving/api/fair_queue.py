@@ -26,7 +26,8 @@ replica:
   only if as many stay free as the others are owed (each its share, no more
   than its recent demand, less what it runs) and at least `reserve` (an
   eighth of the places, at least one). A higher class is owed its whole
-  recent demand, by every tenant of a lower class, under its share or not. So a light tenant's requests start at
+  recent demand (its peak over `DEMAND_S`), by every tenant of a lower
+  class, under its share or not. So a light tenant's requests start at
   once while another floods, instead of after one of the flood's ends: the
   engine cannot preempt for us, so free places are the only way to start at
   once (loadtests/PERFORMANCE.md, "Tenants", measured before and after). It
@@ -54,7 +55,13 @@ from serving.errors import OverloadedError
 
 RESERVE_FRACTION = 0.125  # of max_running (at least 1 place when max_running >= 2): see the module docstring
 ACTIVE_S = 30.0  # a tenant stays active this long after its last request arrived or ended
-DEMAND_S = 2.0  # a tenant's recent demand (places held for it) is its peak over about this long
+# A tenant's recent demand (places held for it) is its peak over about this long. Its spikes above its mean are
+# what would wait (a place frees about every request's time / max_running), and a tenant's next request may land
+# on another replica: over 2 s, a light tenant of the tenant bench (2 streams over 4 replicas of 16 places, a
+# flood beside it) and the high class (16 streams, batch shed) each waited up to about 1 s here at p99, the rest
+# of their TTFT as unloaded (loadtests/PERFORMANCE.md, "Tenants").
+DEMAND_S = 10.0
+LOOK_AGAIN_S = 1.0  # while places are held with requests waiting: how often to check the demand held ran out
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +215,10 @@ class FairQueue:
         total = flow.weight + sum(f.weight for f in others)
         higher = peers = 0
         for f in others:
-            demand = self._demand(f, now)
             if f.priority > flow.priority:
-                higher += max(0, demand - f.running)
+                higher += max(0, self._demand(f, now) - f.running)
             else:
+                demand = self._demand(f, now)
                 peers += max(0, min(math.ceil(self.max_running * f.weight / total), demand) - f.running)
         cap = self.max_running // 2  # never more than half the places held idle for others
         if flow.running < self.max_running * flow.weight / total:
@@ -285,7 +292,7 @@ class FairQueue:
                 # The places left are held for others. Held demand runs out with time, which no arrival or
                 # end may come to notice (a quiet replica): look again then.
                 if self._later is None:
-                    self._later = asyncio.get_running_loop().call_later(DEMAND_S / 2, self._look_again)
+                    self._later = asyncio.get_running_loop().call_later(LOOK_AGAIN_S, self._look_again)
                 return
             _, _, _, name = min(heads)  # few: one per tenant with requests waiting
             ticket = self._flows[name].waiting.popleft()
