@@ -389,6 +389,8 @@ def ttft_stats(done: list[Done]) -> dict[str, Any]:
         "p99_s": nearest_rank(ttfts, 99),
         "status": status_counts(done),
         "admission_n": len(waits),  # of n: responses that stated their wait (x-serving-admission-ms)
+        # the requests that waited 50 ms or more in our queue: (sent, s since the phase's start; wait, ms)
+        "waited": sorted((round(d.sent, 2), d.admission_ms) for d in timed if (d.admission_ms or 0) >= 50),
         "admission_p50_s": nearest_rank(waits, 50),
         "admission_p99_s": nearest_rank(waits, 99),
         "ttft_less_admission_p50_s": nearest_rank(rest, 50),

@@ -26,8 +26,9 @@ replica:
   only if as many stay free as the others are owed (each its share, no more
   than its recent demand, less what it runs) and at least `reserve` (an
   eighth of the places, at least one). A higher class is owed its whole
-  recent demand (its peak over `DEMAND_S`), by every tenant of a lower
-  class, under its share or not. So a light tenant's requests start at
+  recent demand (its peak over `HIGHER_DEMAND_S`, as long as it counts as
+  active; a peer's over `DEMAND_S`), by every tenant of a lower class, under
+  its share or not. So a light tenant's requests start at
   once while another floods, instead of after one of the flood's ends: the
   engine cannot preempt for us, so free places are the only way to start at
   once (loadtests/PERFORMANCE.md, "Tenants", measured before and after). It
@@ -61,6 +62,10 @@ ACTIVE_S = 30.0  # a tenant stays active this long after its last request arrive
 # flood beside it) and the high class (16 streams, batch shed) each waited up to about 1 s here at p99, the rest
 # of their TTFT as unloaded (loadtests/PERFORMANCE.md, "Tenants").
 DEMAND_S = 10.0
+# A higher class is owed its peak over as long as it counts as active (ACTIVE_S): after a pause, its first
+# requests found every place taken by the lower class and waited for them to end (8 of the high class's 16
+# streams, 0.46-1.17 s, as they came back 10 s after a 30-s phase in the tenant bench; none after).
+HIGHER_DEMAND_S = ACTIVE_S
 LOOK_AGAIN_S = 1.0  # while places are held with requests waiting: how often to check the demand held ran out
 
 
@@ -120,6 +125,8 @@ class _Flow:
     seen: float = 0.0  # when a request of it last arrived or ended
     peak: int = 0  # its recent demand: the most requests running and waiting here at once (`_demand`)
     peak_at: float = 0.0
+    long_peak: int = 0  # the same over HIGHER_DEMAND_S: what a lower class leaves free for it
+    long_peak_at: float = 0.0
 
 
 class FairQueue:
@@ -159,6 +166,8 @@ class FairQueue:
         demand = flow.running + len(flow.waiting) + 1  # with this one
         if demand >= flow.peak:
             flow.peak, flow.peak_at = demand, flow.seen
+        if demand >= flow.long_peak:
+            flow.long_peak, flow.long_peak_at = demand, flow.seen
         self._arrivals += 1
         if self._arrivals % 256 == 0:  # flows of tenants gone quiet (keys of no tenant may be many)
             for name in list(self._flows):
@@ -216,7 +225,7 @@ class FairQueue:
         higher = peers = 0
         for f in others:
             if f.priority > flow.priority:
-                higher += max(0, self._demand(f, now) - f.running)
+                higher += max(0, self._demand(f, now, higher=True) - f.running)
             else:
                 demand = self._demand(f, now)
                 peers += max(0, min(math.ceil(self.max_running * f.weight / total), demand) - f.running)
@@ -226,9 +235,14 @@ class FairQueue:
         return free - 1 >= max(self.reserve, min(higher + peers, cap))
 
     @staticmethod
-    def _demand(flow: _Flow, now: float) -> int:
-        """The most requests the flow had here at once (running and waiting) over about the last DEMAND_S."""
+    def _demand(flow: _Flow, now: float, higher: bool = False) -> int:
+        """The most requests the flow had here at once (running and waiting) over about the last DEMAND_S, or
+        HIGHER_DEMAND_S when it is of a higher class than the flow asking (what that one leaves free for it)."""
         current = flow.running + len(flow.waiting)
+        if higher:
+            if now - flow.long_peak_at > HIGHER_DEMAND_S or current >= flow.long_peak:
+                flow.long_peak, flow.long_peak_at = current, now
+            return flow.long_peak
         if now - flow.peak_at > DEMAND_S or current >= flow.peak:
             flow.peak, flow.peak_at = current, now
         return flow.peak

@@ -592,6 +592,7 @@ async def test_places_held_for_a_higher_class_go_to_a_lower_one_when_its_demand_
     """Before, nothing looked again once the held demand ran out: on a quiet replica the low requests waited,
     with places free, until something else arrived or ended, or their time ran out."""
     monkeypatch.setattr(fair_queue, "DEMAND_S", 0.2)
+    monkeypatch.setattr(fair_queue, "HIGHER_DEMAND_S", 0.2)
     monkeypatch.setattr(fair_queue, "LOOK_AGAIN_S", 0.1)
     queue = FairQueue(max_running=8, max_queued=None)
     high, low = Flow("h", "h", priority=2), Flow("l", "l", priority=0)
@@ -654,3 +655,19 @@ async def test_a_light_peer_s_spike_stays_held_beside_a_flood():
     assert sum(t.running for t in flooding) == 16 - 5  # light's 1 runs, 4 more stay free for its spike
     again = [queue.arrive(light) for _ in range(4)]
     assert all(t.running for t in again)
+
+
+async def test_a_higher_class_back_after_a_pause_finds_its_places_free():
+    """Online (high) ran 4 at once, paused 15 s (past DEMAND_S, within ACTIVE_S) while batch (low) took the
+    places: its 4 next start at once. Its first requests after a pause waited for batch's to end before."""
+    clock = FakeClock()
+    queue = FairQueue(max_running=16, max_queued=None, clock=clock)
+    online, batch = Flow("online", "online", priority=2), Flow("batch", "batch", priority=0)
+    for t in [queue.arrive(online) for _ in range(4)]:
+        clock.now += 0.1
+        queue.leave(t)
+    clock.now += 15.0
+    flood = [queue.arrive(batch) for _ in range(30)]
+    assert sum(t.running for t in flood) == 16 - 4
+    back = [queue.arrive(online) for _ in range(4)]
+    assert all(t.running for t in back)
