@@ -622,38 +622,28 @@ async def test_a_waiter_whose_client_just_left_is_not_displaced():
     assert queue.queued == 0
 
 
-async def test_a_spike_of_demand_stays_held_for_seconds():
-    """Online (high) ran 5 at once 5 s ago and 2 since: batch (low) leaves 5 places free for it, not 2. With its
-    peak over 2 s, online's next spike waited for batch's requests to end (about a second at p99 in the tenant
-    bench; the same for a light tenant of the same class beside a flood)."""
+@pytest.mark.parametrize(
+    "light, heavy, still_running",
+    [
+        (Flow("online", "online", priority=2), Flow("batch", "batch", priority=0), 2),  # a higher class
+        (Flow("light", "light"), Flow("flood", "flood"), 1),  # a peer: more than the reserve of 2 places
+    ],
+    ids=["higher-class", "peer"],
+)
+async def test_a_spike_of_demand_stays_held_for_seconds(light, heavy, still_running):
+    """A tenant ran 5 at once 5 s ago and fewer since: the one flooding beside it leaves 5 places free for it.
+    With its peak over 2 s, its next spike waited for the flood's requests to end (about a second at p99 in
+    the tenant bench, for the high class beside batch and for a light tenant beside a flood alike)."""
     clock = FakeClock()
     queue = FairQueue(max_running=16, max_queued=None, clock=clock)
-    online, batch = Flow("online", "online", priority=2), Flow("batch", "batch", priority=0)
-    spike = [queue.arrive(online) for _ in range(5)]
-    clock.now += 0.5
-    for t in spike[2:]:
-        queue.leave(t)
-    clock.now += 5.0
-    flood = [queue.arrive(batch) for _ in range(30)]
-    assert sum(t.running for t in flood) == 16 - 5  # online's 2 run, 3 more stay free for its spike
-    again = [queue.arrive(online) for _ in range(3)]
-    assert all(t.running for t in again)
-
-
-async def test_a_light_peer_s_spike_stays_held_beside_a_flood():
-    """The same within a class: a light tenant's 5 at once 5 s ago stay free for it while another floods (more
-    than the reserve of 2 places that any tenant under its share may use)."""
-    clock = FakeClock()
-    queue = FairQueue(max_running=16, max_queued=None, clock=clock)
-    light, flood = Flow("light", "light"), Flow("flood", "flood")
     spike = [queue.arrive(light) for _ in range(5)]
     clock.now += 0.5
-    for t in spike[1:]:
+    for t in spike[still_running:]:
         queue.leave(t)
     clock.now += 5.0
-    flooding = [queue.arrive(flood) for _ in range(30)]
-    assert sum(t.running for t in flooding) == 16 - 5  # light's 1 runs, 4 more stay free for its spike
-    again = [queue.arrive(light) for _ in range(4)]
+    flood = [queue.arrive(heavy) for _ in range(30)]
+    assert sum(t.running for t in flood) == 16 - 5  # the light one's few run, the rest of its 5 stay free
+    again = [queue.arrive(light) for _ in range(5 - still_running)]
     assert all(t.running for t in again)
 
 
