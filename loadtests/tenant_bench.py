@@ -327,7 +327,8 @@ async def run_phase(
 
 
 def _load_process(urls: list[str], keys: Keys, groups: list[Group], until_s: float, args, start_at: float, out) -> None:
-    out.send(asyncio.run(run_phase(urls, keys, groups, until_s, args, start_at)))
+    late = time.time() - start_at  # > 0: it could not start with the measured groups
+    out.send((late, asyncio.run(run_phase(urls, keys, groups, until_s, args, start_at))))
     out.close()
 
 
@@ -350,7 +351,12 @@ def run_split(
         measured_done = asyncio.run(run_phase(urls, keys, measured, until_s, args, start_at))
         if not receive.poll(until_s + args.drain_s + args.spawn_s + 30):
             raise RuntimeError("the load process sent no results")
-        load_done: list[Done] = receive.recv()
+        try:
+            late, load_done = receive.recv()
+        except EOFError:
+            raise RuntimeError(f"the load process ended without results (exit code {child.exitcode})") from None
+        if late > 0:
+            print(f"  warning: the load process started {late:.1f} s late (raise --spawn-s)", flush=True)
     finally:
         child.join(timeout=10)
         if child.is_alive():

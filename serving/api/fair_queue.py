@@ -116,6 +116,27 @@ class Ticket:
 
 
 @dataclass(slots=True)
+class _Peak:
+    """The most of a count over about the last `window` seconds (at least half of it, at most all of it): the
+    larger of two half-window buckets' maxima. A peak seen earlier in the window is kept until it is that old
+    (a single "peak since it was set" fell to the count of the moment when it expired, and an early spike then
+    hid the smaller demand that followed it)."""
+
+    high: int = 0  # this bucket's maximum
+    start: float = -math.inf  # when this bucket began
+    before: int = 0  # the previous bucket's maximum
+
+    def observe(self, value: int, now: float, window: float) -> int:
+        """Count `value` now; the peak over about the last `window` seconds."""
+        half = window / 2
+        if now - self.start >= half:
+            self.before = self.high if now - self.start < window else 0
+            self.high, self.start = 0, now
+        self.high = max(self.high, value)
+        return max(self.before, self.high)
+
+
+@dataclass(slots=True)
 class _Flow:
     finish: float = 0.0  # the finish tag of its last request
     waiting: deque[Ticket] = field(default_factory=deque)
@@ -123,10 +144,10 @@ class _Flow:
     weight: float = 1.0
     priority: int = 1
     seen: float = 0.0  # when a request of it last arrived or ended
-    peak: int = 0  # its recent demand: the most requests running and waiting here at once (`_demand`)
-    peak_at: float = 0.0
-    long_peak: int = 0  # the same over HIGHER_DEMAND_S: what a lower class leaves free for it
-    long_peak_at: float = 0.0
+    # its recent demand: the most requests running and waiting here at once (`_demand`), over DEMAND_S, and over
+    # HIGHER_DEMAND_S (what a lower class leaves free for it)
+    recent: _Peak = field(default_factory=lambda: _Peak())
+    held: _Peak = field(default_factory=lambda: _Peak())
 
 
 class FairQueue:
@@ -164,10 +185,8 @@ class FairQueue:
             flow = self._flows[ticket.flow] = _Flow()
         flow.weight, flow.priority, flow.seen = ticket.weight, ticket.priority, self._clock()
         demand = flow.running + len(flow.waiting) + 1  # with this one
-        if demand >= flow.peak:
-            flow.peak, flow.peak_at = demand, flow.seen
-        if demand >= flow.long_peak:
-            flow.long_peak, flow.long_peak_at = demand, flow.seen
+        flow.recent.observe(demand, flow.seen, DEMAND_S)
+        flow.held.observe(demand, flow.seen, HIGHER_DEMAND_S)
         self._arrivals += 1
         if self._arrivals % 256 == 0:  # flows of tenants gone quiet (keys of no tenant may be many)
             for name in list(self._flows):
@@ -240,12 +259,8 @@ class FairQueue:
         HIGHER_DEMAND_S when it is of a higher class than the flow asking (what that one leaves free for it)."""
         current = flow.running + len(flow.waiting)
         if higher:
-            if now - flow.long_peak_at > HIGHER_DEMAND_S or current >= flow.long_peak:
-                flow.long_peak, flow.long_peak_at = current, now
-            return flow.long_peak
-        if now - flow.peak_at > DEMAND_S or current >= flow.peak:
-            flow.peak, flow.peak_at = current, now
-        return flow.peak
+            return flow.held.observe(current, now, HIGHER_DEMAND_S)
+        return flow.recent.observe(current, now, DEMAND_S)
 
     async def wait(self, ticket: Ticket) -> None:
         """Returns once a waiting request may run; raises `OverloadedError` if another took its place.

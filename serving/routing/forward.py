@@ -215,6 +215,14 @@ class _Then:
 Placed = Callable[[str, str], None]  # (model, "local" | "forwarded" | "fallback")
 
 
+def _relay_admission(headers: Any) -> None:
+    """The serving replica's fair-queue wait, stated where the request entered: set once its answer has begun
+    (a forward that fails before then, retried elsewhere or by the fallback, leaves no value behind)."""
+    admission = headers.get(ADMISSION_HEADER)
+    if admission is not None:
+        set_admission_ms(admission)
+
+
 class RoutedBackend:
     """A model's requests, each placed by the scheduler (see the module docstring)."""
 
@@ -321,14 +329,13 @@ class RoutedBackend:
         try:
             if resp.status != 200:
                 raise await _error_of(resp)
-            admission = resp.headers.get(ADMISSION_HEADER)
-            if admission is not None:  # the serving replica's fair-queue wait, stated where the request entered
-                set_admission_ms(admission)
             if resp.content_type == "text/event-stream":
                 stream = await first_then_rest(_events(resp))
+                _relay_admission(resp.headers)
                 return ended_cleanly(stream, self.model_id, self.relays, source="forwarded replica")
             body = await resp.read()
             resp.release()
+            _relay_admission(resp.headers)
             parts = [body[i : i + PIECE_BYTES] for i in range(0, len(body), PIECE_BYTES)] or [b""]
             return EncodedBody(parts, int(resp.headers.get(TOTAL_TOKENS_HEADER, "0") or 0))
         except (TimeoutError, aiohttp.ClientError) as exc:

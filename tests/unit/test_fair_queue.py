@@ -661,3 +661,29 @@ async def test_a_higher_class_back_after_a_pause_finds_its_places_free():
     assert sum(t.running for t in flood) == 16 - 4
     back = [queue.arrive(online) for _ in range(4)]
     assert all(t.running for t in back)
+
+
+async def test_an_early_spike_does_not_hide_the_demand_that_followed_it():
+    """Online (high) ran 6 at once at first, then 4 for 25 s, then paused 10 s while batch (low) waited: its 4
+    next start at once. The held peak was the 6, kept since it was set; when it expired, it fell to the count of
+    that moment (0), not to the 4 of the last seconds, and batch took online's places (review of 9402093)."""
+    clock = FakeClock()
+    queue = FairQueue(max_running=16, max_queued=None, clock=clock)
+    online, batch = Flow("online", "online", priority=2), Flow("batch", "batch", priority=0)
+    running = [queue.arrive(online) for _ in range(6)]
+    waiting = [queue.arrive(batch) for _ in range(40)]
+    clock.now += 0.5
+    for t in running[4:]:
+        queue.leave(t)
+    running = running[:4]
+    for _ in range(25):  # 4 at a time: one ends, the next arrives, every second
+        clock.now += 1.0
+        queue.leave(running.pop(0))
+        running.append(queue.arrive(online))
+        assert running[-1].running
+    for t in running:
+        queue.leave(t)
+    clock.now += 10.0  # a pause, within ACTIVE_S
+    queue.leave(next(t for t in waiting if t.running))  # batch's places are looked at again
+    back = [queue.arrive(online) for _ in range(4)]
+    assert all(t.running for t in back)

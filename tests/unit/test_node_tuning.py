@@ -43,7 +43,8 @@ def fake_processes(tmp_path):
             "--gcs-address=10.0.0.1:6379",
         ],
         "controller": ["ray::ServeController"],
-        "engine": ["VLLM::EngineCore", "raylet"],  # an engine is never reniced, whatever else it says
+        # an engine is never reniced, whatever its title says (a title is one argv element, spaces and all)
+        "engine": ["VLLM::EngineCore ServeController runtime_env"],
         "ingress": ["ray::ServeReplica:llm:ingress"],
         "replica": ["ray::ServeReplica:llm:llm-tiny-llama"],
         "other": ["unrelated-job", "--dashboard"],
