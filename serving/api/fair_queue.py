@@ -26,9 +26,8 @@ replica:
   only if as many stay free as the others are owed (each its share, no more
   than its recent demand, less what it runs) and at least `reserve` (an
   eighth of the places, at least one). A higher class is owed its whole
-  recent demand (its peak over `HIGHER_DEMAND_S`, as long as it counts as
-  active; a peer's over `DEMAND_S`), by every tenant of a lower class, under
-  its share or not. So a light tenant's requests start at
+  recent demand (its peak over `DEMAND_S`, as long as it counts as active),
+  by every tenant of a lower class, under its share or not. So a light tenant's requests start at
   once while another floods, instead of after one of the flood's ends: the
   engine cannot preempt for us, so free places are the only way to start at
   once (loadtests/PERFORMANCE.md, "Tenants", measured before and after). It
@@ -56,16 +55,13 @@ from serving.errors import OverloadedError
 
 RESERVE_FRACTION = 0.125  # of max_running (at least 1 place when max_running >= 2): see the module docstring
 ACTIVE_S = 30.0  # a tenant stays active this long after its last request arrived or ended
-# A tenant's recent demand (places held for it) is its peak over about this long. Its spikes above its mean are
-# what would wait (a place frees about every request's time / max_running), and a tenant's next request may land
-# on another replica: over 2 s, a light tenant of the tenant bench (2 streams over 4 replicas of 16 places, a
-# flood beside it) and the high class (16 streams, batch shed) each waited up to about 1 s here at p99, the rest
-# of their TTFT as unloaded (loadtests/PERFORMANCE.md, "Tenants").
-DEMAND_S = 10.0
-# A higher class is owed its peak over as long as it counts as active (ACTIVE_S): after a pause, its first
-# requests found every place taken by the lower class and waited for them to end (8 of the high class's 16
-# streams, 0.46-1.17 s, as they came back 10 s after a 30-s phase in the tenant bench; none after).
-HIGHER_DEMAND_S = ACTIVE_S
+# A tenant's recent demand (places held for it) is its peak over about as long as it counts as active. Its
+# spikes above its mean are what would wait (a place frees about every request's time / max_running), a next
+# request may land on another replica, and a tenant back after a pause finds every place taken: with its peak
+# over 2 s, a light tenant beside a flood and the high class beside a shed batch class each waited up to about
+# 1 s at p99 in the tenant bench; over 10 s, still their first requests after a pause; over 30 s, the high
+# class waited for none (loadtests/PERFORMANCE.md, "Where the TTFT tail comes from").
+DEMAND_S = ACTIVE_S
 LOOK_AGAIN_S = 1.0  # while places are held with requests waiting: how often to check the demand held ran out
 
 
@@ -144,10 +140,8 @@ class _Flow:
     weight: float = 1.0
     priority: int = 1
     seen: float = 0.0  # when a request of it last arrived or ended
-    # its recent demand: the most requests running and waiting here at once (`_demand`), over DEMAND_S, and over
-    # HIGHER_DEMAND_S (what a lower class leaves free for it)
+    # its recent demand: the most requests running and waiting here at once over DEMAND_S (`_demand`)
     recent: _Peak = field(default_factory=lambda: _Peak())
-    held: _Peak = field(default_factory=lambda: _Peak())
 
 
 class FairQueue:
@@ -186,7 +180,6 @@ class FairQueue:
         flow.weight, flow.priority, flow.seen = ticket.weight, ticket.priority, self._clock()
         demand = flow.running + len(flow.waiting) + 1  # with this one
         flow.recent.observe(demand, flow.seen, DEMAND_S)
-        flow.held.observe(demand, flow.seen, HIGHER_DEMAND_S)
         self._arrivals += 1
         if self._arrivals % 256 == 0:  # flows of tenants gone quiet (keys of no tenant may be many)
             for name in list(self._flows):
@@ -244,7 +237,7 @@ class FairQueue:
         higher = peers = 0
         for f in others:
             if f.priority > flow.priority:
-                higher += max(0, self._demand(f, now, higher=True) - f.running)
+                higher += max(0, self._demand(f, now) - f.running)
             else:
                 demand = self._demand(f, now)
                 peers += max(0, min(math.ceil(self.max_running * f.weight / total), demand) - f.running)
@@ -254,13 +247,9 @@ class FairQueue:
         return free - 1 >= max(self.reserve, min(higher + peers, cap))
 
     @staticmethod
-    def _demand(flow: _Flow, now: float, higher: bool = False) -> int:
-        """The most requests the flow had here at once (running and waiting) over about the last DEMAND_S, or
-        HIGHER_DEMAND_S when it is of a higher class than the flow asking (what that one leaves free for it)."""
-        current = flow.running + len(flow.waiting)
-        if higher:
-            return flow.held.observe(current, now, HIGHER_DEMAND_S)
-        return flow.recent.observe(current, now, DEMAND_S)
+    def _demand(flow: _Flow, now: float) -> int:
+        """The most requests the flow had here at once (running and waiting) over about the last DEMAND_S."""
+        return flow.recent.observe(flow.running + len(flow.waiting), now, DEMAND_S)
 
     async def wait(self, ticket: Ticket) -> None:
         """Returns once a waiting request may run; raises `OverloadedError` if another took its place.

@@ -592,7 +592,6 @@ async def test_places_held_for_a_higher_class_go_to_a_lower_one_when_its_demand_
     """Before, nothing looked again once the held demand ran out: on a quiet replica the low requests waited,
     with places free, until something else arrived or ended, or their time ran out."""
     monkeypatch.setattr(fair_queue, "DEMAND_S", 0.2)
-    monkeypatch.setattr(fair_queue, "HIGHER_DEMAND_S", 0.2)
     monkeypatch.setattr(fair_queue, "LOOK_AGAIN_S", 0.1)
     queue = FairQueue(max_running=8, max_queued=None)
     high, low = Flow("h", "h", priority=2), Flow("l", "l", priority=0)
@@ -647,19 +646,28 @@ async def test_a_spike_of_demand_stays_held_for_seconds(light, heavy, still_runn
     assert all(t.running for t in again)
 
 
-async def test_a_higher_class_back_after_a_pause_finds_its_places_free():
-    """Online (high) ran 4 at once, paused 15 s (past DEMAND_S, within ACTIVE_S) while batch (low) took the
-    places: its 4 next start at once. Its first requests after a pause waited for batch's to end before."""
+@pytest.mark.parametrize(
+    "light, heavy",
+    [
+        (Flow("online", "online", priority=2), Flow("batch", "batch", priority=0)),  # a higher class
+        (Flow("light", "light"), Flow("flood", "flood")),  # a peer
+    ],
+    ids=["higher-class", "peer"],
+)
+async def test_a_tenant_back_after_a_pause_finds_its_places_free(light, heavy):
+    """A tenant ran 4 at once, paused 15 s (within ACTIVE_S) while another took the places: its 4 next start at
+    once. Its first requests after a pause waited for the other's to end before (the tenant bench: the high
+    class's first 8 after its 10-s pause, 0.46-1.17 s, with its peak held over 2 s or 10 s; a victim's 2 beside
+    a flood, 0.84 s, over 10 s)."""
     clock = FakeClock()
     queue = FairQueue(max_running=16, max_queued=None, clock=clock)
-    online, batch = Flow("online", "online", priority=2), Flow("batch", "batch", priority=0)
-    for t in [queue.arrive(online) for _ in range(4)]:
+    for t in [queue.arrive(light) for _ in range(4)]:
         clock.now += 0.1
         queue.leave(t)
     clock.now += 15.0
-    flood = [queue.arrive(batch) for _ in range(30)]
-    assert sum(t.running for t in flood) == 16 - 4
-    back = [queue.arrive(online) for _ in range(4)]
+    flood = [queue.arrive(heavy) for _ in range(30)]
+    assert sum(t.running for t in flood) <= 16 - 4
+    back = [queue.arrive(light) for _ in range(4)]
     assert all(t.running for t in back)
 
 
