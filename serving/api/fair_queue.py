@@ -236,10 +236,10 @@ class FairQueue:
         total = flow.weight + sum(f.weight for f in others)
         higher = peers = 0
         for f in others:
+            demand = self._demand(f, now)
             if f.priority > flow.priority:
-                higher += max(0, self._demand(f, now) - f.running)
+                higher += max(0, demand - f.running)
             else:
-                demand = self._demand(f, now)
                 peers += max(0, min(math.ceil(self.max_running * f.weight / total), demand) - f.running)
         cap = self.max_running // 2  # never more than half the places held idle for others
         if flow.running < self.max_running * flow.weight / total:

@@ -430,24 +430,22 @@ class OpenAIServing:
             self.metrics.admission_waited(self.model_id, flow.tenant, 0.0)
             raise
         self.load.add(1)  # waiting here counts as load: the routing sees it
-        if ticket.running:
-            self.metrics.admission_waited(self.model_id, flow.tenant, 0.0)
-            set_admission_ms("0.0")
-            return ticket, 0.0
-        try:
-            # asyncio.timeout, not wait_for: wait_for may swallow a cancellation (the client left) that
-            # comes as the ticket is dispatched, and the request would then run for nobody.
-            async with asyncio.timeout(self.timeout_s):
-                await queue.wait(ticket)
-        except BaseException as exc:
-            self.load.add(-1)
-            self.metrics.admission_waited(self.model_id, flow.tenant, time.perf_counter() - arrived)
-            if isinstance(exc, TimeoutError):
-                raise RequestTimeoutError(
-                    f"The request waited {self.timeout_s:g}s for the model '{self.model_id}' and was cancelled."
-                ) from None
-            raise
-        waited = time.perf_counter() - arrived
+        waited = 0.0  # placed at once
+        if not ticket.running:
+            try:
+                # asyncio.timeout, not wait_for: wait_for may swallow a cancellation (the client left) that
+                # comes as the ticket is dispatched, and the request would then run for nobody.
+                async with asyncio.timeout(self.timeout_s):
+                    await queue.wait(ticket)
+            except BaseException as exc:
+                self.load.add(-1)
+                self.metrics.admission_waited(self.model_id, flow.tenant, time.perf_counter() - arrived)
+                if isinstance(exc, TimeoutError):
+                    raise RequestTimeoutError(
+                        f"The request waited {self.timeout_s:g}s for the model '{self.model_id}' and was cancelled."
+                    ) from None
+                raise
+            waited = time.perf_counter() - arrived
         self.metrics.admission_waited(self.model_id, flow.tenant, waited)
         set_admission_ms(f"{waited * 1000:.1f}")
         return ticket, waited
