@@ -511,13 +511,30 @@ class LimitsConfig(Strict):
     )
 
 
+class TracingConfig(Strict):
+    """OpenTelemetry tracing (off by default): spans exported over OTLP, W3C `traceparent` accepted."""
+
+    enabled: bool = False
+    endpoint: str = Field(
+        "http://127.0.0.1:4317",
+        min_length=1,
+        description="the OTLP collector: http(s)://host:port (gRPC, port 4317) or .../v1/traces (HTTP/protobuf)",
+    )
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    service_name: str = Field("serving", min_length=1, max_length=100)
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of new traces sampled; a caller's sampled `traceparent` is always kept"
+    )
+
+
 class ObservabilityConfig(Strict):
-    """Request logs (metrics are always on: they cost one observation per request)."""
+    """Request logs and tracing (metrics are always on: they cost one observation per request)."""
 
     access_log: Literal["file", "stderr", "off"] = "file"
     log_prompts: bool = Field(
         False, description="Put prompt text in the request log lines (off: prompts are user data)."
     )
+    tracing: TracingConfig = TracingConfig()
 
 
 class AppConfig(Strict):
