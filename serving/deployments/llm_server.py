@@ -212,7 +212,12 @@ class LLMServer:
         loop = asyncio.get_running_loop()
         self._stats_task = loop.create_task(
             export_engine_stats(
-                self.metrics, self.cfg.id, self._engine_stats, lambda: self.serving.in_flight, self._background_stop
+                self.metrics,
+                self.cfg.id,
+                self._engine_stats,
+                lambda: self.serving.in_flight,
+                self._background_stop,
+                host=ingress_cfg.host,  # vLLM's own metrics: the node's port (serving/deployments/engine_metrics.py)
             )
         )
         threshold = self.cfg.colocate_engine_core_at

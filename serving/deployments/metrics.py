@@ -3,6 +3,10 @@
 Ray exports these on every node's Prometheus endpoint (names in `METRIC_NAMES`).
 The Ray metric objects are created lazily in the process that records, so a
 `RayMetrics` made at build time can be pickled into a replica.
+
+vLLM's own metrics do not go through Ray (its names would lose their `vllm:`):
+`export_engine_stats` also starts the replica's part of `engine_metrics`, which
+serves them under their own names.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from typing import Any, Callable
 
 from ray.util import metrics as ray_metrics
 
+from serving.deployments import engine_metrics
 from serving.observability.metrics import (
     ADMISSION_BUCKETS,
     E2E_BUCKETS,
     ENGINE_GAUGES,
     ENGINE_STATS_INTERVAL_S,
     ITL_BUCKETS,
+    LORA_COUNTERS,
     QUEUE_BUCKETS,
     TTFT_BUCKETS,
     GenerationDone,
@@ -47,9 +53,17 @@ class _RayInstruments:
             boundaries=TTFT_BUCKETS,
             tag_keys=("model",),
         )
-        self.itl = ray_metrics.Histogram(
+        self.tpot = ray_metrics.Histogram(
+            "serving_tpot_seconds",
+            description="Time per output token: each request's mean gap between its output tokens, observed once "
+            "per request (per token: vLLM's vllm:inter_token_latency_seconds).",
+            boundaries=ITL_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.itl_deprecated = ray_metrics.Histogram(
             "serving_itl_seconds",
-            description="Inter-token latency: each request's mean gap per output token.",
+            description="Deprecated: ray_serving_tpot_seconds under its former name (each request's mean gap per "
+            "output token); removed in the next release.",
             boundaries=ITL_BUCKETS,
             tag_keys=("model",),
         )
@@ -99,9 +113,24 @@ class _RayInstruments:
             )
             for stat in ENGINE_GAUGES
         }
+        self.kv_cache_usage = ray_metrics.Gauge(
+            "serving_engine_kv_cache_usage_ratio",
+            description="The engine's KV-cache use (0-1), per replica.",
+            tag_keys=("model", "replica"),
+        )
+        self.lora = {
+            stat: ray_metrics.Counter(
+                f"serving_lora_{stat}",
+                description=f"LoRA adapter {stat} since the replica started (models[].lora).",
+                tag_keys=("model", "replica"),
+            )
+            for stat in LORA_COUNTERS
+        }
 
 
 _instruments: _RayInstruments | None = None
+# (model, replica, stat) -> the engine's last cumulative count, which the counters were raised to.
+_counted: dict[tuple[str, str, str], float] = {}
 
 
 def _ray() -> _RayInstruments:
@@ -134,7 +163,8 @@ class RayMetrics(Metrics):
         if done.ttft is not None:
             m.ttft.observe(done.ttft, tags=tags)
         if done.itl is not None:
-            m.itl.observe(done.itl, tags=tags)
+            m.tpot.observe(done.itl, tags=tags)
+            m.itl_deprecated.observe(done.itl, tags=tags)
         m.e2e.observe(done.e2e, tags=tags)
         if done.queue_wait is not None:
             m.queue_wait.observe(done.queue_wait, tags=tags)
@@ -150,7 +180,23 @@ class RayMetrics(Metrics):
         for stat, gauge in m.engine.items():
             if stat in stats:
                 gauge.set(stats[stat], tags=tags)
+        if "kv_cache_usage" in stats:
+            m.kv_cache_usage.set(stats["kv_cache_usage"], tags=tags)
+        for stat, counter in m.lora.items():
+            value = stats.get(f"lora_{stat}")
+            if value is None:
+                continue
+            increase = counted_increase((model, replica, stat), value)
+            if increase:
+                counter.inc(increase, tags=tags)
         m.in_flight.set(in_flight, tags=tags)
+
+
+def counted_increase(key: tuple[str, str, str], value: float) -> float:
+    """What a cumulative count rose by since the last snapshot (all of it the first time, or after a reset)."""
+    last = _counted.get(key, 0.0)
+    _counted[key] = value
+    return value - last if value >= last else value
 
 
 def replica_tag() -> str:
@@ -168,15 +214,40 @@ async def export_engine_stats(
     stats: Callable[[], Any],
     in_flight: Callable[[], int],
     stop: asyncio.Event,
+    host: str | None = None,
 ) -> None:
-    """Refresh the per-replica gauges from the engine's own counters until `stop` is set."""
+    """Refresh the per-replica gauges from the engine's own counters until `stop` is set.
+
+    With `host` (where the node's engine-metrics port listens), a replica whose engine
+    records vLLM's metrics also serves them (`engine_metrics`) for as long.
+    """
     replica = replica_tag()
-    while not stop.is_set():
-        try:
-            metrics.engine_stats(model_id, replica, await stats(), in_flight())
-        except Exception:  # metrics must never take a replica down
-            logger.debug("engine stats export failed", exc_info=True)
-        try:
-            await asyncio.wait_for(stop.wait(), ENGINE_STATS_INTERVAL_S)
-        except TimeoutError:
-            pass
+    export = start_engine_metrics(replica, model_id, host) if host is not None else None
+    try:
+        while not stop.is_set():
+            try:
+                metrics.engine_stats(model_id, replica, await stats(), in_flight())
+            except Exception:  # metrics must never take a replica down
+                logger.debug("engine stats export failed", exc_info=True)
+            try:
+                await asyncio.wait_for(stop.wait(), ENGINE_STATS_INTERVAL_S)
+            except TimeoutError:
+                pass
+    finally:
+        if export is not None:
+            export.stop()
+
+
+def start_engine_metrics(replica: str, model_id: str, host: str) -> engine_metrics.EngineMetricsExport | None:
+    """This replica's part of the node's vLLM metrics endpoint, when vLLM runs here and the port is on."""
+    try:
+        port = engine_metrics.node_port()
+        if port <= 0 or not engine_metrics.has_families():
+            return None
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+        return engine_metrics.EngineMetricsExport(replica, model_id, node_id, host, port)
+    except Exception:  # metrics must never take a replica down
+        logger.warning("vLLM's metrics are not exported from this replica", exc_info=True)
+        return None

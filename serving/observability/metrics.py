@@ -6,9 +6,16 @@ handed to them (`build_api(..., metrics=)`, `OpenAIServing(..., metrics=)`);
 deployments inject `serving.deployments.metrics.RayMetrics`, which exports
 through Ray's metrics API to every node's Prometheus endpoint.
 
-Cost: every observation is per request, never per token (ITL is observed once
-per request as its mean gap), and the engine gauges are refreshed by one
-background task per replica every `ENGINE_STATS_INTERVAL_S`.
+Cost: every observation is per request, never per token (TPOT, a request's mean
+gap per output token, is observed once per request; the per-token inter-token
+latency histogram is vLLM's own, `vllm:inter_token_latency_seconds`, exported
+from the replicas by `serving/deployments/engine_metrics.py`), and the engine
+gauges are refreshed by one background task per replica every
+`ENGINE_STATS_INTERVAL_S`.
+
+Names follow Prometheus' conventions: counters end in `_total`, a ratio in
+`_ratio`, cumulative engine counts are counters. The names they replace are
+still exported for a release (`DEPRECATED_NAMES`) and then removed.
 
 Rejections and failures are labelled by the error's stable `reason`
 (`serving.errors`), never by its class name.
@@ -38,7 +45,7 @@ METRIC_NAMES = {
     "requests": "ray_serving_requests_total",
     "rejections": "ray_serving_rejections_total",
     "ttft": "ray_serving_ttft_seconds",
-    "itl": "ray_serving_itl_seconds",
+    "tpot": "ray_serving_tpot_seconds",
     "e2e": "ray_serving_e2e_latency_seconds",
     "queue_wait": "ray_serving_queue_wait_seconds",
     "admission_wait": "ray_serving_admission_wait_seconds",
@@ -47,7 +54,24 @@ METRIC_NAMES = {
     "routed": "ray_serving_routed_requests_total",
     "in_flight": "ray_serving_in_flight",
     "engine": "ray_serving_engine_{stat}",
+    "kv_cache_usage": "ray_serving_engine_kv_cache_usage_ratio",
+    "lora": "ray_serving_lora_{stat}_total",
 }
+
+# The names of 0.x, exported beside their replacements until the next release (docs/observability.md).
+DEPRECATED_NAMES = {
+    "ray_serving_itl_seconds": "ray_serving_tpot_seconds (per request); per token: vllm:inter_token_latency_seconds",
+    "ray_serving_engine_kv_cache_usage": "ray_serving_engine_kv_cache_usage_ratio",
+    "ray_serving_engine_prefix_cache_queries": "vllm:prefix_cache_queries_total",
+    "ray_serving_engine_prefix_cache_hits": "vllm:prefix_cache_hits_total",
+    "ray_serving_engine_lora_loads": "ray_serving_lora_loads_total",
+    "ray_serving_engine_lora_hits": "ray_serving_lora_hits_total",
+    "ray_serving_engine_lora_evictions": "ray_serving_lora_evictions_total",
+    "ray_serving_engine_lora_failures": "ray_serving_lora_failures_total",
+}
+
+# The engine's cumulative LoRA counts (since the replica started), exported as counters.
+LORA_COUNTERS = ("loads", "hits", "evictions", "failures")
 
 ENGINE_GAUGES = (
     "running",
@@ -70,7 +94,7 @@ class GenerationDone:
 
     model: str
     ttft: float | None
-    itl: float | None  # the request's mean gap per output token
+    itl: float | None  # the request's mean gap per output token (exported as TPOT)
     e2e: float
     queue_wait: float | None
     prompt_tokens: int

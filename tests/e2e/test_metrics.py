@@ -70,6 +70,7 @@ def test_request_metrics_count_what_was_sent(dev_server):
             total(s, METRIC_NAMES["ttft"] + "_count"),
             total(s, METRIC_NAMES["completion_tokens"]),
             total(s, METRIC_NAMES["rejections"]),
+            total(s, METRIC_NAMES["tpot"] + "_count"),
         )
 
     before = settled(dev_server, counters)
@@ -79,6 +80,8 @@ def test_request_metrics_count_what_was_sent(dev_server):
     base_ttft = total(before, METRIC_NAMES["ttft"] + "_count", model=MODEL)
     base_tokens = total(before, METRIC_NAMES["completion_tokens"], model=MODEL)
     base_auth = total(before, METRIC_NAMES["rejections"], reason="auth")
+    base_tpot = total(before, METRIC_NAMES["tpot"] + "_count", model=MODEL)
+    base_itl = total(before, "ray_serving_itl_seconds_count", model=MODEL)
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "ignore_eos": True}
     for _i in range(3):
@@ -98,6 +101,7 @@ def test_request_metrics_count_what_was_sent(dev_server):
             total(s, req_name, model=MODEL, route=route, status="200") >= base_ok + 5
             and total(s, METRIC_NAMES["ttft"] + "_count", model=MODEL) >= base_ttft + 5
             and total(s, METRIC_NAMES["rejections"], reason="auth") >= base_auth + 1
+            and total(s, METRIC_NAMES["tpot"] + "_count", model=MODEL) >= base_tpot + 5
         )
 
     after = wait_for(dev_server, arrived)
@@ -106,18 +110,24 @@ def test_request_metrics_count_what_was_sent(dev_server):
     assert not any(lab.get("model") == "nope" for lab, _ in after.get(req_name, []))
     assert total(after, METRIC_NAMES["rejections"], reason="auth") - base_auth == 1
     assert total(after, METRIC_NAMES["ttft"] + "_count", model=MODEL) - base_ttft == 5
+    # TPOT: one value per request (of more than one token), under its new name and, for a release, its old one
+    assert total(after, METRIC_NAMES["tpot"] + "_count", model=MODEL) - base_tpot == 5
+    assert total(after, "ray_serving_itl_seconds_count", model=MODEL) - base_itl == 5
     assert total(after, METRIC_NAMES["completion_tokens"], model=MODEL) - base_tokens == 25
     # histogram buckets are cumulative and end with +Inf == count
     buckets = [(lab, v) for lab, v in after[METRIC_NAMES["ttft"] + "_bucket"] if lab.get("model") == MODEL]
     inf = sum(v for lab, v in buckets if lab["le"] == "+Inf")
     assert inf == total(after, METRIC_NAMES["ttft"] + "_count", model=MODEL)
-    # engine gauges are exported per replica
+    # engine gauges are exported per replica (the KV cache's as a ratio, and for a release under its old name)
+    kv = after.get(METRIC_NAMES["kv_cache_usage"])
+    assert kv and all(lab.get("replica") and 0 <= v <= 1 for lab, v in kv)
     assert after.get(METRIC_NAMES["engine"].format(stat="kv_cache_usage"))
     assert any(lab.get("replica") for lab, _ in after[METRIC_NAMES["in_flight"]])
 
 
 def test_dashboard_queries_name_exported_metrics(dev_server):
-    """Every metric a dashboard query names is exported by the running stack."""
+    """Every metric of Ray's endpoints a dashboard query names is exported by the running stack (vLLM's own,
+    `vllm:*`, come from the node's engine-metrics port: tests/e2e/test_prometheus.py)."""
     # make sure the proxy path and the e2e histograms have samples too
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     httpx.post(f"{PROXY_URL}/v1/chat/completions", json=body, headers=AUTH, timeout=30)

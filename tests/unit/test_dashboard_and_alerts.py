@@ -79,7 +79,7 @@ def test_a_legend_names_only_labels_its_query_keeps():
 
 
 def test_quantile_lines_say_their_quantile():
-    for panel, target in targets():
+    for _panel, target in targets():
         match = re.match(r"histogram_quantile\(([0-9.]+),", target["expr"])
         if match:
             assert f"p{round(float(match.group(1)) * 100)}" in target["legendFormat"], target
@@ -88,7 +88,9 @@ def test_quantile_lines_say_their_quantile():
 def test_client_and_server_errors_are_apart():
     status_filters = [re.findall(r'status=~"(\d)\.\."', t["expr"]) for _, t in targets()]
     assert all(len(set(f)) <= 1 for f in status_filters)
-    panels = {p["title"]: {f for t in p["targets"] for f in re.findall(r'status=~"(\d)\.\."', t["expr"])} for p in PANELS}
+    panels = {
+        p["title"]: {f for t in p["targets"] for f in re.findall(r'status=~"(\d)\.\."', t["expr"])} for p in PANELS
+    }
     assert any(f == {"4"} for f in panels.values()) and any(f == {"5"} for f in panels.values())
     assert not any('status!="200"' in t["expr"] for _, t in targets())
 
