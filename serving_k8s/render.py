@@ -1,10 +1,17 @@
-"""Render KubeRay RayService manifests from a Serve config file in configs/.
+"""Render KubeRay manifests, as Kustomize bases, from a Serve config file.
 
-    python -m serving_k8s render configs/cluster.yaml --kind multi-node -o k8s/rayservice-cluster.yaml
-    python -m serving_k8s render configs/cluster.yaml --kind multi-node --kueue-queue llm-serving \\
-        -o k8s/rayservice-cluster-kueue.yaml
-    python -m serving_k8s render-all            # regenerate every manifest of TARGETS
-    python -m serving_k8s render-all --check    # exit 1 if a committed manifest is stale
+    python -m serving_k8s render configs/cluster.yaml --kind multi-node --model-cache pvc --base k8s/base/cluster
+    python -m serving_k8s render configs/cluster.yaml --kind multi-node -o rayservice.yaml   # one file
+    python -m serving_k8s render-all            # regenerate k8s/base/* (TARGETS) and k8s/monitoring
+    python -m serving_k8s render-all --check    # exit 1 if a committed file is stale
+
+Why generated: a RayService's pods are derived from the config (GPUs, CPUs,
+memory, drain times), so they are computed here, not copied by hand. What users
+change per cluster (namespace, image, nodes, tolerations, priority class, pull
+secrets, storage class) is not: they set it with Kustomize in an overlay
+(k8s/overlays/, k8s/examples/custom), so nobody edits Python constants or
+generated files. No base holds a Secret or a Namespace, so `kubectl apply -k`
+never overwrites the user's Secret (docs/laptop-to-cluster.md).
 
 The config file is validated with `serving.config` first and embedded verbatim
 as the RayService's `serveConfigV2`, so the cluster runs exactly the file that
@@ -22,6 +29,8 @@ as the RayService's `serveConfigV2`, so the cluster runs exactly the file that
   GPU node (it tolerates the GPU taint) when that node is all there is.
 * `--kind multi-node`: the KubeRay in-tree autoscaler adds GPU worker pods when
   Serve's autoscaler asks for replicas that do not fit, and removes idle ones.
+* `--kind cpu`: head + one CPU worker, for a laptop cluster (kind): a CPU model
+  (the tiny `builtin:` one, built into the CPU image), no GPU selector.
 * `--kueue-queue Q`: the RayService is admitted by Kueue from LocalQueue Q.
   Kueue rejects `enableInTreeAutoscaling` on a queued RayService (unless its
   elastic-jobs feature gate is on), so this variant reserves a fixed worker
@@ -31,12 +40,17 @@ In `ingress.mode: direct` every LLM replica serves the OpenAI API on
 `ingress.port` itself, so clients should reach the worker pods on that port:
 the rendered file also holds a Service `<name>-direct` for it, next to the
 `<name>-serve-svc` that KubeRay creates for Serve's proxy (`http_options.port`).
+Every object of an install is named after the RayService (`--name`): the direct
+Service, the workers' PodDisruptionBudget `<name>-workers` and, with
+`--model-cache pvc`, the claim `<name>-model-cache`; so installs of different
+bases never share an object.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import math
 import re
 import sys
@@ -80,6 +94,7 @@ SYSTEM_MEMORY_GIB = 4  # raylet, agent, proxy, engine-core process overhead
 SHM_EXTRA_GIB = 1  # NCCL buffers in /dev/shm (tensor parallel)
 WORKER_OBJECT_STORE_GIB = 2  # serving moves small objects; keep Ray's 30% default out of RAM
 HEAD_OBJECT_STORE_GIB = 1
+SCRATCH_GIB = 10  # GPU kinds: Ray's logs and session files on the container's filesystem
 GIB = 2**30
 
 # Nodes with NVIDIA GPUs: the label of NVIDIA's GPU feature discovery (GPU
@@ -101,6 +116,15 @@ class Kind:
     head_on_gpu_node: bool
     model_cache_gib: int
     idle_timeout_s: int = 60
+    gpu: bool = True
+    # Worker pod sizing on top of what the replica reserves (see the constants above).
+    system_cpus: int = SYSTEM_CPUS
+    system_memory_gib: int = SYSTEM_MEMORY_GIB
+    shm_extra_gib: int = SHM_EXTRA_GIB
+    worker_object_store_gib: int = WORKER_OBJECT_STORE_GIB
+    # The containers' own filesystem: Ray's session directory (/tmp/ray: logs, spilled
+    # files) and pip/HF temp files, requested as ephemeral storage.
+    scratch_gib: int = SCRATCH_GIB
 
 
 KINDS = {
@@ -119,28 +143,95 @@ KINDS = {
         model_cache_gib=40,
         idle_timeout_s=120,
     ),
+    # A laptop cluster (kind, minikube, k3d): head + one CPU worker running the tiny
+    # model that the CPU image builds in (configs of `source: builtin:...`), about
+    # 3 CPUs and 9 GiB in all. The worker's vLLM engine-core process gets a CPU of
+    # its own; no GPU selector or toleration.
+    "cpu": Kind(
+        "cpu",
+        autoscaling=False,
+        head_cpu="500m",
+        head_memory="2Gi",
+        head_on_gpu_node=False,
+        model_cache_gib=1,
+        gpu=False,
+        system_cpus=0,
+        system_memory_gib=2,
+        shm_extra_gib=0,
+        worker_object_store_gib=1,
+        scratch_gib=2,
+    ),
 }
+
+# Where the worker pods keep the Hugging Face cache (HF_HOME of the Dockerfile).
+#   emptydir:   a fresh emptyDir per pod (every new pod downloads the weights), its size
+#               requested as ephemeral storage;
+#   pvc:        a PersistentVolumeClaim <name>-model-cache rendered beside the RayService
+#               (ReadWriteOnce for one worker pod, ReadWriteMany when there can be more):
+#               the weights are downloaded once and survive pods;
+#   claim:NAME: an existing claim holding the weights already, mounted read-only, with
+#               HF_HUB_OFFLINE=1 (nothing is downloaded; the claim can be ReadOnlyMany).
+MODEL_CACHE_MODES = ("emptydir", "pvc", "claim:NAME")
+HF_HOME = "/home/ray/.cache/huggingface"
+
+
+def check_model_cache(value: str) -> str | None:
+    """The claim name of `claim:NAME`, None for emptydir / pvc; RenderError for anything else."""
+    if value in ("emptydir", "pvc"):
+        return None
+    mode, _, claim = value.partition(":")
+    if mode != "claim" or not DNS_1123_SUBDOMAIN.fullmatch(claim) or len(claim) > 253:
+        raise RenderError(f"--model-cache must be one of {', '.join(MODEL_CACHE_MODES)}, not {value!r}")
+    return claim
 
 
 @dataclass(frozen=True)
 class Target:
-    """A committed manifest and how it is generated."""
+    """A committed Kustomize base (k8s/base/<variant>/) and how it is generated."""
 
     config: str
     kind: str
-    output: str
+    output: str  # the base's directory: rayservice.yaml and kustomization.yaml
     kueue_queue: str | None = None
+    name: str | None = None
+    model_cache: str = "emptydir"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.output}/{MANIFEST}"
 
     def command(self) -> str:
-        queue = f" --kueue-queue {self.kueue_queue}" if self.kueue_queue else ""
-        return f"python -m serving_k8s render {self.config} --kind {self.kind}{queue} -o {self.output}"
+        extra = f" --name {self.name}" if self.name else ""
+        extra += f" --kueue-queue {self.kueue_queue}" if self.kueue_queue else ""
+        extra += f" --model-cache {self.model_cache}" if self.model_cache != "emptydir" else ""
+        return f"python -m serving_k8s render {self.config} --kind {self.kind}{extra} --base {self.output}"
 
 
+MANIFEST = "rayservice.yaml"
+KUSTOMIZATION = "kustomization.yaml"
+
+# Every committed base. Object names differ between them (the RayService's name prefixes
+# every object of an install), so two overlays applied to one namespace never replace
+# each other's objects; the cluster and Kueue variants are still alternatives for the
+# same GPUs (docs/laptop-to-cluster.md).
 TARGETS = [
-    Target("configs/gpu.yaml", "single-gpu", "k8s/rayservice-gpu.yaml"),
-    Target("configs/cluster.yaml", "multi-node", "k8s/rayservice-cluster.yaml"),
-    Target("configs/cluster.yaml", "multi-node", "k8s/rayservice-cluster-kueue.yaml", kueue_queue="llm-serving"),
+    Target("configs/gpu.yaml", "single-gpu", "k8s/base/gpu", model_cache="pvc"),
+    Target("configs/cluster.yaml", "multi-node", "k8s/base/cluster", model_cache="pvc"),
+    Target(
+        "configs/cluster.yaml",
+        "multi-node",
+        "k8s/base/cluster-kueue",
+        kueue_queue="llm-serving",
+        name="llm-cluster-kueue",
+        model_cache="pvc",
+    ),
+    Target("k8s/configs/cpu.yaml", "cpu", "k8s/base/cpu"),
 ]
+# The optional monitoring kustomization (Prometheus Operator + Grafana's dashboard sidecar),
+# generated from observability/.
+MONITORING_DIR = "k8s/monitoring"
+ALERTS_FILE = "observability/alerts.yml"
+DASHBOARD_FILE = "observability/grafana-dashboard.json"
 
 
 # -- facts shared with the tests --------------------------------------------------
@@ -163,8 +254,10 @@ def ray_version() -> str:
     raise RenderError("pyproject.toml does not pin ray (ray[serve]==X.Y.Z)")
 
 
-def default_image() -> str:
-    return f"{IMAGE_REPOSITORY}:{project_version()}-gpu"
+def default_image(kind_name: str = "single-gpu") -> str:
+    """The image of the Dockerfile's build for `kind_name`: `-cpu` (EXTRA=cpu) or `-gpu`."""
+    build = "gpu" if KINDS[kind_name].gpu else "cpu"
+    return f"{IMAGE_REPOSITORY}:{project_version()}-{build}"
 
 
 def default_name(config: str | Path) -> str:
@@ -178,6 +271,7 @@ def gpus_per_replica(model: ModelConfig) -> int:
 
 
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DNS_1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 MAX_RAYSERVICE_NAME = 47  # KubeRay: 53 (the longest "-serve-svc" name) minus the cluster suffix
 
 
@@ -215,14 +309,23 @@ def _serve_facts(data: dict[str, Any], where: str) -> tuple[AppConfig, int]:
     return cfg, serve_port
 
 
-def _worker_shape(cfg: AppConfig, where: str) -> dict[str, Any]:
-    gpu_models = [m for m in cfg.models if m.deployment.num_gpus > 0]
-    if len(gpu_models) != 1 or len(cfg.models) != 1:
-        raise RenderError(f"{where}: the renderer supports one GPU model per cluster (one worker group)")
-    model = gpu_models[0]
+def _worker_shape(cfg: AppConfig, where: str, kind: Kind) -> dict[str, Any]:
+    if len(cfg.models) != 1:
+        raise RenderError(f"{where}: the renderer supports one model per cluster (one worker group)")
+    model = cfg.models[0]
     d = model.deployment
-    gpus = gpus_per_replica(model)
-    if d.num_gpus != gpus:
+    if not kind.gpu:
+        if d.num_gpus > 0 or model.engine_args.get("device") not in (None, "cpu"):
+            raise RenderError(f"{where}: {model.id}: --kind {kind.name} runs on CPUs; the model asks for GPUs")
+        gpus = 0
+    elif d.num_gpus <= 0:
+        raise RenderError(
+            f"{where}: {model.id}: --kind {kind.name} needs a GPU model (deployment.num_gpus); "
+            "use --kind cpu for a CPU config"
+        )
+    else:
+        gpus = gpus_per_replica(model)
+    if kind.gpu and d.num_gpus != gpus:
         raise RenderError(
             f"{where}: {model.id}: deployment.num_gpus ({d.num_gpus:g}) must equal tensor_parallel_size x "
             f"pipeline_parallel_size ({gpus}): the replica holds the GPUs of all its vLLM workers"
@@ -234,8 +337,9 @@ def _worker_shape(cfg: AppConfig, where: str) -> dict[str, Any]:
         )
     if d.memory_gib is None:
         raise RenderError(f"{where}: {model.id}: set deployment.memory_gib; it sizes the worker pods")
-    cpus = math.ceil(d.num_cpus) + gpus + SYSTEM_CPUS
-    memory_gib = math.ceil(d.memory_gib) + WORKER_OBJECT_STORE_GIB + SHM_EXTRA_GIB + SYSTEM_MEMORY_GIB
+    # One CPU per vLLM worker process (one per GPU; on CPUs the engine core itself).
+    cpus = math.ceil(d.num_cpus) + max(gpus, 1) + kind.system_cpus
+    memory_gib = math.ceil(d.memory_gib) + kind.worker_object_store_gib + kind.shm_extra_gib + kind.system_memory_gib
     a = d.autoscaling
     return {
         "model": model,
@@ -298,8 +402,10 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
-def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+def _resources(cpu: str, memory: str, gpus: int = 0, ephemeral_gib: int = 0) -> dict[str, Any]:
     amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if ephemeral_gib:
+        amounts["ephemeral-storage"] = f"{ephemeral_gib}Gi"
     if gpus:
         amounts["nvidia.com/gpu"] = gpus
     return {"requests": dict(amounts), "limits": dict(amounts)}
@@ -338,7 +444,7 @@ def _head(name: str, image: str, kind: Kind, serve_port: int, cfg: AppConfig) ->
                     _port("metrics", METRICS_PORT),
                 ],
                 "env": _secret_env(cfg),
-                "resources": _resources(kind.head_cpu, kind.head_memory),
+                "resources": _resources(kind.head_cpu, kind.head_memory, ephemeral_gib=kind.scratch_gib),
                 "securityContext": _container_security(),
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
             }
@@ -358,10 +464,35 @@ def _head(name: str, image: str, kind: Kind, serve_port: int, cfg: AppConfig) ->
     }
 
 
+def _model_cache_volume(name: str, kind: Kind, model_cache: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The worker's model-cache volume and its mount."""
+    claim = check_model_cache(model_cache)
+    mount: dict[str, Any] = {"name": "model-cache", "mountPath": HF_HOME}
+    if claim:
+        mount["readOnly"] = True
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}, mount
+    if model_cache == "pvc":
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{name}-model-cache"}}, mount
+    return {"name": "model-cache", "emptyDir": {"sizeLimit": f"{kind.model_cache_gib}Gi"}}, mount
+
+
 def _worker(
-    name: str, image: str, kind: Kind, shape: dict[str, Any], cfg: AppConfig, serve_port: int, fixed_pods: int | None
+    name: str,
+    image: str,
+    kind: Kind,
+    shape: dict[str, Any],
+    cfg: AppConfig,
+    serve_port: int,
+    fixed_pods: int | None,
+    model_cache: str,
 ) -> dict[str, Any]:
     direct = cfg.ingress.mode == "direct"
+    cache_volume, cache_mount = _model_cache_volume(name, kind, model_cache)
+    # The container's filesystem, plus the model cache when it is an emptyDir (node-local disk).
+    ephemeral_gib = kind.scratch_gib + (kind.model_cache_gib if "emptyDir" in cache_volume else 0)
+    env = [*_secret_env(cfg), {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(shape["drain_s"])}]
+    if check_model_cache(model_cache):
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the weights are on the read-only claim
     ports = [_port("serve", serve_port), _port("metrics", METRICS_PORT)]
     if direct:
         ports.insert(0, _port("direct", cfg.ingress.port))
@@ -370,13 +501,10 @@ def _worker(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "ports": ports,
-        "env": [*_secret_env(cfg), {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(shape["drain_s"])}],
-        "resources": _resources(str(shape["cpus"]), f"{shape['memory_gib']}Gi", shape["gpus"]),
+        "env": env,
+        "resources": _resources(str(shape["cpus"]), f"{shape['memory_gib']}Gi", shape["gpus"], ephemeral_gib),
         "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "model-cache", "mountPath": "/home/ray/.cache/huggingface"},
-        ],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, cache_mount],
     }
     if direct:
         # KubeRay's own worker probe (raylet + Serve proxy health) plus the direct
@@ -395,35 +523,35 @@ def _worker(
             "successThreshold": 1,
             "failureThreshold": 2,
         }
+    pod_spec: dict[str, Any] = {
+        "securityContext": _pod_security(),
+        # Longer than the replicas' graceful_shutdown_timeout_s: streams drain first.
+        "terminationGracePeriodSeconds": shape["grace_s"],
+    }
+    if kind.gpu:
+        pod_spec["nodeSelector"] = dict(GPU_NODE_SELECTOR)
+        pod_spec["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]
+    shm_gib = kind.worker_object_store_gib + kind.shm_extra_gib
+    pod_spec["containers"] = [container]
+    pod_spec["volumes"] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib}Gi"}},
+        cache_volume,
+    ]
     min_pods, max_pods, replicas = shape["min_pods"], shape["max_pods"], shape["initial_pods"]
     if fixed_pods is not None:
         min_pods = max_pods = replicas = fixed_pods
     group: dict[str, Any] = {
-        "groupName": "gpu-workers",
+        "groupName": "gpu-workers" if kind.gpu else "cpu-workers",
         "replicas": replicas,
         "minReplicas": min_pods,
         "maxReplicas": max_pods,
         "rayStartParams": {
             "metrics-export-port": str(METRICS_PORT),
-            "object-store-memory": str(WORKER_OBJECT_STORE_GIB * GIB),
+            "object-store-memory": str(kind.worker_object_store_gib * GIB),
         },
         "template": {
             "metadata": {"labels": _labels(name, WORKER_COMPONENT)},
-            "spec": {
-                "securityContext": _pod_security(),
-                # Longer than the replicas' graceful_shutdown_timeout_s: streams drain first.
-                "terminationGracePeriodSeconds": shape["grace_s"],
-                "nodeSelector": dict(GPU_NODE_SELECTOR),
-                "tolerations": [dict(t) for t in GPU_TOLERATIONS],
-                "containers": [container],
-                "volumes": [
-                    {
-                        "name": "dshm",
-                        "emptyDir": {"medium": "Memory", "sizeLimit": f"{WORKER_OBJECT_STORE_GIB + SHM_EXTRA_GIB}Gi"},
-                    },
-                    {"name": "model-cache", "emptyDir": {"sizeLimit": f"{kind.model_cache_gib}Gi"}},
-                ],
-            },
+            "spec": pod_spec,
         },
     }
     custom = shape["model"].deployment.resources
@@ -441,8 +569,11 @@ def build_objects(
     name: str | None = None,
     image: str | None = None,
     kueue_queue: str | None = None,
+    model_cache: str = "emptydir",
 ) -> list[dict[str, Any]]:
-    """The Kubernetes objects for `config`: the RayService and, in direct mode, its direct-ingress Service."""
+    """The Kubernetes objects of one install of `config`, every one named after the RayService: the RayService,
+    in direct mode its direct-ingress Service, the workers' PodDisruptionBudget and, with `model_cache="pvc"`,
+    the model cache's PersistentVolumeClaim."""
     if kind_name not in KINDS:
         raise RenderError(f"unknown kind {kind_name!r} (known: {', '.join(KINDS)})")
     kind = KINDS[kind_name]
@@ -452,10 +583,11 @@ def build_objects(
     data = check_serve_config(path)
     where = str(config)
     cfg, serve_port = _serve_facts(data, where)
-    shape = _worker_shape(cfg, where)
+    shape = _worker_shape(cfg, where, kind)
+    check_model_cache(model_cache)
     name = name or default_name(path)
     check_name(name)
-    image = image or default_image()
+    image = image or default_image(kind_name)
     if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
         raise RenderError(f"image {image!r} must be pinned by a version tag")
     if kueue_queue is not None and not DNS_1035.fullmatch(kueue_queue.replace(".", "-")):
@@ -477,7 +609,7 @@ def build_objects(
     else:
         cluster["enableInTreeAutoscaling"] = False
     cluster["headGroupSpec"] = _head(name, image, kind, serve_port, cfg)
-    cluster["workerGroupSpecs"] = [_worker(name, image, kind, shape, cfg, serve_port, fixed)]
+    cluster["workerGroupSpecs"] = [_worker(name, image, kind, shape, cfg, serve_port, fixed, model_cache)]
 
     labels = {"app.kubernetes.io/name": APP_LABEL, "app.kubernetes.io/instance": name}
     if kueue_queue is not None:
@@ -514,6 +646,36 @@ def build_objects(
                 },
             }
         )
+    objects.append(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": f"{name}-workers", "labels": _labels(name, WORKER_COMPONENT)},
+            "spec": {
+                # Voluntary evictions (node drains, upgrades of the node pool) take one worker
+                # pod at a time, each draining its streams for its grace period. Not
+                # minAvailable: with one worker pod that would block every drain of its node.
+                # The autoscaler deletes idle pods directly, unaffected by the budget.
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": _labels(name, WORKER_COMPONENT)},
+            },
+        }
+    )
+    if model_cache == "pvc":
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": f"{name}-model-cache", "labels": _labels(name, "model-cache")},
+                "spec": {
+                    # Several worker pods on several nodes share it once the group can grow
+                    # (or holds more than one pod): that needs a ReadWriteMany storage class
+                    # (NFS, EFS, Filestore, CephFS). The cluster's default class is used.
+                    "accessModes": ["ReadWriteMany" if shape["max_pods"] > 1 else "ReadWriteOnce"],
+                    "resources": {"requests": {"storage": f"{kind.model_cache_gib}Gi"}},
+                },
+            }
+        )
     return objects
 
 
@@ -535,6 +697,9 @@ def dump(objects: list[dict[str, Any]]) -> str:
     )
 
 
+HEADER_NOTE = "# Do not edit: change its source or serving_k8s/render.py and regenerate (tests/k8s checks for drift).\n"
+
+
 def render(
     config: str | Path,
     kind_name: str,
@@ -542,18 +707,29 @@ def render(
     name: str | None = None,
     image: str | None = None,
     kueue_queue: str | None = None,
+    model_cache: str = "emptydir",
     command: str | None = None,
 ) -> str:
     """The manifest text for `config` (what `render` writes and what the drift test compares)."""
-    objects = build_objects(config, kind_name, name=name, image=image, kueue_queue=kueue_queue)
+    objects = build_objects(config, kind_name, name=name, image=image, kueue_queue=kueue_queue, model_cache=model_cache)
     shown = _display(config)
     queue = f" --kueue-queue {kueue_queue}" if kueue_queue else ""
     command = command or f"python -m serving_k8s render {shown} --kind {kind_name}{queue}"
-    header = (
-        f"# GENERATED from {shown} by:\n#   {command}\n"
-        "# Do not edit: change the config or serving_k8s/render.py and regenerate (tests/k8s checks for drift).\n"
+    return f"# GENERATED from {shown} by:\n#   {command}\n" + HEADER_NOTE + dump(objects)
+
+
+def kustomization(resources: list[str], command: str, about: str) -> str:
+    """A generated kustomization.yaml listing `resources` (files of its own directory)."""
+    body = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources}
+    return f"# {about}\n# GENERATED by:\n#   {command}\n" + HEADER_NOTE + dump([body])
+
+
+def _base_kustomization(command: str) -> str:
+    about = (
+        "A Kustomize base: one install of a config. Apply an overlay of k8s/overlays/ (which sets the namespace),\n"
+        "# or one of your own that lists this directory (docs/laptop-to-cluster.md)."
     )
-    return header + dump(objects)
+    return kustomization([MANIFEST], command, about)
 
 
 def _display(config: str | Path) -> str:
@@ -564,7 +740,111 @@ def _display(config: str | Path) -> str:
 
 
 def render_target(target: Target) -> str:
-    return render(REPO_ROOT / target.config, target.kind, kueue_queue=target.kueue_queue, command=target.command())
+    return render(
+        REPO_ROOT / target.config,
+        target.kind,
+        name=target.name,
+        kueue_queue=target.kueue_queue,
+        model_cache=target.model_cache,
+        command=target.command(),
+    )
+
+
+# -- monitoring (Prometheus Operator, Grafana's dashboard sidecar) ----------------------------
+
+MONITORING_LABELS = {"app.kubernetes.io/name": APP_LABEL, "app.kubernetes.io/component": "monitoring"}
+DASHBOARD_KEY = "llm-serving.json"
+
+
+def podmonitor() -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        # kube-prometheus-stack selects PodMonitors and rules by its Helm release's name.
+        "metadata": {"name": "llm-serving-ray-pods", "labels": MONITORING_LABELS | {"release": "prometheus"}},
+        "spec": {
+            # Every Ray pod KubeRay creates in the namespace (head and workers), on the
+            # container port named "metrics" (METRICS_PORT, `metrics-export-port`).
+            "selector": {"matchLabels": {"ray.io/is-ray-node": "yes"}},
+            "podMetricsEndpoints": [
+                {
+                    "port": "metrics",
+                    "path": "/metrics",
+                    "interval": "15s",
+                    # Ray's own dashboards filter on these.
+                    "relabelings": [
+                        {
+                            "sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
+                            "targetLabel": "ray_io_cluster",
+                        },
+                        {
+                            "sourceLabels": ["__meta_kubernetes_pod_label_ray_io_node_type"],
+                            "targetLabel": "ray_io_node_type",
+                        },
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def prometheus_rule(alerts_path: Path) -> dict[str, Any]:
+    """observability/alerts.yml (a Prometheus rule file) as a PrometheusRule."""
+    data = yaml.safe_load(alerts_path.read_text()) or {}
+    groups = data.get("groups") if isinstance(data, dict) else None
+    if not isinstance(groups, list) or not groups:
+        raise RenderError(f"{_display(alerts_path)}: expected a Prometheus rule file with `groups:`")
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "llm-serving-alerts", "labels": MONITORING_LABELS | {"release": "prometheus"}},
+        "spec": {"groups": groups},
+    }
+
+
+def dashboard_configmap(dashboard_path: Path) -> dict[str, Any]:
+    """The Grafana dashboard as a ConfigMap that Grafana's dashboard sidecar loads (label grafana_dashboard)."""
+    text = dashboard_path.read_text()
+    json.loads(text)  # a broken dashboard fails here, not in Grafana
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "llm-serving-dashboard", "labels": MONITORING_LABELS | {"grafana_dashboard": "1"}},
+        "data": {DASHBOARD_KEY: text},
+    }
+
+
+def monitoring_files() -> dict[str, str]:
+    """The files of k8s/monitoring/, by name. alerts.yml is optional: without it, no PrometheusRule."""
+    command = "python -m serving_k8s render-all"
+    files: dict[str, str] = {}
+
+    def add(file: str, source: str, obj: dict[str, Any]) -> None:
+        files[file] = f"# GENERATED from {source} by:\n#   {command}\n" + HEADER_NOTE + dump([obj])
+
+    add("podmonitor.yaml", "serving_k8s/render.py (METRICS_PORT)", podmonitor())
+    alerts = REPO_ROOT / ALERTS_FILE
+    if alerts.exists():
+        add("prometheusrule.yaml", ALERTS_FILE, prometheus_rule(alerts))
+    add("grafana-dashboard.yaml", DASHBOARD_FILE, dashboard_configmap(REPO_ROOT / DASHBOARD_FILE))
+    about = (
+        "Monitoring of the installs in one namespace, optional: needs the Prometheus Operator's CRDs\n"
+        "# (PodMonitor, PrometheusRule) and Grafana's dashboard sidecar (kube-prometheus-stack).\n"
+        "#   kubectl apply -k k8s/monitoring -n llm"
+    )
+    files[KUSTOMIZATION] = kustomization(sorted(files), command, about)
+    return files
+
+
+def generated_files() -> dict[Path, str]:
+    """Every file `render-all` writes, by path: what the drift test compares."""
+    out: dict[Path, str] = {}
+    for target in TARGETS:
+        out[REPO_ROOT / target.manifest] = render_target(target)
+        out[REPO_ROOT / target.output / KUSTOMIZATION] = _base_kustomization(target.command())
+    for file, text in monitoring_files().items():
+        out[REPO_ROOT / MONITORING_DIR / file] = text
+    return out
 
 
 def _write_or_check(text: str, output: Path, check: bool, command: str) -> bool:
@@ -589,55 +869,72 @@ def _write_or_check(text: str, output: Path, check: bool, command: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving_k8s", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("render", help="render one config into a RayService manifest")
+    r = sub.add_parser("render", help="render one config into a RayService manifest or a Kustomize base")
     r.add_argument("config")
     r.add_argument("--kind", choices=sorted(KINDS), required=True)
-    r.add_argument("--name", help="RayService name (default: llm-<config file stem>)")
-    r.add_argument("--image", help=f"serving image, pinned by tag (default: {default_image()})")
+    r.add_argument("--name", help="RayService name, the prefix of every object's name (default: llm-<config stem>)")
+    r.add_argument("--image", help="serving image, pinned by tag (default: the Dockerfile's build for --kind)")
     r.add_argument("--kueue-queue", help="admit through this Kueue LocalQueue (fixed-size worker group)")
-    r.add_argument("-o", "--output", help="write here (default: stdout)")
-    r.add_argument("--check", action="store_true", help="compare with --output instead of writing it")
-    a = sub.add_parser("render-all", help="regenerate every committed manifest (TARGETS)")
-    a.add_argument("--check", action="store_true", help="exit 1 if a committed manifest differs")
+    r.add_argument(
+        "--model-cache",
+        default="emptydir",
+        metavar="|".join(MODEL_CACHE_MODES),
+        help="the workers' Hugging Face cache: a per-pod emptyDir (default), a rendered PersistentVolumeClaim, "
+        "or an existing claim holding the weights, mounted read-only",
+    )
+    out = r.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", help="write the manifest here (default: stdout)")
+    out.add_argument("--base", help=f"write a Kustomize base into this directory ({MANIFEST} + {KUSTOMIZATION})")
+    r.add_argument("--check", action="store_true", help="compare with --output / --base instead of writing")
+    a = sub.add_parser("render-all", help="regenerate every committed base and k8s/monitoring")
+    a.add_argument("--check", action="store_true", help="exit 1 if a committed file differs")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "render-all":
             ok = all(
                 [
-                    _write_or_check(
-                        render_target(t), REPO_ROOT / t.output, args.check, "python -m serving_k8s render-all"
-                    )
-                    for t in TARGETS
+                    _write_or_check(text, path, args.check, "python -m serving_k8s render-all")
+                    for path, text in generated_files().items()
                 ]
             )
             return 0 if ok else 1
+        if args.check and not (args.output or args.base):
+            parser.error("--check needs -o/--output or --base")
         parts = [f"python -m serving_k8s render {args.config} --kind {args.kind}"]
         for flag, value in (
             ("--name", args.name),
             ("--image", args.image),
             ("--kueue-queue", args.kueue_queue),
+            ("--model-cache", args.model_cache if args.model_cache != "emptydir" else None),
             ("-o", args.output),
+            ("--base", args.base),
         ):
             if value:
                 parts.append(f"{flag} {value}")
+        command = " ".join(parts)
         text = render(
             args.config,
             args.kind,
             name=args.name,
             image=args.image,
             kueue_queue=args.kueue_queue,
-            command=" ".join(parts),
+            model_cache=args.model_cache,
+            command=command,
         )
     except (RenderError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.check and not args.output:
-        parser.error("--check needs -o/--output")
+    if args.base:
+        base = Path(args.base)
+        ok = _write_or_check(text, base / MANIFEST, args.check, command)
+        return (
+            0 if _write_or_check(_base_kustomization(command), base / KUSTOMIZATION, args.check, command) and ok else 1
+        )
     if not args.output:
         sys.stdout.write(text)
         return 0
-    return 0 if _write_or_check(text, Path(args.output), args.check, " ".join(parts)) else 1
+    return 0 if _write_or_check(text, Path(args.output), args.check, command) else 1
 
 
 if __name__ == "__main__":

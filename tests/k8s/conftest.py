@@ -23,7 +23,12 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
 
 
 def manifest_files() -> list[Path]:
-    return sorted(K8S_DIR.glob("*.yaml"))
+    """Every Kubernetes manifest under k8s/: not the Serve configs of k8s/configs, not kustomization.yaml."""
+    return sorted(
+        p
+        for p in K8S_DIR.rglob("*.yaml")
+        if p.name != "kustomization.yaml" and not p.is_relative_to(K8S_DIR / "configs")
+    )
 
 
 def all_objects() -> list[tuple[Path, dict[str, Any]]]:
@@ -36,6 +41,10 @@ def objects_of_kind(kind: str) -> list[tuple[Path, dict[str, Any]]]:
 
 def rayservice_files() -> list[Path]:
     return [path for path in manifest_files() if any(o.get("kind") == "RayService" for o in load_documents(path))]
+
+
+def file_id(path: Path) -> str:
+    return str(path.relative_to(K8S_DIR))
 
 
 def rayservice_and_service(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:

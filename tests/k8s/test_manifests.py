@@ -1,5 +1,8 @@
 """The manifests in k8s/ against KubeRay's and Kubernetes' schemas, and the rules no schema expresses.
 
+These read the committed files (the generated bases of k8s/base/ and k8s/monitoring/);
+tests/k8s/test_kustomize.py checks what `kubectl kustomize` makes of the overlays.
+
 Fast and offline: no cluster, no Ray. KubeRay's CRD schemas are test data in
 tests/k8s/data/kuberay-v1.7.0 (source and license in its README);
 Kubernetes' own schemas come with the kubernetes-validate package.
@@ -8,7 +11,10 @@ Kubernetes' own schemas come with the kubernetes-validate package.
 from __future__ import annotations
 
 import copy
+import json
+import math
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +28,8 @@ from tests.k8s.conftest import (
     K8S_VERSION,
     ROOT,
     all_objects,
-    manifest_files,
+    file_id,
+    load_documents,
     object_meta_errors,
     objects_of_kind,
     rayservice_and_service,
@@ -31,7 +38,7 @@ from tests.k8s.conftest import (
 )
 
 RAYSERVICE_FILES = rayservice_files()
-RS_IDS = [p.name for p in RAYSERVICE_FILES]
+RS_IDS = [file_id(p) for p in RAYSERVICE_FILES]
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 IANA_SVC_NAME = re.compile(r"(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?")
@@ -39,19 +46,25 @@ QUANTITY = re.compile(r"^([0-9.]+)(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 REQUIRED_PORTS = {8000, 8001, 8265, 6379, 10001, 8080}  # direct, serve, dashboard, GCS, client, metrics
 
 
-def test_k8s_folder_has_the_expected_manifests():
-    names = {p.name for p in manifest_files()}
-    expected = {Path(t.output).name for t in k8s.TARGETS} | {"podmonitor.yaml", "secret-example.yaml"}
-    assert expected <= names, f"missing from k8s/: {sorted(expected - names)}"
+def test_k8s_folder_layout():
+    """Bases (generated), one overlay per base, monitoring; nothing `kubectl apply -f k8s/` would apply."""
+    assert not list(K8S_DIR.glob("*.yaml")) and not list(K8S_DIR.glob("*.yml")), "k8s/ itself must hold no manifest"
+    bases = {Path(t.output).name for t in k8s.TARGETS}
+    assert {p.parent.name for p in (K8S_DIR / "base").glob("*/kustomization.yaml")} == bases
+    assert {p.parent.name for p in (K8S_DIR / "overlays").glob("*/kustomization.yaml")} == bases
     for path, obj in all_objects():
-        assert {"apiVersion", "kind", "metadata"} <= obj.keys(), f"{path.name}: incomplete object {obj!r:.80}"
-        assert obj["metadata"].get("name"), f"{path.name}: {obj['kind']} without metadata.name"
+        assert {"apiVersion", "kind", "metadata"} <= obj.keys(), f"{file_id(path)}: incomplete object {obj!r:.80}"
+        assert obj["metadata"].get("name"), f"{file_id(path)}: {obj['kind']} without metadata.name"
+        assert obj["kind"] not in ("Secret", "Namespace"), f"{file_id(path)}: a {obj['kind']} in the manifests"
 
 
-def test_every_rayservice_manifest_is_generated():
-    """A RayService file that no TARGET renders would be hand-edited and escape the drift test."""
-    outputs = {Path(t.output).name for t in k8s.TARGETS}
-    assert {p.name for p in RAYSERVICE_FILES} == outputs
+def test_every_generated_folder_is_generated():
+    """A file in k8s/base or k8s/monitoring that render-all does not write would be hand-edited and escape
+    the drift test (or be a stale leftover of an earlier layout)."""
+    generated = set(k8s.generated_files())
+    on_disk = {p for d in ("base", "monitoring") for p in (K8S_DIR / d).rglob("*") if p.is_file()}
+    assert on_disk == generated, f"not generated: {sorted(map(str, on_disk - generated))}"
+    assert {p for p in RAYSERVICE_FILES} == {ROOT / t.manifest for t in k8s.TARGETS}
 
 
 # -- (i) KubeRay CRD schemas ----------------------------------------------------------
@@ -167,13 +180,13 @@ def test_pod_templates_are_valid_pods(path):
         assert not errors, f"{path.name} {role} template is not a valid Pod (Kubernetes {K8S_VERSION}): {errors}"
 
 
-@pytest.mark.parametrize("kind", ["Service", "Secret"])
+@pytest.mark.parametrize("kind", ["Service", "PodDisruptionBudget", "PersistentVolumeClaim", "ConfigMap"])
 def test_core_objects_are_valid(kind):
     found = objects_of_kind(kind)
     assert found, f"no {kind} in k8s/"
     for path, obj in found:
         errors = k8s_errors(obj)
-        assert not errors, f"{path.name}: {kind} {obj['metadata']['name']}: {errors}"
+        assert not errors, f"{file_id(path)}: {kind} {obj['metadata']['name']}: {errors}"
 
 
 def test_kubernetes_validation_rejects_a_broken_template():
@@ -338,8 +351,8 @@ def rule_errors(rs: dict[str, Any], service: dict[str, Any] | None) -> list[str]
                 errors.append(f"{g['groupName']}: minReplicas pods cannot hold min_replicas={a.min_replicas}")
         if gpus:
             spec = g["template"]["spec"]
-            if not any(k.startswith("nvidia.com/gpu") for k in spec.get("nodeSelector", {})):
-                errors.append(f"{g['groupName']}: GPU pods need a nodeSelector for GPU nodes")
+            if not spec.get("nodeSelector") and not spec.get("affinity", {}).get("nodeAffinity"):
+                errors.append(f"{g['groupName']}: GPU pods need a nodeSelector (or node affinity) for GPU nodes")
             if not any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])):
                 errors.append(f"{g['groupName']}: GPU pods need a toleration for the nvidia.com/gpu taint")
         grace = g["template"]["spec"].get("terminationGracePeriodSeconds", 30)
@@ -422,7 +435,7 @@ def test_rules(path):
 
 
 def _cluster_manifest() -> tuple[dict[str, Any], dict[str, Any] | None]:
-    return rayservice_and_service(K8S_DIR / "rayservice-cluster.yaml")
+    return rayservice_and_service(K8S_DIR / "base" / "cluster" / "rayservice.yaml")
 
 
 def _worker(rs):
@@ -480,6 +493,7 @@ MUTATIONS: list[tuple[str, Callable[[dict, dict], None], str]] = [
         "SERVING_API_KEYS must come from secret serving-secrets key SERVING_API_KEYS, required",
     ),
     ("no-toleration", lambda rs, s: _worker(rs)["template"]["spec"].pop("tolerations"), "toleration"),
+    ("no-node-selector", lambda rs, s: _worker(rs)["template"]["spec"].pop("nodeSelector"), "nodeSelector"),
     ("small-pod", lambda rs, s: _worker_container(rs)["resources"]["limits"].update(memory="16Gi"), "memory limit"),
     ("few-pods", lambda rs, s: _worker(rs).update(maxReplicas=2), "cannot hold max_replicas=4"),
     (
@@ -571,7 +585,7 @@ def test_multi_node_uses_the_in_tree_autoscaler():
 
 
 def test_kueue_variant():
-    (path,) = [ROOT / t.output for t in k8s.TARGETS if t.kueue_queue]
+    (path,) = [ROOT / t.manifest for t in k8s.TARGETS if t.kueue_queue]
     rs, _ = rayservice_and_service(path)
     queue = rs["metadata"].get("labels", {}).get("kueue.x-k8s.io/queue-name")
     assert queue, f"{path.name} lacks the kueue.x-k8s.io/queue-name label"
@@ -586,24 +600,46 @@ def test_kueue_variant():
     for other in RAYSERVICE_FILES:
         if other != path:
             labels = rayservice_and_service(other)[0]["metadata"].get("labels", {})
-            assert "kueue.x-k8s.io/queue-name" not in labels, f"{other.name} should not be queued"
+            assert "kueue.x-k8s.io/queue-name" not in labels, f"{file_id(other)} should not be queued"
 
 
 # -- (iv) drift -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", k8s.TARGETS, ids=[Path(t.output).name for t in k8s.TARGETS])
-def test_manifest_is_up_to_date(target):
-    committed = (ROOT / target.output).read_text()
-    rendered = k8s.render_target(target)
-    assert rendered == committed, (
-        f"{target.output} is out of date with {target.config} / serving_k8s/render.py; regenerate with:\n"
-        f"  {target.command()}\n(or all of them: python -m serving_k8s render-all)"
+GENERATED = k8s.generated_files()
+
+
+@pytest.mark.parametrize("path", GENERATED, ids=[file_id(p) for p in GENERATED])
+def test_generated_file_is_up_to_date(path):
+    committed = path.read_text() if path.exists() else None
+    assert GENERATED[path] == committed, (
+        f"{file_id(path)} is out of date with its source (configs/, observability/) or serving_k8s/render.py; "
+        "regenerate with:\n  python -m serving_k8s render-all"
     )
 
 
+def test_render_all_check_mode(capsys):
+    """`render-all --check` is what CI and contributors run: it passes on the committed tree."""
+    assert k8s.main(["render-all", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{p}: up to date" in out for p in GENERATED)
+
+
+def test_render_base_writes_a_kustomize_base(tmp_path):
+    """`render --base DIR`, the way to a base of one's own config: the same text render-all commits."""
+    target = next(t for t in k8s.TARGETS if t.kind == "single-gpu")
+    base = tmp_path / "base"
+    args = ["render", target.config, "--kind", target.kind, "--model-cache", target.model_cache]
+    assert k8s.main([*args, "--base", str(base)]) == 0
+    assert k8s.main([*args, "--base", str(base), "--check"]) == 0
+    committed = yaml.safe_load_all((ROOT / target.manifest).read_text())
+    assert list(yaml.safe_load_all((base / k8s.MANIFEST).read_text())) == list(committed)
+    kustomization = yaml.safe_load((base / k8s.KUSTOMIZATION).read_text())
+    assert kustomization["resources"] == [k8s.MANIFEST]
+
+
 def test_render_cli_check_mode(tmp_path, capsys):
-    target = k8s.TARGETS[0]
+    target = next(t for t in k8s.TARGETS if t.kind == "single-gpu")
     out = tmp_path / "m.yaml"
     assert k8s.main(["render", target.config, "--kind", target.kind, "-o", str(out)]) == 0
     assert k8s.main(["render", target.config, "--kind", target.kind, "-o", str(out), "--check"]) == 0
@@ -615,7 +651,11 @@ def test_render_cli_check_mode(tmp_path, capsys):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d["applications"][0]["args"]["models"][0]["deployment"].update(num_gpus=1), "must equal"),
+        # The config check (`python -m serving check`) or the renderer, whichever sees it first.
+        (
+            lambda d: d["applications"][0]["args"]["models"][0]["deployment"].update(num_gpus=1),
+            "must equal|set num_gpus: 2",
+        ),
         (
             lambda d: d["applications"][0]["args"]["models"][0]["engine_args"].pop("distributed_executor_backend"),
             "distributed_executor_backend",
@@ -635,7 +675,9 @@ def test_renderer_refuses_inconsistent_configs(edit, message, tmp_path):
     edit(data)
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(data))
-    with pytest.raises(k8s.RenderError, match=message):
+    from serving.config import ConfigError
+
+    with pytest.raises((k8s.RenderError, ConfigError), match=message):
         k8s.build_objects(config, "multi-node")
 
 
@@ -695,23 +737,191 @@ def test_podmonitor_scrapes_the_ray_metrics_port():
             assert ports.get(endpoint["port"]) == 8080, f"{rs_path.name} {role}: no '{endpoint['port']}' port 8080"
 
 
-def test_secret_example_holds_placeholders_only():
-    ((path, secret),) = objects_of_kind("Secret")
-    assert secret["metadata"]["name"] == k8s.SECRET_NAME
-    values = secret.get("stringData") or {}
-    assert not secret.get("data"), "use stringData placeholders, not base64 data"
+SECRET_EXAMPLE = K8S_DIR / "examples" / "serving-secrets.env"
+
+
+def test_secret_example_is_placeholders_and_no_manifest():
+    """The example is an env file for `kubectl create secret --from-env-file`, never a manifest: no apply of
+    the repository can overwrite a real Secret with it. Its keys are the ones the pods read."""
+    from serving.api.security import EXAMPLE_KEYS
+
+    text = SECRET_EXAMPLE.read_text()
+    values = dict(
+        line.split("=", 1) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    )
     assert set(values) == set(k8s.SECRET_KEYS)
     for key, value in values.items():
         assert "replace-me" in value, f"{key} must be a placeholder"
         assert not re.search(r"hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}", value), f"{key} looks like a real secret"
+    # The application refuses every example key (auth fails closed on a copy applied unedited).
+    assert set(values["SERVING_API_KEYS"].split(",")) <= EXAMPLE_KEYS
+    assert f"--from-env-file={SECRET_EXAMPLE.name}" in text
+    for path in K8S_DIR.rglob("kustomization.yaml"):
+        kustomization = yaml.safe_load(path.read_text())
+        assert "secretGenerator" not in kustomization, f"{file_id(path)} generates a Secret"
+        assert SECRET_EXAMPLE.name not in json.dumps(kustomization), f"{file_id(path)} uses the example"
+
+
+def test_secret_example_makes_the_secret_the_pods_read(tmp_path):
+    """`kubectl create secret generic --from-env-file` (client-side, no cluster) gives the Secret the pods read."""
+    out = subprocess.run(
+        [
+            "kubectl",
+            "create",
+            "secret",
+            "generic",
+            k8s.SECRET_NAME,
+            f"--from-env-file={SECRET_EXAMPLE}",
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    secret = yaml.safe_load(out)
+    assert secret["metadata"]["name"] == k8s.SECRET_NAME
+    assert set(secret["data"]) == set(k8s.SECRET_KEYS)
 
 
 def test_docs_reference_existing_files():
     doc = (ROOT / "docs" / "laptop-to-cluster.md").read_text()
-    referenced = set(re.findall(r"\b((?:k8s|configs)/[\w.-]+\.yaml)\b", doc))
+    referenced = set(re.findall(r"\b((?:k8s|configs|observability)/[\w./-]*[\w-])", doc))
     assert referenced, "the guide should name the manifests it applies"
     missing = sorted(p for p in referenced if not (ROOT / p).exists())
     assert not missing, f"docs/laptop-to-cluster.md references missing files: {missing}"
+    for overlay in (K8S_DIR / "overlays").iterdir():
+        assert f"kubectl apply -k k8s/overlays/{overlay.name}" in doc, f"the guide does not install {overlay.name}"
+
+
+# -- the CPU variant, model cache, disruption budget ------------------------------------------------
+
+
+def _objects(path: Path) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in load_documents(path)}
+
+
+def _target_objects(kind: str) -> list[tuple[k8s.Target, dict[str, dict[str, Any]]]]:
+    return [(t, _objects(ROOT / t.manifest)) for t in k8s.TARGETS if t.kind == kind or kind == "*"]
+
+
+def test_cpu_variant_runs_the_built_in_model_without_gpus():
+    ((target, objs),) = _target_objects("cpu")
+    rs = objs["RayService"]
+    (model,) = app_config(rs).models
+    # The CPU image builds the tiny model in (the Dockerfile's `python -m serving build-model`): no download.
+    assert model.source.startswith("builtin:") and model.deployment.num_gpus == 0
+    assert "serving build-model" in (ROOT / "Dockerfile").read_text()
+    for role, template in pod_templates(rs):
+        spec = template["spec"]
+        assert "nodeSelector" not in spec and "tolerations" not in spec, f"{role}: no GPU node needed"
+        for c in containers(template):
+            assert "nvidia.com/gpu" not in c["resources"]["limits"]
+            assert c["image"] == f"{k8s.IMAGE_REPOSITORY}:{k8s.project_version()}-cpu", "the EXTRA=cpu build"
+    c = _worker_container(rs)
+    # The replica's CPUs, plus one for vLLM's engine-core process.
+    assert quantity(c["resources"]["limits"]["cpu"]) >= math.ceil(model.deployment.num_cpus) + 1
+    assert not rule_errors(rs, objs.get("Service"))
+
+
+def test_ephemeral_storage_is_requested_for_what_lands_on_the_node():
+    """Every Ray container requests ephemeral storage (Ray's logs and session files); a worker whose model
+    cache is an emptyDir requests its size on top. A PVC-backed cache is a claim the base renders."""
+    for target, objs in _target_objects("*"):
+        rs = objs["RayService"]
+        for role, template in pod_templates(rs):
+            volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+            for c in containers(template):
+                requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+                assert "ephemeral-storage" in requests and requests == limits, f"{target.output} {role}"
+                disk = sum(
+                    quantity(volumes[m["name"]]["emptyDir"]["sizeLimit"])
+                    for m in c.get("volumeMounts", [])
+                    if "emptyDir" in volumes[m["name"]] and volumes[m["name"]]["emptyDir"].get("medium") != "Memory"
+                )
+                assert quantity(requests["ephemeral-storage"]) > disk, f"{target.output} {role}: {requests}"
+        cache = {v["name"]: v for v in _worker(rs)["template"]["spec"]["volumes"]}["model-cache"]
+        mount = {m["name"]: m for m in _worker_container(rs)["volumeMounts"]}["model-cache"]
+        assert mount["mountPath"] == k8s.HF_HOME and k8s.HF_HOME in (ROOT / "Dockerfile").read_text()
+        if target.model_cache == "pvc":
+            claim = objs["PersistentVolumeClaim"]
+            assert cache["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+            many = _worker(rs)["maxReplicas"] > 1
+            assert claim["spec"]["accessModes"] == ["ReadWriteMany" if many else "ReadWriteOnce"]
+        else:
+            assert "emptyDir" in cache and "PersistentVolumeClaim" not in objs
+
+
+def test_model_cache_on_an_existing_read_only_claim():
+    objs = k8s.build_objects(ROOT / "configs" / "cluster.yaml", "multi-node", model_cache="claim:qwen-weights")
+    assert [o["kind"] for o in objs] == ["RayService", "Service", "PodDisruptionBudget"]  # no claim rendered
+    rs = objs[0]
+    cache = {v["name"]: v for v in _worker(rs)["template"]["spec"]["volumes"]}["model-cache"]
+    assert cache["persistentVolumeClaim"] == {"claimName": "qwen-weights", "readOnly": True}
+    c = _worker_container(rs)
+    assert {m["name"]: m for m in c["volumeMounts"]}["model-cache"]["readOnly"] is True
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"]  # nothing to download, nowhere to write
+    assert "ephemeral-storage" in c["resources"]["requests"]
+    assert not k8s_errors(as_pod(_worker(rs)["template"], "w"))
+    for bad in ("claim:", "claim:Bad_Name", "hostpath", "pvc:x"):
+        with pytest.raises(k8s.RenderError, match="--model-cache"):
+            k8s.build_objects(ROOT / "configs" / "cluster.yaml", "multi-node", model_cache=bad)
+
+
+def test_disruption_budget_covers_the_workers_one_at_a_time():
+    for target, objs in _target_objects("*"):
+        rs, pdb = objs["RayService"], objs["PodDisruptionBudget"]
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        worker = {**_worker(rs)["template"]["metadata"]["labels"], "ray.io/node-type": "worker"}
+        head = {**rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]}
+        assert all(worker.get(k) == v for k, v in selector.items()), f"{target.output}: PDB misses the workers"
+        assert not all(head.get(k) == v for k, v in selector.items()), f"{target.output}: PDB selects the head"
+        # A budget that allows no eviction would block every node drain (one worker pod: minAvailable 1).
+        assert pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"]
+        names = [o["metadata"]["name"] for o in objs.values()]
+        assert all(n == rs["metadata"]["name"] or n.startswith(rs["metadata"]["name"] + "-") for n in names)
+
+
+def test_renderer_matches_kind_and_config():
+    with pytest.raises(k8s.RenderError, match="runs on CPUs"):
+        k8s.build_objects(ROOT / "configs" / "gpu.yaml", "cpu")
+    with pytest.raises(k8s.RenderError, match="needs a GPU model"):
+        k8s.build_objects(ROOT / "k8s" / "configs" / "cpu.yaml", "single-gpu")
+    # configs/dev.yaml serves without keys: not for a cluster (k8s/configs/cpu.yaml is its keyed twin).
+    with pytest.raises(k8s.RenderError, match="auth: open"):
+        k8s.build_objects(ROOT / "configs" / "dev.yaml", "cpu")
+
+
+# -- monitoring ---------------------------------------------------------------------------------------
+
+
+def test_prometheus_rule_is_the_alerts_file():
+    alerts = ROOT / k8s.ALERTS_FILE
+    rules = objects_of_kind("PrometheusRule")
+    if not alerts.exists():
+        assert not rules
+        return
+    ((path, rule),) = rules
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == yaml.safe_load(alerts.read_text())["groups"]
+    for group in rule["spec"]["groups"]:
+        assert group["name"] and group["rules"]
+        for r in group["rules"]:
+            assert {"alert", "expr"} <= r.keys() and r.get("labels", {}).get("severity"), r
+    assert rule["metadata"]["labels"]["release"] == "prometheus"  # kube-prometheus-stack's ruleSelector
+
+
+def test_dashboard_configmap_for_the_grafana_sidecar():
+    ((path, cm),) = [(p, o) for p, o in objects_of_kind("ConfigMap") if "grafana_dashboard" in o["metadata"]["labels"]]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = cm["data"].values()
+    assert json.loads(text) == json.loads((ROOT / k8s.DASHBOARD_FILE).read_text())
+    # `kubectl apply` (client-side) keeps the whole object in an annotation of at most 256 KiB.
+    assert len(json.dumps(cm)) < 256 * 1024
+    with pytest.raises(json.JSONDecodeError):
+        bad = ROOT / "tests" / "k8s" / "conftest.py"  # not JSON: the renderer refuses a broken dashboard
+        k8s.dashboard_configmap(bad)
 
 
 def test_quantity_parser():
