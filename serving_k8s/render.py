@@ -87,6 +87,10 @@ DASHBOARD_PORT = 8265
 GCS_PORT = 6379
 CLIENT_PORT = 10001
 DASHBOARD_AGENT_PORT = 52365  # KubeRay's raylet health check
+# vLLM's own metrics (vllm:*) of every replica of a pod, on one port per pod
+# (serving/deployments/engine_metrics.py; the renderer does not import the Ray layer).
+ENGINE_METRICS_PORT = 8082
+ENGINE_METRICS_PORT_ENV = "SERVING_ENGINE_METRICS_PORT"
 
 # Pod sizing, in addition to what the replica reserves.
 SYSTEM_CPUS = 2  # raylet, dashboard agent, Serve proxy, the ingress deployment (0.1)
@@ -490,10 +494,14 @@ def _worker(
     cache_volume, cache_mount = _model_cache_volume(name, kind, model_cache)
     # The container's filesystem, plus the model cache when it is an emptyDir (node-local disk).
     ephemeral_gib = kind.scratch_gib + (kind.model_cache_gib if "emptyDir" in cache_volume else 0)
-    env = [*_secret_env(cfg), {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(shape["drain_s"])}]
+    env = [
+        *_secret_env(cfg),
+        {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(shape["drain_s"])},
+        {"name": ENGINE_METRICS_PORT_ENV, "value": str(ENGINE_METRICS_PORT)},
+    ]
     if check_model_cache(model_cache):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the weights are on the read-only claim
-    ports = [_port("serve", serve_port), _port("metrics", METRICS_PORT)]
+    ports = [_port("serve", serve_port), _port("metrics", METRICS_PORT), _port("engine-metrics", ENGINE_METRICS_PORT)]
     if direct:
         ports.insert(0, _port("direct", cfg.ingress.port))
     container: dict[str, Any] = {
@@ -764,11 +772,12 @@ def podmonitor() -> dict[str, Any]:
         "metadata": {"name": "llm-serving-ray-pods", "labels": MONITORING_LABELS | {"release": "prometheus"}},
         "spec": {
             # Every Ray pod KubeRay creates in the namespace (head and workers), on the
-            # container port named "metrics" (METRICS_PORT, `metrics-export-port`).
+            # container port named "metrics" (METRICS_PORT, `metrics-export-port`: Ray,
+            # Serve and ours) and, on the workers, "engine-metrics" (vLLM's own vllm:*).
             "selector": {"matchLabels": {"ray.io/is-ray-node": "yes"}},
             "podMetricsEndpoints": [
                 {
-                    "port": "metrics",
+                    "port": port,
                     "path": "/metrics",
                     "interval": "15s",
                     # Ray's own dashboards filter on these.
@@ -783,6 +792,7 @@ def podmonitor() -> dict[str, Any]:
                         },
                     ],
                 }
+                for port in ("metrics", "engine-metrics")
             ],
         },
     }
@@ -822,7 +832,7 @@ def monitoring_files() -> dict[str, str]:
     def add(file: str, source: str, obj: dict[str, Any]) -> None:
         files[file] = f"# GENERATED from {source} by:\n#   {command}\n" + HEADER_NOTE + dump([obj])
 
-    add("podmonitor.yaml", "serving_k8s/render.py (METRICS_PORT)", podmonitor())
+    add("podmonitor.yaml", "serving_k8s/render.py (METRICS_PORT, ENGINE_METRICS_PORT)", podmonitor())
     alerts = REPO_ROOT / ALERTS_FILE
     if alerts.exists():
         add("prometheusrule.yaml", ALERTS_FILE, prometheus_rule(alerts))

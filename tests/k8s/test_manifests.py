@@ -724,17 +724,29 @@ def test_renderer_refuses_bad_names():
 # -- static manifests -------------------------------------------------------------------------
 
 
-def test_podmonitor_scrapes_the_ray_metrics_port():
+def test_podmonitor_scrapes_the_ray_and_engine_metrics_ports():
+    from serving.deployments import engine_metrics
+
     ((path, pm),) = objects_of_kind("PodMonitor")
     assert pm["apiVersion"] == "monitoring.coreos.com/v1"
     assert pm["spec"]["selector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}  # KubeRay's label on Ray pods
-    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
-    assert endpoint.get("path", "/metrics") == "/metrics"
+    endpoints = {e["port"]: e for e in pm["spec"]["podMetricsEndpoints"]}
+    assert set(endpoints) == {"metrics", "engine-metrics"}
+    assert all(e.get("path", "/metrics") == "/metrics" for e in endpoints.values())
+    # The port the replicas serve vLLM's own metrics on (unless told otherwise) is the one declared.
+    assert (
+        k8s.ENGINE_METRICS_PORT == engine_metrics.DEFAULT_PORT
+        and k8s.ENGINE_METRICS_PORT_ENV == engine_metrics.PORT_ENV
+    )
     for rs_path in RAYSERVICE_FILES:
         rs, _ = rayservice_and_service(rs_path)
         for role, template in pod_templates(rs):
             ports = ports_by_name(containers(template)[0])
-            assert ports.get(endpoint["port"]) == 8080, f"{rs_path.name} {role}: no '{endpoint['port']}' port 8080"
+            assert ports.get("metrics") == 8080, f"{file_id(rs_path)} {role}: no 'metrics' port 8080"
+            if role.startswith("worker"):
+                assert ports.get("engine-metrics") == k8s.ENGINE_METRICS_PORT, f"{file_id(rs_path)} {role}"
+                env = {e["name"]: e.get("value") for e in containers(template)[0]["env"]}
+                assert env[engine_metrics.PORT_ENV] == str(ports["engine-metrics"])
 
 
 SECRET_EXAMPLE = K8S_DIR / "examples" / "serving-secrets.env"
