@@ -9,8 +9,11 @@ layer checks `engine_args` against vLLM (`serving.engine.factory.check_engine_ar
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
+import typing
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -571,12 +574,49 @@ class ConfigError(ValueError):
     pass
 
 
-def format_validation_error(exc: ValidationError, where: str) -> str:
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the known names closest to a misspelt `name`, or ''."""
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, name.lower(), k.lower()).ratio(), k) for k in set(known)), reverse=True
+    )
+    if not scored or scored[0][0] < 0.6:
+        return ""
+    # the best match, and any other as close (two names one edit away)
+    close = sorted(k for score, k in scored if score >= scored[0][0] - 0.02)[:3]
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+
+
+def _model_at(root: type[BaseModel], path: Sequence[int | str]) -> type[BaseModel] | None:
+    """The config model that holds the keys found at `path` (an error's location) under `root`, if one does."""
+    model: Any = root
+    for part in path:
+        if isinstance(part, int):  # a list item: the list's item type was taken already
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        model = model.model_fields[part].annotation
+        # unwrap `X | None`, list[X] and dict[str, X] to the model X they hold
+        for _ in range(3):
+            args = [a for a in typing.get_args(model) if a is not type(None)]
+            if typing.get_origin(model) is dict and len(args) == 2:
+                model = args[1]
+            elif args and len(args) == 1:
+                model = args[0]
+            else:
+                break
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_validation_error(exc: ValidationError, where: str, root: type[BaseModel] | None = None) -> str:
+    """One line per error, with its key path; an unknown key gets the closest known names as a suggestion."""
     lines = [f"invalid config in {where}:"]
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key '{err['loc'][-1]}'")
+            key = str(err["loc"][-1])
+            model = _model_at(root or AppConfig, err["loc"][:-1])
+            hint = did_you_mean(key, model.model_fields) if model is not None else ""
+            lines.append(f"  {loc}: unknown key '{key}'{hint}")
         else:
             lines.append(f"  {loc}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

@@ -163,6 +163,40 @@ def test_unknown_key_via_parse_app_args(mutate):
     assert f"{loc}: unknown key '{key}'" in msg
 
 
+@pytest.mark.parametrize(
+    "mutate, suggestion",
+    [
+        (lambda a: a.update(ingres={}), "ingres: unknown key 'ingres' (did you mean 'ingress'?)"),
+        (lambda a: a["ingress"].update(prot=1), "ingress.prot: unknown key 'prot' (did you mean 'port'?)"),
+        (
+            lambda a: a["models"][0].update(kv_cache_gb=1),
+            "models.0.kv_cache_gb: unknown key 'kv_cache_gb' (did you mean 'kv_cache_gib'?)",
+        ),
+        (
+            lambda a: a["models"][0]["deployment"]["autoscaling"].update(min_replica=1),
+            "models.0.deployment.autoscaling.min_replica: unknown key 'min_replica' (did you mean 'min_replicas'?)",
+        ),
+        (
+            lambda a: a.update(auth={"tenants": [{"name": "t", "keys_env": "K", "priorty": "high"}]}),
+            "auth.tenants.0.priorty: unknown key 'priorty' (did you mean 'priority'?)",
+        ),
+        (
+            lambda a: a.update(observability={"tracing": {"endpont": "http://x:4317"}}),
+            "observability.tracing.endpont: unknown key 'endpont' (did you mean 'endpoint'?)",
+        ),
+        (
+            lambda a: a["models"][0].update(lora={"max_lora": 2}),
+            "models.0.lora.max_lora: unknown key 'max_lora' (did you mean 'max_loras'?)",
+        ),
+        (lambda a: a["models"][0].update(zzzz=1), "models.0.zzzz: unknown key 'zzzz'\n"),
+    ],
+)
+def test_unknown_key_suggests_the_closest_names(mutate, suggestion):
+    args = dev_args()
+    mutate(args)
+    assert suggestion in app_error(args) + "\n"
+
+
 def test_every_error_is_reported_not_just_the_first(tmp_path):
     args = dev_args()
     args["models"][0]["kv_cache_gb"] = 1
@@ -345,7 +379,8 @@ def test_unknown_vllm_engine_arg(tmp_path):
     args["models"][0]["engine_args"]["max_model_lenn"] = 2048
     msg, path = load_error(tmp_path, args)
     assert str(path) in msg
-    assert "models.0.engine_args: unknown vLLM engine argument(s) ['max_model_lenn']" in msg
+    assert "models.0.engine_args.max_model_lenn: unknown vLLM engine argument 'max_model_lenn'" in msg
+    assert "(did you mean 'max_model_len'?)" in msg
 
 
 def test_unknown_vllm_engine_arg_index_points_at_the_model():
@@ -353,7 +388,7 @@ def test_unknown_vllm_engine_arg_index_points_at_the_model():
         {
             "models": [
                 {"id": "a", "engine_args": {"max_model_len": 64}},
-                {"id": "b", "engine": "simulator", "engine_args": {"anything": 1}},
+                {"id": "b", "engine": "simulator", "engine_args": {"max_num_seq": 1}},
                 {"id": "c", "engine_args": {"dtypee": "bfloat16", "max_model_len": 64}},
             ]
         }
@@ -362,8 +397,10 @@ def test_unknown_vllm_engine_arg_index_points_at_the_model():
         check_engine_args(cfg, "where.yaml")
     msg = str(info.value)
     assert "where.yaml" in msg
-    assert "models.2.engine_args: unknown vLLM engine argument(s) ['dtypee']" in msg
-    assert "anything" not in msg  # simulator engine_args are not vLLM's
+    assert "models.2.engine_args.dtypee: unknown vLLM engine argument 'dtypee' (did you mean 'dtype'?)" in msg
+    # a simulated model's engine_args are the simulator's (its replica would refuse the key at start-up)
+    assert "models.1.engine_args.max_num_seq: unknown simulator engine argument 'max_num_seq'" in msg
+    assert "(did you mean 'max_num_seqs'?)" in msg
 
 
 def test_known_vllm_engine_args_pass():
