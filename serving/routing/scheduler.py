@@ -268,7 +268,7 @@ class Scheduler:
         adapter = adapter_key(model, request)
         if key is None:  # no prompt to be sticky on (embeddings): placed as a prompt nobody holds, ranked at random
             ranked = rendezvous_order(random.getrandbits(64).to_bytes(8, "big"), loads)
-            return [by_id[rid] for rid in self._unplaced(ranked, loads, table.self_id)]
+            return [by_id[rid] for rid in self._unplaced(ranked, loads, table.self_id, random.random())]
         if adapter is not None:  # an adapter's prompts are cached apart (vLLM keys its prefix cache by adapter)
             key = prefix_key(adapter.hex() + key.hex())
         # An adapter's requests overflow along the adapter's own ranking, the same for all its prompts.
@@ -287,21 +287,38 @@ class Scheduler:
                 threshold, factor = max(threshold, ADAPTER_IMBALANCE), max(factor, ADAPTER_LOAD_FACTOR)
             order = bounded_load_choice(ranked, loads, threshold, factor)
         else:
-            order = self._unplaced(ranked, loads, table.self_id)
+            order = self._unplaced(ranked, loads, table.self_id, int.from_bytes(key[:8], "big") / 2.0**64)
         table.placed(key, order[0])
         if adapter is not None:
             table.placed(adapter, order[0])
         return [by_id[rid] for rid in order]
 
     @staticmethod
-    def _unplaced(ranked: list[str], loads: dict[str, float], self_id: str | None) -> list[str]:
-        """A key no replica holds: here unless this replica is above the mean load, else one of the two
-        least-loaded others, the one the key ranks first (random per prompt: with the one least-loaded
-        replica of a 250 ms old table, every entry point sent its overflow to the same replica)."""
+    def _unplaced(ranked: list[str], loads: dict[str, float], self_id: str | None, draw: float) -> list[str]:
+        """A key no replica holds: here unless this replica is above the mean load, else another replica
+        below the mean, drawn (`draw`, uniform in [0, 1), the key's own) with a weight of how far below the
+        mean it is.
+
+        Why drawn, not the least loaded: every entry point reads a table up to a refresh old, so all of them
+        sent their overflow to the replica that looked idle (forwarded TTFT p50 640-656 ms against 334 ms
+        local); one of the two least loaded halved the herd but still sent every overflow to two replicas
+        (forwarded TTFT p50 653-680 ms against 370-382 ms local on the no-prefix bench, 2026-12-07). Drawn by
+        deficit, overflow goes to every replica below the mean, most to the emptiest, so the entry points'
+        overflows spread as the room does (loadtests/PERFORMANCE.md, "Overflow drawn by deficit")."""
         position = {r: i for i, r in enumerate(ranked)}
-        by_load = sorted((r for r in ranked if r != self_id), key=lambda r: (loads[r], position[r]))
-        if self_id is not None and self_id in loads and loads[self_id] * len(loads) <= sum(loads.values()):
-            first = self_id
+        by_load = sorted(ranked, key=lambda r: (loads[r], position[r]))
+        mean = sum(loads.values()) / len(loads)
+        others = [r for r in by_load if r != self_id]
+        if self_id in loads and loads[self_id] <= mean or not others:
+            first = self_id or by_load[0]
         else:
-            first = min(by_load[:2], key=position.__getitem__)
-        return [first, *(r for r in sorted(ranked, key=lambda r: (loads[r], position[r])) if r != first)]
+            room = [(r, mean - loads[r]) for r in sorted(others) if loads[r] < mean]
+            first = others[0]
+            total = sum(weight for _, weight in room)
+            acc = 0.0
+            for replica, weight in room:
+                acc += weight
+                if draw * total < acc:
+                    first = replica
+                    break
+        return [first, *(r for r in by_load if r != first)]

@@ -98,11 +98,17 @@ def test_a_prompt_nobody_placed_is_served_where_it_arrives_unless_this_replica_i
     for i in (1, 3):  # at or below the mean: served here
         table = table_of(endpoints, self_id=f"r{i}")
         assert Scheduler().pick("m", chat(f"a one-off prompt {i}"), table)[0].replica_id == f"r{i}"
-    # Above it: one of the two least-loaded others, chosen per prompt, so overflow spreads (no herd
-    # on r1) and never reaches the most loaded of the others.
+    # Above it: a replica below the mean, drawn per prompt by how far below it is (r1: 1.5, r3: 0.5), so
+    # overflow spreads (no herd on r1) and never reaches a replica at or above the mean.
     table = table_of(endpoints, self_id="r2")
-    overflow = Counter(Scheduler().pick("m", chat(f"one-off {i}"), table)[0].replica_id for i in range(600))
-    assert set(overflow) == {"r1", "r3"} and min(overflow.values()) > 200, overflow
+    overflow = Counter(Scheduler().pick("m", chat(f"one-off {i}"), table)[0].replica_id for i in range(800))
+    assert set(overflow) == {"r1", "r3"}, overflow
+    assert 2.2 < overflow["r1"] / overflow["r3"] < 4.2, overflow  # 3:1
+    # The draw is the prompt's own: the same new prompt overflows to the same replica from every entry point.
+    again = [Scheduler().pick("m", chat(f"one-off {i}"), table_of(endpoints, self_id="r2"))[0] for i in range(50)]
+    assert Counter(e.replica_id for e in again) == Counter(
+        Scheduler().pick("m", chat(f"one-off {i}"), table_of(endpoints, self_id="r0"))[0].replica_id for i in range(50)
+    )
     # A table with no replica of its own (a model this entry point does not serve): the same.
     table = table_of(endpoints)
     assert Scheduler().pick("m", chat("another"), table)[0].replica_id != "r2"
@@ -165,12 +171,28 @@ def test_the_entry_point_rates_itself_as_the_others_do():
     assert table.load(table.endpoints()[0]) == 7  # a burst since the report: live
 
 
-def test_no_prompt_is_placed_as_a_new_one_at_random_between_the_two_least_loaded():
-    endpoints = [ep("r0", in_flight=3), ep("r1", in_flight=1), ep("r2", in_flight=2)]
-    firsts = Counter(Scheduler().pick("m", {"model": "m"}, table_of(endpoints))[0].replica_id for _ in range(300))
-    assert set(firsts) == {"r1", "r2"} and min(firsts.values()) > 90, firsts  # not always the same one
-    here = table_of(endpoints, self_id="r2")  # at the mean (2): stays
+def test_no_prompt_is_placed_as_a_new_one_drawn_by_deficit_at_random():
+    endpoints = [ep("r0", in_flight=4), ep("r1", in_flight=0), ep("r2", in_flight=1), ep("r3", in_flight=3)]
+    firsts = Counter(Scheduler().pick("m", {"model": "m"}, table_of(endpoints))[0].replica_id for _ in range(800))
+    assert set(firsts) == {"r1", "r2"} and 1.4 < firsts["r1"] / firsts["r2"] < 2.8, firsts  # deficits 2 : 1
+    here = table_of(endpoints, self_id="r2")  # below the mean (2): stays
     assert Scheduler().pick("m", {"model": "m"}, here)[0].replica_id == "r2"
+    idle = [ep(f"r{i}") for i in range(4)]  # all alike: no deficit anywhere, spread at random
+    firsts = Counter(Scheduler().pick("m", {"model": "m"}, table_of(idle))[0].replica_id for _ in range(800))
+    assert len(firsts) == 4 and min(firsts.values()) > 120, firsts
+
+
+def test_a_hot_entry_point_s_new_prompts_spread_over_every_replica_below_the_mean():
+    """Not only the two least loaded (what the tables of every entry point agree on, so all of them sent
+    their overflow there within one refresh): each replica below the mean in proportion to its room."""
+    loads = [9, 1, 2, 3, 5, 6, 7, 7]  # mean 5
+    endpoints = [ep(f"r{i}", in_flight=n) for i, n in enumerate(loads)]
+    table = table_of(endpoints, self_id="r0")
+    overflow = Counter(Scheduler().pick("m", chat(f"new {i}"), table)[0].replica_id for i in range(2000))
+    assert set(overflow) == {"r1", "r2", "r3"}, overflow  # r4 at the mean gets none
+    share = {r: n / 2000 for r, n in overflow.items()}
+    for replica, expected in {"r1": 4 / 9, "r2": 3 / 9, "r3": 2 / 9}.items():
+        assert abs(share[replica] - expected) < 0.05, share
 
 
 def test_the_registry_stamps_ages_drops_what_left_and_what_went_silent():
@@ -274,14 +296,15 @@ def test_in_flight_reports_its_mean_over_the_period_since_it_was_last_asked():
 
 def test_a_replica_s_mean_load_ranks_it_and_an_older_report_without_one_still_counts():
     # Replicas idle at the instant they reported, but busy on average: a prompt nobody holds that
-    # cannot stay (its entry point is above the mean) goes to the two least busy on average.
+    # cannot stay (its entry point is above the mean) goes to those below the mean on average, by their room.
     endpoints = [ep("r0"), ep("r1", load=1.6), ep("r2", load=0.2), ep("r3", in_flight=2)]
     load = {"n": 3}
     table = EndpointTable("r0", own_load=lambda: load["n"], clock=Clock())
     table.update(endpoints)
     assert [table.load(e) for e in table.endpoints()] == [3, 1.6, 0.2, 2]
     placed = Counter(Scheduler().pick("m", chat(f"one-off {i}"), table)[0].replica_id for i in range(600))
-    assert set(placed) == {"r1", "r2"} and min(placed.values()) > 200, placed  # never r3 (2), the most loaded
+    # mean 1.7: r2's room 1.5, r1's 0.1 (15:1); never r3 (2), above the mean
+    assert set(placed) == {"r1", "r2"} and 8 < placed["r2"] / placed["r1"] < 40, placed
 
 
 def lora_chat(adapter: str | None, user: str) -> dict:
