@@ -38,10 +38,10 @@ thus knows, for a key, the replicas that served it lately (its *holders*).
 * A key nobody has placed (a prompt with no prefix to share yet): no replica
   holds a cache for it, so there is nothing for a hop to win. It is served
   where it arrived unless this replica is above the model's mean load, else
-  on one of the two least-loaded other replicas, the one the prompt's
-  rendezvous hash ranks first (random per prompt, so entry points reading the
-  same stale table do not all send their overflow to the one replica that
-  looked idle). Measured before
+  on another replica below the mean, drawn by how far below it is, with the
+  prompt's key as the draw (random per prompt, so entry points reading the
+  same stale table spread their overflow over every replica with room
+  instead of all sending it to the one or two that looked idle). Measured before
   this rule (loadtests/PERFORMANCE.md): with every key placed by rendezvous,
   7 of 8 requests of a workload without shared prefixes were forwarded, and
   it served 0.89x round-robin's tokens/s on 2 cores.
