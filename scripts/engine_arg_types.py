@@ -1,4 +1,4 @@
-"""Write serving/engine/vllm_engine_args.json from the installed vLLM (imports it: 10-20 s).
+"""Write serving/engine/vllm_engine_args.py from the installed vLLM (imports it: 10-20 s).
 
     .venv/bin/python scripts/engine_arg_types.py           # rewrite the table
     .venv/bin/python scripts/engine_arg_types.py --check   # exit 1 if it differs (tests/unit does this too)

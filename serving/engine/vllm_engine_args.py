@@ -1,3 +1,6 @@
+"""GENERATED from vLLM by `python scripts/engine_arg_types.py`: do not edit (serving/engine/engine_arg_types.py)."""
+
+TABLE = r"""
 {
  "class": "vllm.engine.arg_utils.AsyncEngineArgs",
  "fields": {
@@ -1985,3 +1988,4 @@
  },
  "vllm": "0.32.0"
 }
+"""
