@@ -70,7 +70,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The image built from the Dockerfile; the tag follows the project version.
 IMAGE_REPOSITORY = "registry.example.com/llm-serving"
 RUN_AS_USER = 1000  # the Dockerfile's `ray` user
-SECRET_NAME = "serving-secrets"  # k8s/secret-example.yaml
+SECRET_NAME = "serving-secrets"  # created by the user: k8s/examples/serving-secrets.env
 SECRET_KEYS = ("HF_TOKEN", "SERVING_API_KEYS")
 # Auth fails closed: a pod without the API keys must not start (HF_TOKEN is needed only for gated models).
 REQUIRED_SECRET_KEYS = frozenset({"SERVING_API_KEYS"})

@@ -10,6 +10,7 @@ documented option lands where it should.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,14 @@ def test_kustomize_failure_is_reported(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - ../no-such-base\n")
     with pytest.raises(AssertionError, match="no-such-base"):
         kustomize(tmp_path)
+
+
+def test_kueue_overlay_documents_a_working_queue_patch(tmp_path):
+    """The patch commented in k8s/overlays/cluster-kueue (another LocalQueue) works as written."""
+    text = (K8S_DIR / "overlays" / "cluster-kueue" / "kustomization.yaml").read_text()
+    commented = text[text.index("# patches:") :]
+    patch = yaml.safe_load("\n".join(line.removeprefix("# ") for line in commented.splitlines()))
+    base = os.path.relpath(K8S_DIR / "overlays" / "cluster-kueue", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": [base], **patch}))
+    (rs,) = of_kind(kustomize(tmp_path), "RayService")
+    assert rs["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "my-queue"
