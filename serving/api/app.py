@@ -84,7 +84,14 @@ def build_api(
     for module in (health, models, chat, completions, embeddings, responses, tokenize):
         app.include_router(module.router)
     _serve_self_contained_openapi(app)
-    app.add_middleware(RequestContext, metrics=metrics or NullMetrics(), metered_paths=GENERATION_PATHS)
+    app.add_middleware(
+        RequestContext,
+        metrics=metrics or NullMetrics(),
+        metered_paths=GENERATION_PATHS,
+        tracing_config=(
+            observability or ObservabilityConfig()
+        ).tracing,  # off by default (serving/observability/tracing.py)
+    )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:

@@ -4,6 +4,13 @@
 into an `EngineRequest`, and the engine's delta stream into either one response
 dict or SSE bytes. Streams are framed here, once, so whatever carries them
 further (the HTTP server in the same process, or a Ray handle) moves opaque bytes.
+
+With tracing on, a request gets two spans here, children of the span it came
+with (`req._trace`, set where it entered, or this task's current one): its
+wait for a place in the fair queue (`fair_queue.wait`) and its generation
+(`generate`), whose W3C headers the engine request carries, so the engine's
+own spans (vLLM's `llm_request`, the engine's queue, prefill and decode)
+join the trace.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from serving.errors import (
     ShuttingDownError,
     unwrap,
 )
+from serving.observability import tracing
 from serving.observability.logging import access_log
 from serving.observability.metrics import GenerationDone, Metrics, NullMetrics
 
@@ -401,7 +409,25 @@ class OpenAIServing:
         """The `model` a response states: the adapter's id for an adapter, else this model's."""
         return model if self.adapter_of(model) is not None else self.model_id
 
-    async def _admit(self, flow: Flow | None, cost: float) -> tuple[Ticket | None, float]:
+    async def _admit(
+        self, flow: Flow | None, cost: float, trace: dict[str, str] | None = None
+    ) -> tuple[Ticket | None, float]:
+        """`_place`, within a `fair_queue.wait` span (tracing on) under the W3C headers `trace` (None: the
+        current span)."""
+        if not tracing.active():
+            return await self._place(flow, cost)
+        who = flow or ANONYMOUS
+        attributes = {"serving.model": self.model_id, "serving.tenant": who.tenant, "serving.priority": who.priority}
+        span = tracing.start("fair_queue.wait", trace, attributes=attributes)
+        try:
+            ticket, waited = await self._place(flow, cost)
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span, attributes={"serving.queued": waited > 0, "serving.queue_wait_ms": round(waited * 1000, 2)})
+        return ticket, waited
+
+    async def _place(self, flow: Flow | None, cost: float) -> tuple[Ticket | None, float]:
         """A place in the engine: at once while it has room, else after waiting in the fair queue (by class,
         then by tenant: serving/api/fair_queue.py), within the request's time. Returns the ticket (None without
         a queue) and the seconds waited for it (0.0 at once), which the response header states (`ADMISSION_HEADER`).
@@ -454,6 +480,51 @@ class OpenAIServing:
         """What is left of the request's time after its wait in the queue (the time counts from arrival)."""
         return max(0.001, self.timeout_s - (time.monotonic() - arrived))
 
+    def _generate_span(self, request: EngineRequest) -> Any:
+        """The request's `generate` span (tracing on), whose headers the engine request then carries."""
+        if not tracing.active():
+            return None
+        p = request.params
+        attributes = {
+            "gen_ai.operation.name": "chat" if request.messages is not None else "text_completion",
+            "gen_ai.request.model": self.model_id,
+            "gen_ai.request.id": request.request_id,
+            "gen_ai.request.max_tokens": p.max_tokens,
+            "gen_ai.request.temperature": p.temperature,
+            "gen_ai.request.n": p.n,
+            "serving.adapter": request.adapter,
+        }
+        span = tracing.start(
+            "generate", request.trace_headers, attributes={k: v for k, v in attributes.items() if v is not None}
+        )
+        request.trace_headers = tracing.headers_of(span)
+        return span
+
+    @staticmethod
+    def _end_generate_span(
+        span: Any,
+        status: str,
+        failure: BaseException | str | None,
+        start: float,
+        first: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        if status == "cancelled":
+            failure = None  # the client left: not the server's failure
+        elif status != "ok" and failure is None:
+            failure = status  # timed out, drained, or failed
+        tracing.end(
+            span,
+            failure,
+            {
+                "serving.status": status,
+                "gen_ai.usage.input_tokens": prompt_tokens,
+                "gen_ai.usage.output_tokens": completion_tokens,
+                "serving.ttft_ms": None if first is None else round((first - start) * 1000, 2),
+            },
+        )
+
     def _release(self, ticket: Ticket | None, used: int) -> None:
         self.load.add(-1)
         if ticket is not None and self.queue is not None:
@@ -491,7 +562,7 @@ class OpenAIServing:
     async def embeddings(self, req: EmbeddingRequest, request_id: str | None = None) -> dict[str, Any]:
         """One vector per input, as OpenAI answers (floats, or base64 of little-endian float32)."""
         arrived = time.monotonic()
-        ticket, admission_wait = await self._admit(req._flow, estimated_input_tokens(req))
+        ticket, admission_wait = await self._admit(req._flow, estimated_input_tokens(req), req._trace)
         start = time.monotonic()
         status = "error"
         out = None
@@ -611,6 +682,7 @@ class OpenAIServing:
             tools=engine_tools(req),
             parse_tool_calls=req.tool_mode == "auto",
             adapter=self.adapter_of(req.model),
+            trace_headers=req._trace,
         )
 
     async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
@@ -709,14 +781,21 @@ class OpenAIServing:
         params = generation_params(req)
         adapter = self.adapter_of(req.model)
         prompt = req.prompt
+        trace = req._trace
         if isinstance(prompt, str):
-            return EngineRequest(request_id=request_id, params=params, prompt=prompt, adapter=adapter)
+            return EngineRequest(
+                request_id=request_id, params=params, prompt=prompt, adapter=adapter, trace_headers=trace
+            )
         first = prompt[0]  # the validator allows one prompt per request
         if isinstance(first, int):
             return EngineRequest(
-                request_id=request_id, params=params, prompt_token_ids=[int(t) for t in prompt], adapter=adapter
+                request_id=request_id,
+                params=params,
+                prompt_token_ids=[int(t) for t in prompt],
+                adapter=adapter,
+                trace_headers=trace,
             )
-        return EngineRequest(request_id=request_id, params=params, prompt=first, adapter=adapter)
+        return EngineRequest(request_id=request_id, params=params, prompt=first, adapter=adapter, trace_headers=trace)
 
     async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
         texts, finish, logprobs, prompt_tokens, completion_tokens, _ = await self._collect(
@@ -764,12 +843,14 @@ class OpenAIServing:
         self, request: EngineRequest, n: int, tools: ToolCallStream | None = None, flow: Flow | None = None
     ) -> Collected:
         arrived = time.monotonic()
-        ticket, admission_wait = await self._admit(flow, _cost(request))
+        ticket, admission_wait = await self._admit(flow, _cost(request), request.trace_headers)
         puller = _Puller(asyncio.current_task())
         self._active.add(puller)
         start = time.perf_counter()
         timing: dict[str, float | None] = {"first": None, "last": None, "queue_wait": None}
         status, result = "error", None
+        span = self._generate_span(request)
+        failure: BaseException | None = None
         try:
             result = await asyncio.wait_for(self._collect_outputs(request, n, timing, tools), self._time_left(arrived))
             status = "ok"
@@ -785,9 +866,14 @@ class OpenAIServing:
             if puller.task is not None:
                 puller.task.uncancel()
             raise puller.error from None
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             self._active.discard(puller)
             prompt_tokens, completion_tokens = (result[3], result[4]) if result else (0, 0)
+            if span is not None:
+                self._end_generate_span(span, status, failure, start, timing["first"], prompt_tokens, completion_tokens)
             self._release(ticket, prompt_tokens + completion_tokens)
             self._record(
                 flow,
@@ -846,7 +932,9 @@ class OpenAIServing:
         flow: Flow | None = None,
     ) -> AsyncIterator[bytes]:
         arrived = time.monotonic()
-        ticket, admission_wait = await self._admit(flow, _cost(request))
+        ticket, admission_wait = await self._admit(flow, _cost(request), request.trace_headers)
+        span = self._generate_span(request)
+        failure: BaseException | None = None
         # The timeout cancels whichever task is pulling this stream at that moment
         # (the first item is pulled by the route, the rest by the response):
         # a timer per request instead of a wait_for per token.
@@ -902,22 +990,26 @@ class OpenAIServing:
             yield DONE
             return
         except APIError as exc:
+            failure = exc
             if not sent:
                 raise  # nothing sent yet: the caller answers with an HTTP error
             yield sse(exc.body())
             yield DONE
             return
         except Exception as exc:
+            failure = exc
             if not sent:
                 raise
-            failure = unwrap(exc)
-            api_err = failure if isinstance(failure, APIError) else EngineError("the stream failed")
+            cause = unwrap(exc)
+            api_err = cause if isinstance(cause, APIError) else EngineError("the stream failed")
             yield sse(api_err.body())
             yield DONE
             return
         finally:
             timer.cancel()
             self._active.discard(puller)
+            if span is not None:
+                self._end_generate_span(span, status, failure, start, first, prompt_tokens, completion_tokens)
             self._release(ticket, prompt_tokens + completion_tokens)
             self._record(
                 flow, request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens, admission_wait

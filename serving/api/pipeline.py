@@ -63,6 +63,7 @@ from serving.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
 )
+from serving.observability import tracing
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -258,6 +259,8 @@ async def admitted_generation(
     call: Callable[[ModelBackend, GenerationRequest, str], Awaitable[Generation]],
 ) -> Generation:
     """Steps 7-8 for a parsed request (the generation routes, and /v1/responses for the chat it becomes)."""
+    if tracing.active():
+        req._trace = tracing.current_headers()  # the request span: the engine's spans join it, wherever it runs
     limits = caller.owner.limits
     if not (limits.tokens_per_minute or limits.max_concurrent):
         return await until_disconnect(request, call(backend, req, engine_request_id(request)))

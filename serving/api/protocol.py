@@ -240,6 +240,9 @@ class _SamplingFields(_Strict):
     # placed on another replica is forwarded as (serving/routing/forward.py), byte for byte.
     _raw: bytes | None = PrivateAttr(default=None)
     _flow: Any = PrivateAttr(default=None)  # serving.api.fair_queue.Flow: whose it is, set by the pipeline
+    # The W3C trace headers of the request's span where it entered (tracing on only): the engine's
+    # spans join it, also across a Serve handle (serving/observability/tracing.py).
+    _trace: dict[str, str] | None = PrivateAttr(default=None)
 
     def raw_body(self) -> bytes:
         if self._raw is None:
@@ -419,6 +422,9 @@ class EmbeddingRequest(_Strict):
     _usage_event: bool = PrivateAttr(default=False)
     _raw: bytes | None = PrivateAttr(default=None)
     _flow: Any = PrivateAttr(default=None)  # serving.api.fair_queue.Flow: whose it is, set by the pipeline
+    # The W3C trace headers of the request's span where it entered (tracing on only): the engine's
+    # spans join it, also across a Serve handle (serving/observability/tracing.py).
+    _trace: dict[str, str] | None = PrivateAttr(default=None)
 
     def raw_body(self) -> bytes:
         if self._raw is None:

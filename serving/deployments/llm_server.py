@@ -184,6 +184,10 @@ class LLMServer:
     async def _start(self, ingress_cfg: IngressConfig, peers: dict[str, str], app_name: str | None) -> None:
         """Runs on the engine loop: start the engine, then (direct mode) the HTTP server."""
         self.metrics = RayMetrics()
+        # Tracing (off by default) on before the engine starts: vLLM is given its OTLP endpoint then.
+        from serving.observability import tracing
+
+        tracing.configure(self.app_cfg.observability.tracing)
         if self.cfg.engine == "vllm":
             # Guarded from before its first process: a replica killed while its engine started
             # used to leave the engine running (a CI run). The mark makes them findable.

@@ -34,6 +34,11 @@ runner) answers `embed()` instead of `generate()`: every input of one
 longer than the context), then one vector per input, in order, all at once.
 A generating engine refuses `embed()`, an embedding one `generate()`.
 
+Tracing: a request's `trace_headers` (W3C `traceparent`, `tracestate`) name
+the span its engine work belongs to; with tracing on, the engine's own spans
+(its queue, prefill and decode; vLLM's `llm_request`) are its children. None:
+the request is not traced, and the engine makes no span for it.
+
 `check_health()` raises when the engine cannot serve; `stats()` returns the
 engine's own counters for metrics and tests. `tokenize()` gives the token ids
 `generate()` would see for the same request's prompt (a chat templated, with
@@ -85,6 +90,7 @@ class EngineRequest:
     tools: list[dict[str, Any]] | None = None  # chat: OpenAI tool definitions, for the template
     parse_tool_calls: bool = False  # chat: find the model's tool calls in its output (see above)
     adapter: str | None = None  # a LoRA adapter's name (models[].lora); None: the base model
+    trace_headers: dict[str, str] | None = None  # W3C trace context of the request's span (see above)
 
 
 @dataclass(slots=True)

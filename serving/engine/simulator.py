@@ -83,6 +83,7 @@ from serving.errors import (
     InvalidRequestError,
     PromptTooLongError,
 )
+from serving.observability import tracing
 
 _WORDS = (
     "the of and to in is that it was for on are as with his they at be this from have or by one had "
@@ -520,6 +521,9 @@ class SimulatedEngine(Engine):
         live = 0
         if self._slots is None:
             self._slots = asyncio.Semaphore(cfg.max_num_seqs)
+        # The phases' times, for the request's spans (tracing on): queued, scheduled, first and last token.
+        phases: list[int] = [time.time_ns()]
+        produced = tokens_out = 0
         try:
             # -- queue for a slot, then prefill ------------------------------------
             self._waiting += 1
@@ -528,6 +532,7 @@ class SimulatedEngine(Engine):
             finally:
                 self._waiting -= 1
             admitted = True
+            phases.append(time.time_ns())
             self._running += 1
             live = p.n
             self._running_seqs += live
@@ -538,7 +543,6 @@ class SimulatedEngine(Engine):
                 raise EngineUnavailableError("the simulated engine died")
 
             # -- decode --------------------------------------------------------------
-            produced = 0
             vocab = VOCAB
             while live:
                 step = cfg.decode_s_per_token * (1 + cfg.decode_batch_slowdown * (self._running_seqs - 1))
@@ -597,6 +601,9 @@ class SimulatedEngine(Engine):
                         )
                         deltas.append(ChoiceDelta(c.index, "", 1, finish, logprobs, [call]))
                 counters["generation_tokens"] += len(deltas)
+                tokens_out += len(deltas)
+                if produced == 1:
+                    phases.append(time.time_ns())
                 yield EngineOutput(prompt_tokens=prompt_tokens, choices=deltas)
             outcome = "requests_finished"
         except (EngineError, EngineUnavailableError):
@@ -604,6 +611,17 @@ class SimulatedEngine(Engine):
             raise
         finally:
             counters[outcome] += 1
+            if request.trace_headers is not None and tracing.active():
+                now = time.time_ns()
+                tracing.record_engine_phases(
+                    request.trace_headers,
+                    phases[0],
+                    phases[1] if len(phases) > 1 else None,
+                    phases[2] if len(phases) > 2 else None,
+                    now if len(phases) > 2 else None,
+                    prompt_tokens,
+                    tokens_out,
+                )
             if admitted:
                 self._running -= 1
                 self._running_seqs -= live

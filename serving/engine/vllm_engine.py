@@ -4,6 +4,14 @@ It wraps `AsyncLLM` (the engine core runs in its own processes, started and
 stopped here) and speaks the contract of `serving.engine.base`. Chat templating
 and tokenization happen here too, with the model's own tokenizer, so the
 context-length check runs before a request reaches the scheduler.
+
+Tracing (on in the process before the engine starts: serving/observability/tracing.py):
+vLLM gets the OTLP endpoint (`otlp_traces_endpoint`) and each request's W3C
+headers (`trace_headers`), so its own `llm_request` span, with its queue,
+prefill and decode latencies as attributes, joins the request's trace; from
+the same request's timestamps (`RequestOutput.metrics`, the engine core's
+monotonic clock) the phases become spans of their own (`engine.queue`,
+`engine.prefill`, `engine.decode`), which a trace viewer draws on its timeline.
 """
 
 from __future__ import annotations
@@ -13,7 +21,10 @@ import concurrent.futures
 import dataclasses
 import gc
 import logging
+import os
 import re
+import time
+import uuid
 from typing import Any, AsyncIterator
 
 from serving.engine.adapters import AdapterCache, AdapterCatalog, InvalidAdapterError, acquire, adapter_stats
@@ -36,6 +47,7 @@ from serving.errors import (
     InvalidRequestError,
     PromptTooLongError,
 )
+from serving.observability import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +215,28 @@ class _ToolCallReader:
         return delta.content or "", calls or None
 
 
+def _trace_phases(trace: dict[str, str], metrics: Any, prompt_tokens: int) -> None:
+    """A finished request's queue, prefill and decode as spans, from vLLM's timestamps (the engine core's
+    `time.monotonic()`, the same clock in every process of the host: shifted here to wall-clock time)."""
+    shift = time.time_ns() - time.monotonic_ns()
+
+    def wall(ts: float) -> int | None:
+        return int(ts * 1e9) + shift if ts else None
+
+    queued = wall(metrics.queued_ts)
+    if queued is None:
+        return
+    tracing.record_engine_phases(
+        trace,
+        queued,
+        wall(metrics.scheduled_ts),
+        wall(metrics.first_token_ts),
+        wall(metrics.last_token_ts),
+        prompt_tokens,
+        metrics.num_generation_tokens,
+    )
+
+
 class VLLMEngine(Engine):
     def __init__(
         self,
@@ -226,6 +260,7 @@ class VLLMEngine(Engine):
         self._tokenizer: Any = None
         self._max_model_len = 0
         self._collectors: list[Any] | None = None
+        self._traced = False  # vLLM traces: requests carry their trace headers to it
         # Templating and tokenizing a long prompt run here, not on the event loop that
         # streams every token (a 1 MB body took 0.6-1.1 s): one thread, as a tokenizer is
         # not safe to share between threads, and a queue of prompts waits there, not the
@@ -241,6 +276,14 @@ class VLLMEngine(Engine):
         args["served_model_name"] = [self._served_name]
         if self._task == "embed":
             args.setdefault("runner", "pooling")
+        traced = tracing.config()
+        if traced is not None and args.get("otlp_traces_endpoint") is None:
+            args["otlp_traces_endpoint"] = tracing.otlp_endpoint(traced)
+            # For the exporters vLLM makes itself (its engine-core process inherits these): the protocol it
+            # reads from the environment, and our service name on the spans it sends.
+            os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", traced.protocol)
+            os.environ.setdefault("OTEL_SERVICE_NAME", traced.service_name)
+        self._traced = args.get("otlp_traces_endpoint") is not None
         if self._catalog is not None:
             lora = self._catalog.lora
             # vLLM's own CPU cache of adapters is as large as ours, so it evicts none by itself:
@@ -309,7 +352,10 @@ class VLLMEngine(Engine):
             n=2, max_tokens=2, logprobs=20, flat_logprobs=True, ignore_eos=True, output_kind=RequestOutputKind.DELTA
         )
         bos = self._tokenizer.bos_token_id
-        async for _ in self._llm.generate({"prompt_token_ids": [bos if bos is not None else 0]}, params, "warm-up"):
+        # Traced, the warm-up is named part of a trace that is not sampled: vLLM would otherwise send it as one.
+        unsampled = {"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00"} if self._traced else None
+        prompt = {"prompt_token_ids": [bos if bos is not None else 0]}
+        async for _ in self._llm.generate(prompt, params, "warm-up", trace_headers=unsampled):
             pass
 
     # -- adapters ---------------------------------------------------------------
@@ -453,8 +499,11 @@ class VLLMEngine(Engine):
             raise InvalidRequestError(str(exc)) from None
         want_logprobs = request.params.logprobs is not None
         top_k = request.params.logprobs or 0
+        trace = request.trace_headers if self._traced else None
         try:
-            stream = self._llm.generate({"prompt_token_ids": ids}, sampling, request.request_id, lora_request=lora)
+            stream = self._llm.generate(
+                {"prompt_token_ids": ids}, sampling, request.request_id, lora_request=lora, trace_headers=trace
+            )
             async for out in stream:
                 choices = [
                     ChoiceDelta(
@@ -472,6 +521,8 @@ class VLLMEngine(Engine):
                 queue_wait = None
                 if out.finished and out.metrics is not None and out.metrics.scheduled_ts:
                     queue_wait = max(0.0, out.metrics.scheduled_ts - out.metrics.queued_ts)
+                    if trace is not None and tracing.active():
+                        _trace_phases(trace, out.metrics, prompt_tokens)
                 yield EngineOutput(prompt_tokens=prompt_tokens, choices=choices, queue_wait_s=queue_wait)
         except EngineDeadError as exc:
             raise EngineUnavailableError(f"the engine died: {exc}") from None

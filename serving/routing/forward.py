@@ -26,6 +26,12 @@ What can go wrong, and what the caller sees:
   as they are (`PeerError`);
 * the replica goes away mid-stream, or this replica stops while relaying:
   the stream ends with an error event and `[DONE]` (`serving.api.relay`).
+
+Tracing on (serving/observability/tracing.py), the placement is a `route`
+span (the ranking, the replica chosen, local or forwarded, the tries) and
+each forward a `forward` span (kind CLIENT) until its answer ends, whose W3C
+`traceparent` goes with the request: the serving replica's spans join the
+trace where the request entered.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from serving.api.protocol import (
 from serving.api.relay import RELAYS, RelayDrain, ended_cleanly
 from serving.api.streaming import PIECE_BYTES, EncodedBody, aclose, first_then_rest
 from serving.errors import APIError, EngineUnavailableError
+from serving.observability import tracing
 from serving.routing.scheduler import EndpointTable, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -215,6 +222,39 @@ class _Then:
 Placed = Callable[[str, str], None]  # (model, "local" | "forwarded" | "fallback")
 
 
+def _route_settled(span: Any, placement: str, replica: str | None, tries: int) -> None:
+    """The `route` span's end (tracing on): where the request went, after how many forwards."""
+    attributes = {"serving.route.placement": placement, "serving.route.replica": replica, "serving.route.tries": tries}
+    tracing.end(span, attributes=attributes)
+
+
+class _Traced:
+    """A relayed stream whose `forward` span ends with it, however it ends (exhausted, failed, closed)."""
+
+    def __init__(self, stream: AsyncIterator[bytes], span: Any) -> None:
+        self._stream = stream
+        self._span = span
+
+    def __aiter__(self) -> _Traced:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._stream.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except BaseException as exc:
+            await self.aclose(exc)
+            raise
+
+    async def aclose(self, error: BaseException | None = None) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            tracing.end(span, error, {"http.response.status_code": 200})
+            await aclose(self._stream)
+
+
 def _relay_admission(headers: Any) -> None:
     """The serving replica's fair-queue wait, stated where the request entered: set once its answer has begun
     (a forward that fails before then, retried elsewhere or by the fallback, leaves no value behind)."""
@@ -268,10 +308,33 @@ class RoutedBackend:
         path: str,
         here: Callable[[ModelBackend], Awaitable[Generation]],
     ) -> Generation:
+        if not tracing.active():
+            return await self._placed_on(req, request_id, path, here, None)
+        span = tracing.start("route", attributes={"serving.model": self.model_id, "serving.entry": self.table.self_id})
+        try:
+            return await self._placed_on(req, request_id, path, here, span)
+        except BaseException as exc:
+            if span.is_recording():  # not settled: no replica could take it (a settled span is left as it was)
+                tracing.end(span, exc)
+            raise
+
+    async def _placed_on(
+        self,
+        req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        request_id: str,
+        path: str,
+        here: Callable[[ModelBackend], Awaitable[Generation]],
+        span: Any,
+    ) -> Generation:
+        """The placement (`_place`); `span`: its `route` span (tracing on), ended once the placement is settled."""
         tries = 0
         if self.table.self_id is not None:
             entered_at.set(self.table.self_id)
-        for endpoint in self.scheduler.pick(self.model_id, req, self.table):
+        ranked = self.scheduler.pick(self.model_id, req, self.table)
+        if span is not None:
+            ranked = list(ranked)
+            span.set_attribute("serving.route.ranked", [e.replica_id for e in ranked[:8]])
+        for endpoint in ranked:
             if endpoint.replica_id == self.table.self_id and self.local is not None:
                 break
             if tries == MAX_TRIES:
@@ -279,7 +342,7 @@ class RoutedBackend:
             tries += 1
             self.table.started(endpoint.replica_id)
             try:
-                result = await self._forward(endpoint.address, path, req, request_id)
+                result = await self._forward(endpoint.address, path, req, request_id, endpoint.replica_id, span)
             except PeerUnreachable as exc:
                 self.table.finished(endpoint.replica_id)
                 logger.warning("model %s: replica %s unreachable (%s)", self.model_id, endpoint.replica_id, exc)
@@ -300,14 +363,17 @@ class RoutedBackend:
             else:
                 result = _Then(result, functools.partial(self.table.finished, endpoint.replica_id))
             placed_on.set(endpoint.replica_id)
+            _route_settled(span, "forwarded", endpoint.replica_id, tries)
             return result
         if self.local is not None:
             self._placed("local")
             if self.table.self_id is not None:
                 placed_on.set(self.table.self_id)
+            _route_settled(span, "local", self.table.self_id, tries)
             return await here(self.local)
         if self.fallback is not None:
             self._placed("fallback")
+            _route_settled(span, "fallback", None, tries)
             return await here(self.fallback)
         raise EngineUnavailableError(
             f"No replica of model '{self.model_id}' could be reached; retry shortly.", code="replica_unavailable"
@@ -319,12 +385,43 @@ class RoutedBackend:
         path: str,
         req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
         request_id: str,
+        replica_id: str | None = None,
+        route: Any = None,
     ) -> Generation:
         headers = {"x-request-id": request_id}
         if req._flow is not None:
             headers[FLOW_HEADER] = req._flow.header()  # whose it is: its place in the target's fair queue
         if req.stream and req.usage_event and not req.include_usage:
             headers[USAGE_EVENT_HEADER] = "1"
+        if route is None:
+            return await self._forwarded(address, path, req, headers)
+        host, _, port = address.rpartition(":")
+        attributes = {
+            "http.request.method": "POST",
+            "url.path": path,
+            "server.address": host.strip("[]"),
+            "server.port": int(port) if port.isdigit() else None,
+            "serving.replica": replica_id,
+        }
+        span = tracing.start("forward", route, "client", {k: v for k, v in attributes.items() if v is not None})
+        headers.update(tracing.headers_of(span) or {})  # the serving replica's spans join this trace
+        try:
+            result = await self._forwarded(address, path, req, headers)
+        except BaseException as exc:
+            tracing.end(span, exc, {"http.response.status_code": getattr(exc, "status_code", None)})
+            raise
+        if isinstance(result, (dict, EncodedBody)):
+            tracing.end(span, attributes={"http.response.status_code": 200})
+            return result
+        return _Traced(result, span)
+
+    async def _forwarded(
+        self,
+        address: str,
+        path: str,
+        req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        headers: dict[str, str],
+    ) -> Generation:
         resp = await self.client.post(address, path, req.raw_body(), headers)
         try:
             if resp.status != 200:
