@@ -921,6 +921,10 @@ def test_prometheus_rule_is_the_alerts_file():
         assert group["name"] and group["rules"]
         for r in group["rules"]:
             assert {"alert", "expr"} <= r.keys() and r.get("labels", {}).get("severity"), r
+            # What the PrometheusRule CRD accepts: string label and annotation values, Prometheus durations.
+            for field in ("labels", "annotations"):
+                assert all(isinstance(v, str) for v in r.get(field, {}).values()), (r["alert"], field)
+            assert re.fullmatch(r"0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?", r.get("for", "0")), r
     assert rule["metadata"]["labels"]["release"] == "prometheus"  # kube-prometheus-stack's ruleSelector
 
 
