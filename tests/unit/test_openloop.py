@@ -183,6 +183,20 @@ def test_throughput_follows_arrivals_whatever_the_latency():
     assert ol.level_passes(row, 0.9, 0.9)
 
 
+def test_a_short_poisson_level_that_kept_up_is_judged_against_its_own_arrivals():
+    # 1 req/s for 8 s draws few requests, spread over less than 8 s; every answer takes 0.3 s.
+    times = ol.schedule(1.0, 8.0, arrivals="poisson", seed=1)
+    records = []
+    for i, t in enumerate(times):
+        r = rec(i, end=t + 0.3)
+        r.scheduled_s = t
+        records.append(r)
+    row = ol.summarize(level_of(records, duration=8.0), ol.SLO())
+    assert row["achieved_ratio"] == 1.0
+    assert row["achieved_rps"] == row["arrival_rps"] != row["offered_rps"]
+    assert ol.level_passes(row, 0.9, 0.9)
+
+
 def test_capped_requests_are_counted_and_kept_out_of_client_lateness():
     records = [rec(i, end=1.0 + i) for i in range(6)]
     for r in records[3:]:
