@@ -84,13 +84,10 @@ def build_api(
     for module in (health, models, chat, completions, embeddings, responses, tokenize):
         app.include_router(module.router)
     _serve_self_contained_openapi(app)
+    # Tracing is off by default (serving/observability/tracing.py).
+    tracing_config = (observability or ObservabilityConfig()).tracing
     app.add_middleware(
-        RequestContext,
-        metrics=metrics or NullMetrics(),
-        metered_paths=GENERATION_PATHS,
-        tracing_config=(
-            observability or ObservabilityConfig()
-        ).tracing,  # off by default (serving/observability/tracing.py)
+        RequestContext, metrics=metrics or NullMetrics(), metered_paths=GENERATION_PATHS, tracing_config=tracing_config
     )
 
     @app.exception_handler(APIError)

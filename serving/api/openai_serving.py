@@ -494,9 +494,7 @@ class OpenAIServing:
             "gen_ai.request.n": p.n,
             "serving.adapter": request.adapter,
         }
-        span = tracing.start(
-            "generate", request.trace_headers, attributes={k: v for k, v in attributes.items() if v is not None}
-        )
+        span = tracing.start("generate", request.trace_headers, attributes=attributes)
         request.trace_headers = tracing.headers_of(span)
         return span
 

@@ -195,7 +195,7 @@ def start(
         name,
         context=context,
         kind=_KINDS[kind](),
-        attributes=dict(attributes) if attributes else None,
+        attributes={k: v for k, v in attributes.items() if v is not None} if attributes else None,
         start_time=start_ns,
     )
 

@@ -403,7 +403,7 @@ class RoutedBackend:
             "server.port": int(port) if port.isdigit() else None,
             "serving.replica": replica_id,
         }
-        span = tracing.start("forward", route, "client", {k: v for k, v in attributes.items() if v is not None})
+        span = tracing.start("forward", route, "client", attributes)
         headers.update(tracing.headers_of(span) or {})  # the serving replica's spans join this trace
         try:
             result = await self._forwarded(address, path, req, headers)
