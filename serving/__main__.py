@@ -1,4 +1,4 @@
-"""Project commands: `python -m serving build-model | check CONFIG | --version`."""
+"""Project commands: `python -m serving build-model | check CONFIG [--k8s KIND] | --version`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"serving {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build-model", help="build the embedded tiny model into the cache if missing")
-    check = sub.add_parser("check", help="validate a Serve config file against the config models")
-    check.add_argument("config")
+    check_cmd = sub.add_parser(
+        "check",
+        help="every rule serve run and the Kubernetes renderer apply to a config file (serving/check.py)",
+    )
+    check_cmd.add_argument("config")
+    check_cmd.add_argument(
+        "--k8s",
+        metavar="KIND",
+        action="append",
+        help="also hold the file to the renderer's rules for this kind (cpu, single-gpu, multi-node); "
+        "default: the kinds the repository renders this file with, none for any other file",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "build-model":
@@ -23,15 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {ensure_tiny_llama()}")
         return 0
     if args.command == "check":
-        from serving.config import ConfigError
-        from serving.engine.factory import check_serve_config
+        from serving.check import check, k8s_kinds
 
-        try:
-            check_serve_config(args.config)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
+        known = k8s_kinds()
+        for kind in args.k8s or []:
+            if kind not in known:
+                print(f"--k8s {kind}: the renderer has no such kind (known: {', '.join(known)})", file=sys.stderr)
+                return 2
+        report = check(args.config, args.k8s)
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if report.errors:
+            print(f"invalid config in {args.config}:", file=sys.stderr)
+            for error in report.errors:
+                print(f"  {error}", file=sys.stderr)
             return 2
-        print(f"{args.config}: ok")
+        print(f"{args.config}: ok ({'; '.join(report.checked)})")
         return 0
     return 1
 
