@@ -58,5 +58,9 @@ def ingress_deployment(cfg: AppConfig, created: int | None = None) -> Any:
             # streams it relays with an error event and [DONE] before then (handle_backend.py).
             drain_s = serve_stop.drain_from_stop_s(graceful_s)
             self._stop_watch = asyncio.get_running_loop().create_task(serve_stop.watch(lambda: RELAYS.drain(drain_s)))
+            # Tracing (off by default) on in this replica now, not at its first request.
+            from serving.observability import tracing
+
+            tracing.configure(cfg.observability.tracing)
 
     return Ingress
