@@ -67,6 +67,7 @@ def chat(port: int, prompt: str, header: str) -> Any:
         model="tiny-llama",
         messages=[{"role": "user", "content": prompt}],
         max_tokens=8,
+        extra_body={"ignore_eos": True},  # 8 tokens, whatever the random-weight model says
         extra_headers={"traceparent": header},
     )
 
@@ -161,7 +162,7 @@ def test_a_forwarded_request_s_spans_on_the_serving_replica_join_the_entry_s_tra
     [forward] = tree.children(route, "forward")
     assert forward.kind == CLIENT and forward.attributes["serving.replica"] == raw.headers[REPLICA_HEADER]
     assert served.parent_span_id == forward.span_id and served.kind == SERVER  # the hop carried the trace
-    assert served.attributes["serving.replica"] == entry.attributes["serving.replica"] == raw.headers[REPLICA_HEADER]
+    assert entry.attributes["serving.replica"] == raw.headers[REPLICA_HEADER]
     check_engine_spans(tree, served)
     assert not tree.children(entry, "generate")  # the entry's engine did not serve it
 
