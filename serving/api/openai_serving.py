@@ -393,6 +393,8 @@ class OpenAIServing:
             "queue_wait_ms": None if queue_wait is None else round(queue_wait * 1000, 2),
             "admission_wait_ms": round(admission_wait * 1000, 2),
         }
+        if request.trace_headers is not None:
+            fields["trace_id"] = tracing.sampled_trace_id(request.trace_headers)  # the line's trace, in a viewer
         if self.log_prompts:
             fields["prompt"] = request.prompt if request.messages is None else request.messages
         access_log("generation", **fields)

@@ -300,3 +300,13 @@ def record_engine_phases(
     record("engine.prefill", parent, scheduled_ns, first_token_ns, {"gen_ai.usage.input_tokens": prompt_tokens})
     if last_token_ns is not None:
         record("engine.decode", parent, first_token_ns, last_token_ns, {"gen_ai.usage.output_tokens": output_tokens})
+
+
+def sampled_trace_id(headers: Mapping[str, str] | None) -> str | None:
+    """The trace id W3C `headers` name if that trace is sampled (what a log line quotes to find it), else None."""
+    parts = (headers or {}).get("traceparent", "").split("-")
+    try:
+        sampled = len(parts) == 4 and bool(int(parts[3], 16) & 1)
+    except ValueError:
+        return None
+    return parts[1] if sampled else None

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from loadtests import sse
+from serving.api import openai_serving
 from serving.api.forwarded import REPLICA_HEADER
 from serving.config import TracingConfig
 from serving.observability import tracing
@@ -226,3 +227,15 @@ async def test_a_request_served_where_it_entered_has_a_local_route(replicas, spa
     assert not spans.named("forward")
     server = spans.one("POST /v1/chat/completions")
     assert parent_of(spans.one("generate")) == span_id(server) == parent_of(route)
+
+
+async def test_the_generation_log_line_names_its_trace_when_it_is_sampled(make_app, spans, monkeypatch):
+    lines: list[dict[str, Any]] = []
+    monkeypatch.setattr(openai_serving, "access_log", lambda event, **fields: lines.append({"event": event, **fields}))
+    app = await make_app()
+    for header in (SAMPLED, NOT_SAMPLED):
+        assert (
+            await app.http.post("/v1/chat/completions", json=body(), headers={"traceparent": header})
+        ).status_code == 200
+    sampled, not_sampled = (line for line in lines if line["event"] == "generation")
+    assert sampled["trace_id"] == TRACE_ID and not_sampled["trace_id"] is None
