@@ -277,7 +277,8 @@ class VLLMEngine(Engine):
         if self._task == "embed":
             args.setdefault("runner", "pooling")
         traced = tracing.config()
-        if traced is not None and args.get("otlp_traces_endpoint") is None:
+        # (An embedding model's requests carry no trace headers: vLLM would send each as a trace of its own.)
+        if traced is not None and self._task == "generate" and args.get("otlp_traces_endpoint") is None:
             args["otlp_traces_endpoint"] = tracing.otlp_endpoint(traced)
             # For the exporters vLLM makes itself (its engine-core process inherits these): the protocol it
             # reads from the environment, and our service name on the spans it sends.
@@ -352,7 +353,7 @@ class VLLMEngine(Engine):
             n=2, max_tokens=2, logprobs=20, flat_logprobs=True, ignore_eos=True, output_kind=RequestOutputKind.DELTA
         )
         bos = self._tokenizer.bos_token_id
-        # Traced, the warm-up is named part of a trace that is not sampled: vLLM would otherwise send it as one.
+        # Traced, the warm-up says it belongs to a trace that is not sampled: vLLM would otherwise send it as one.
         unsampled = {"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00"} if self._traced else None
         prompt = {"prompt_token_ids": [bos if bos is not None else 0]}
         async for _ in self._llm.generate(prompt, params, "warm-up", trace_headers=unsampled):
