@@ -491,8 +491,8 @@ async def run_level(
     cpu0 = time.process_time()
     t0 = time.perf_counter() + lead_s
     for rec, body, raw in zip(records, bodies, raws, strict=True):
-        delay = t0 + rec.scheduled_s - time.perf_counter()
-        if delay > 0:
+        # A loop's timers may fire early by up to their resolution (uvloop's is 1 ms): sleep until it is time.
+        while (delay := t0 + rec.scheduled_s - time.perf_counter()) > 0:
             await asyncio.sleep(delay)
         # A request is capped when it waited for a place, or was due while the dispatcher waited for one.
         rec.capped = rec.scheduled_s < cap_released_s
