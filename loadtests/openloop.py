@@ -15,8 +15,9 @@ or not the earlier ones finished.
 Why aiohttp and not the `openai` SDK (both are here, `--client`): on 2 cores the
 client shares the CPU with the server it measures. The SDK builds a pydantic object
 per streamed chunk through httpx; the aiohttp path looks at each SSE event's bytes
-(loadtests/sse.py) and decodes only the usage chunk's JSON. Measured for one sweep in
-docs/load-testing.md ("Open-loop rate sweeps"). The client reports how late it sent
+(loadtests/sse.py) and decodes only the usage chunk's JSON: about a quarter of the
+SDK's CPU per request, measured in docs/load-testing.md ("The client: aiohttp, not the
+`openai` SDK"). The client reports how late it sent
 each request (sent - scheduled) and its own CPU per level, so a run where the client
 was the bottleneck says so.
 
