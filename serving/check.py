@@ -9,8 +9,8 @@ where they are enforced, not from copies:
 2. Ray Serve's: the file against Ray's `ServeDeploySchema` (what `serve run FILE` validates first),
    keys Ray would silently ignore, then each of our applications built as Serve's controller builds
    it (`serving.deployments.app.build_from_config` and Ray's `build_app`: every deployment's options
-   through Ray's own validation), and the file's `deployments:` overrides applied to them; the
-   ports the direct ingress and Serve's proxy would both bind;
+   through Ray's own validation), and the file's `deployments:` overrides applied to them; a port the
+   direct ingress and Serve's proxy would share (serve run takes it, and splits connections between them);
 3. Kubernetes: the renderer (`serving_k8s.render.build_objects`, its `RenderError`s) for `--k8s KIND`,
    and for a file the repository renders (`serving_k8s.render.TARGETS`) with that target's kind. A laptop
    config is not held to cluster rules unless asked.
@@ -166,7 +166,10 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 def port_problems(data: dict[str, Any]) -> list[str]:
     """Ports two servers of one node would both bind: Serve's proxy (`http_options.port`, on every node) and each
-    application's direct ingress (`ingress.port`) and fixed peer port (`ingress.peer_port`)."""
+    application's direct ingress (`ingress.port`) and fixed peer port (`ingress.peer_port`). `serve run` does not
+    refuse it: Serve's proxy binds with SO_REUSEPORT (SERVE_SOCKET_REUSE_PORT_ENABLED, on by default), as the
+    direct ingress does, so both listen and each connection reaches one of them by chance (the renderer refuses
+    the same for a port it exposes)."""
     from serving.config import AppConfig
 
     http_port = int((data.get("http_options") or {}).get("port", 8000))
@@ -182,7 +185,10 @@ def port_problems(data: dict[str, Any]) -> list[str]:
         for key, port in ports:
             where = f"applications.{i}.args.ingress.{key}"
             if port in taken:
-                problems.append(f"{where}: {port} is also {taken[port]}; every node would bind it twice")
+                problems.append(
+                    f"{where}: {port} is also {taken[port]}: both bind it with SO_REUSEPORT, and the kernel "
+                    "would split the connections between the two at random"
+                )
             else:
                 taken[port] = where
     return problems

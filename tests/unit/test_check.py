@@ -64,7 +64,7 @@ def test_files_the_repository_renders_are_held_to_their_kind():
 
 
 def test_check_imports_no_engine_and_answers_fast():
-    """No vLLM, no torch: the 15-20 s the check used to take was importing them."""
+    """No vLLM, no torch: importing them takes 10-20 s here."""
     code = (
         "import sys, time; t = time.monotonic(); from serving.check import check; "
         "r = check('configs/dev.yaml'); "
@@ -164,6 +164,7 @@ def test_override_options_ray_refuses(tmp_path):
 
 @pytest.mark.parametrize("key", ["port", "peer_port"])
 def test_direct_ingress_port_is_serve_s_proxy_port(tmp_path, key):
+    """serve run takes it and serves both on the port, each connection on one by chance (SO_REUSEPORT on both)."""
     data = load("dev.yaml")
     data["applications"][0]["args"]["ingress"][key] = data["http_options"]["port"]
     msg = errors_of(tmp_path, data)
