@@ -93,6 +93,21 @@ class Tree:
     def children(self, parent: ReceivedSpan, name: str) -> list[ReceivedSpan]:
         return [s for s in self.named(name) if s.parent_span_id == parent.span_id]
 
+    def render(self) -> str:
+        """The tree as a trace viewer draws it (start and length in ms from the root), for `pytest -s`."""
+        root = min(self.spans, key=lambda s: s.start_ns)
+        lines: list[str] = []
+
+        def add(span: ReceivedSpan, depth: int) -> None:
+            start, length = (span.start_ns - root.start_ns) / 1e6, (span.end_ns - span.start_ns) / 1e6
+            lines.append(f"{start:8.1f} {length:8.1f}  {'  ' * depth}{span.name}")
+            for child in sorted((s for s in self.spans if s.parent_span_id == span.span_id), key=lambda s: s.start_ns):
+                add(child, depth + 1)
+
+        for top in (s for s in self.spans if s.parent_span_id not in self.by_id):
+            add(top, 0)
+        return "\n".join([f"trace {root.trace_id}:  start ms, length ms, span", *lines])
+
 
 ENGINE = {"generate", "llm_request", "engine.queue", "engine.prefill", "engine.decode", "fair_queue.wait"}
 
@@ -140,6 +155,7 @@ def test_one_trace_from_the_client_to_the_engine(stack, receiver):
         assert served.parent_span_id == forward.span_id
     check_engine_spans(tree, served)
     assert all(s.parent_span_id in tree.by_id or s is entry for s in tree.spans)  # one tree, rooted at the client
+    print(tree.render())
 
 
 def test_a_forwarded_request_s_spans_on_the_serving_replica_join_the_entry_s_trace(stack, receiver):
@@ -165,6 +181,7 @@ def test_a_forwarded_request_s_spans_on_the_serving_replica_join_the_entry_s_tra
     assert entry.attributes["serving.replica"] == raw.headers[REPLICA_HEADER]
     check_engine_spans(tree, served)
     assert not tree.children(entry, "generate")  # the entry's engine did not serve it
+    print(tree.render())
 
 
 def test_the_proxy_path_carries_the_trace_through_serve_s_handle(stack, receiver):
@@ -175,3 +192,4 @@ def test_the_proxy_path_carries_the_trace_through_serve_s_handle(stack, receiver
     ingress = tree.one("POST /v1/chat/completions")  # the ingress replica's (the LLM replica has no HTTP here)
     assert ingress.parent_span_id == client_span
     check_engine_spans(tree, ingress)  # in the LLM replica, under the ingress's span: the request carried it
+    print(tree.render())
