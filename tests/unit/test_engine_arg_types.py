@@ -121,3 +121,17 @@ def test_the_check_reads_the_table_without_importing_vllm(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["2", "False", "False"]
+
+
+def test_another_vllm_than_the_table_s_checks_names_from_its_source_and_not_types(monkeypatch):
+    """After a vLLM upgrade without a new table: its own field names (read from its source), no stale types."""
+    from serving.engine import factory
+
+    monkeypatch.setattr(factory, "installed_vllm_version", lambda: "0.0.0-other")
+    m = parse_app_args({"models": [{"id": "m", "engine_args": {"max_model_len": "2k", "max_model_lenn": 1}}]}).models[0]
+    problems = dict(factory.model_problems(m))
+    assert (
+        "engine_args.max_model_lenn" in problems
+        and "did you mean 'max_model_len'" in problems["engine_args.max_model_lenn"]
+    )
+    assert "engine_args.max_model_len" not in problems
