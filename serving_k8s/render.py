@@ -63,7 +63,7 @@ import yaml
 
 from serving import __version__
 from serving.config import AppConfig, ModelConfig, app_configs
-from serving.engine.factory import check_serve_config
+from serving.engine.factory import check_serve_config, workers_per_replica
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -270,8 +270,7 @@ def default_name(config: str | Path) -> str:
 
 def gpus_per_replica(model: ModelConfig) -> int:
     """GPUs one replica of `model` uses: tensor_parallel_size x pipeline_parallel_size."""
-    args = model.engine_args
-    return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
+    return workers_per_replica(model)  # one rule with check and serve run's build (null means 1)
 
 
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
