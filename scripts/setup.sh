@@ -42,4 +42,15 @@ PY
   echo "setup: installed in $(( $(date +%s) - start ))s"
 fi
 
+# Servers the tests run for real (Debian packages): Prometheus 2.42 (and its promtool) for the dashboard
+# queries and alert rules (tests/e2e/test_prometheus.py, tests/unit/test_dashboard_and_alerts.py).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "setup: installing prometheus (apt)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # the package starts a system Prometheus on :9090 where there is an init system: the tests run their own
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 "$VENV/bin/python" -m serving build-model
