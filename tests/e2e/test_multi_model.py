@@ -217,14 +217,14 @@ def test_adapter_loads_hits_and_failures_are_metrics_per_replica(multi_server):
 
     def seen(samples) -> bool:
         return (
-            total(samples, "ray_serving_engine_lora_loads", model=SHORT) >= 2
-            and total(samples, "ray_serving_engine_lora_hits", model=SHORT) >= 2
-            and total(samples, "ray_serving_engine_lora_failures", model=SHORT) >= 1
+            total(samples, "ray_serving_lora_loads_total", model=SHORT) >= 2
+            and total(samples, "ray_serving_lora_hits_total", model=SHORT) >= 2
+            and total(samples, "ray_serving_lora_failures_total", model=SHORT) >= 1
             and total(samples, "ray_serving_engine_lora_loaded", model=SHORT) >= 2
         )
 
     samples = wait_for(multi_server, seen, timeout_s=60)
     assert seen(samples), {k: v for k, v in samples.items() if "lora" in k}
-    replicas = {lab.get("replica") for lab, _ in samples["ray_serving_engine_lora_loads"] if lab.get("model") == SHORT}
+    replicas = {lab.get("replica") for lab, _ in samples["ray_serving_lora_loads_total"] if lab.get("model") == SHORT}
     assert len(replicas) == 1 and None not in replicas  # per replica (one replica of the model here)
-    assert total(samples, "ray_serving_engine_lora_loads", model=LONG) == 0  # a model without adapters
+    assert total(samples, "ray_serving_lora_loads_total", model=LONG) == 0  # a model without adapters
