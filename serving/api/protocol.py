@@ -42,7 +42,7 @@ IGNORED_FIELDS = {
         "modalities (['text'] only)",
     ),
     "completions": ("user", "best_of (null or 1)"),
-    "stream_options": ("include_obfuscation",),
+    "stream_options": ("include_obfuscation", "continuous_usage_stats (vLLM's; usage comes in the last chunk)"),
     "assistant message": ("refusal", "annotations", "audio (null)"),
 }
 
@@ -145,6 +145,9 @@ class ChatMessage(_Strict):
 class StreamOptions(_Strict):
     include_usage: Annotated[bool, _null_is(False)] = False
     include_obfuscation: bool | None = None  # ignored: we add no obfuscation padding
+    # vLLM's extension (usage in every chunk), sent by GuideLLM on every stream: accepted, and usage comes
+    # once, in the last chunk, as `include_usage` asks (a client summing usage per chunk would count twice).
+    continuous_usage_stats: bool | None = None
 
 
 class JSONSchemaFormat(_Strict):

@@ -85,6 +85,22 @@ def test_chat_stream_framing(scripted):
     assert engine.requests[-1].messages == [{"role": "user", "content": "hi"}]
 
 
+def test_vllm_s_continuous_usage_stats_is_accepted_and_usage_comes_once_at_the_end(scripted):
+    """GuideLLM sends `stream_options.continuous_usage_stats` (vLLM's) on every stream: it was a 400
+    (unrecognized argument), so GuideLLM could not stream against us. Usage still comes once, last."""
+    _, c = scripted
+    for path, body in (
+        (CHAT, {"model": "tiny", "messages": USER, "max_tokens": 2}),
+        (COMPLETIONS, {"model": "tiny", "prompt": "hi", "max_tokens": 2}),
+    ):
+        options = {"include_usage": True, "continuous_usage_stats": True}
+        resp = c.post(path, json={**body, "stream": True, "stream_options": options})
+        assert resp.status_code == 200, resp.text
+        events = sse_events(resp.text)
+        assert all(e["usage"] is None for e in events[:-1])
+        assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+
+
 def test_completion_stream_without_usage(scripted):
     _, c = scripted
     resp = c.post(COMPLETIONS, json={"model": "tiny", "prompt": "hi", "n": 2, "stream": True})
