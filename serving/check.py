@@ -10,13 +10,16 @@ where they are enforced, not from copies:
    keys Ray would silently ignore, then each of our applications built as Serve's controller builds
    it (`serving.deployments.app.build_from_config` and Ray's `build_app`: every deployment's options
    through Ray's own validation), and the file's `deployments:` overrides applied to them; a port the
-   direct ingress and Serve's proxy would share (serve run takes it, and splits connections between them);
+   direct ingress and Serve's proxy would share (serve run takes it, and splits connections between them;
+   no proxy with `proxy_location: Disabled`);
 3. Kubernetes: the renderer (`serving_k8s.render.build_objects`, its `RenderError`s) for `--k8s KIND`,
    and for a file the repository renders (`serving_k8s.render.TARGETS`) with that target's kind. A laptop
    config is not held to cluster rules unless asked.
 
 No engine, no Ray cluster: Ray is imported (about a second) but never started or connected to, and vLLM
-is not imported (serving/engine/engine_arg_types.py). The API keys a config names are the environment's,
+is not imported (serving/engine/engine_arg_types.py). Called in a process where Ray is already initialized
+(connected to a cluster), the check does not build the applications (building registers them with the
+cluster it is connected to): it says so in a note, and checks the rest. The API keys a config names are the environment's,
 not the file's: their absence here is a note, not an error.
 
 This module is a command of the package, above every layer: it may import the deployments (Ray) and the
@@ -69,7 +72,7 @@ def check(path: str | Path, k8s_kinds: list[str] | None = None) -> Report:
     report.checked.append("config and engine_args")
     report.errors += ray_problems(data, report)
     if not report.errors:
-        report.checked.append("Ray Serve")
+        report.checked.append("Ray Serve" if LIVE_RAY_NOTE not in report.notes else "Ray Serve (not the build)")
     kinds = k8s_kinds if k8s_kinds is not None else rendered_kinds(path)
     if kinds and not report.errors:
         for kind in kinds:
@@ -94,14 +97,32 @@ def _config_error_lines(text: str) -> list[str]:
 # -- Ray Serve --------------------------------------------------------------------------------------
 
 
+LIVE_RAY_NOTE = (
+    "Ray is initialized in this process: the applications were not built (building them would register "
+    "them with its cluster); run `python -m serving check` in a process of its own for that part"
+)
+
+
 @contextlib.contextmanager
 def _no_ray_connection() -> Iterator[None]:
-    """Nothing here may start Ray or join a running cluster (Ray connects on first use unless told not to)."""
+    """Nothing here may start Ray or join a running cluster (Ray connects on first use unless told not to).
+
+    Ray reads RAY_ENABLE_AUTO_CONNECT once, when it is first imported: in a process that imported Ray before,
+    the variable alone changes nothing, so the flag Ray read it into is set too, for as long as this lasts."""
     before = os.environ.get("RAY_ENABLE_AUTO_CONNECT")
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    from ray._private import auto_init_hook  # imported after the variable is set: a first import reads it
+
+    flag = "enable_auto_connect"
+    had_flag = hasattr(auto_init_hook, flag)
+    flag_before = getattr(auto_init_hook, flag, None)
+    if had_flag:
+        setattr(auto_init_hook, flag, False)
     try:
         yield
     finally:
+        if had_flag:
+            setattr(auto_init_hook, flag, flag_before)
         if before is None:
             os.environ.pop("RAY_ENABLE_AUTO_CONNECT", None)
         else:
@@ -110,6 +131,7 @@ def _no_ray_connection() -> Iterator[None]:
 
 def ray_problems(data: dict[str, Any], report: Report) -> list[str]:
     with _no_ray_connection():
+        import ray
         from ray.serve.schema import ServeDeploySchema
 
         try:
@@ -118,6 +140,9 @@ def ray_problems(data: dict[str, Any], report: Report) -> list[str]:
             return [line.strip() for line in format_validation_error(exc, "", ServeDeploySchema).splitlines()[1:]]
         problems = unknown_ray_keys(data, ServeDeploySchema)
         problems += port_problems(data)
+        if ray.is_initialized():  # a live cluster: nothing of the check may reach it
+            report.notes.append(LIVE_RAY_NOTE)
+            return problems
         for i, (app, app_schema) in enumerate(zip(data["applications"], schema.applications, strict=True)):
             if is_our_app(app):
                 problems += [f"applications.{i}.{p}" for p in _build_problems(app_schema, report)]
@@ -169,11 +194,13 @@ def port_problems(data: dict[str, Any]) -> list[str]:
     application's direct ingress (`ingress.port`) and fixed peer port (`ingress.peer_port`). `serve run` does not
     refuse it: Serve's proxy binds with SO_REUSEPORT (SERVE_SOCKET_REUSE_PORT_ENABLED, on by default), as the
     direct ingress does, so both listen and each connection reaches one of them by chance (the renderer refuses
-    the same for a port it exposes)."""
+    the same for a port it exposes). With `proxy_location: Disabled` Serve starts no proxy: its port is free."""
     from serving.config import AppConfig
 
-    http_port = int((data.get("http_options") or {}).get("port", 8000))
-    taken: dict[int, str] = {http_port: "http_options.port (Serve's proxy)"}
+    taken: dict[int, str] = {}
+    if data.get("proxy_location") != "Disabled":
+        http_port = int((data.get("http_options") or {}).get("port", 8000))
+        taken[http_port] = "http_options.port (Serve's proxy)"
     problems = []
     for i, app in enumerate(data["applications"]):
         if not is_our_app(app):

@@ -124,11 +124,18 @@ def table_from(args_cls: type, version: str) -> dict[str, Any]:
                 tp = eval(tp, module)
             except Exception:
                 tp = Any
-        spec = describe(tp)
-        if isinstance(spec, dict) and "config" in spec and isinstance(f.default, type(None)):
-            spec = {"union": [spec, "null"]}
-        fields[f.name] = spec
+        fields[f.name] = _or_null(describe(tp)) if f.default is None else describe(tp)
     return {"vllm": version, "class": f"{args_cls.__module__}.{args_cls.__qualname__}", "fields": fields}
+
+
+def _or_null(spec: Spec) -> Spec:
+    """A field whose default is None takes null whatever its annotation says (`max_model_len: int = None`):
+    vLLM then derives the value itself (from the model, the machine), as when the key is not given."""
+    if spec in ("any", "null"):
+        return spec
+    if isinstance(spec, dict) and "union" in spec:
+        return spec if "null" in spec["union"] else {"union": [*spec["union"], "null"]}
+    return {"union": [spec, "null"]}
 
 
 def dump_table(table: dict[str, Any]) -> str:

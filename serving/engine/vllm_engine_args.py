@@ -652,7 +652,12 @@ TABLE = r"""
     "null"
    ]
   },
-  "elastic_ep_max_dp_size": "int",
+  "elastic_ep_max_dp_size": {
+   "union": [
+    "int",
+    "null"
+   ]
+  },
   "enable_batch_sharded_sampling": {
    "union": [
     "bool",
@@ -672,7 +677,12 @@ TABLE = r"""
   "enable_eplb": "bool",
   "enable_expert_parallel": "bool",
   "enable_fault_tolerance": "bool",
-  "enable_flashinfer_autotune": "bool",
+  "enable_flashinfer_autotune": {
+   "union": [
+    "bool",
+    "null"
+   ]
+  },
   "enable_hc_sp": "bool",
   "enable_layerwise_nvtx_tracing": "bool",
   "enable_log_requests": "bool",
@@ -1278,7 +1288,12 @@ TABLE = r"""
    ]
   },
   "max_loras": "int",
-  "max_model_len": "int",
+  "max_model_len": {
+   "union": [
+    "int",
+    "null"
+   ]
+  },
   "max_num_active_seqs": {
    "union": [
     "int",

@@ -88,6 +88,15 @@ def test_engine_arg_type_names_its_key_path(tmp_path):
     assert "applications.0.args.models.0.engine_args.max_model_len: Input should be a valid integer" in msg
 
 
+def test_null_where_vllm_s_default_is_none(tmp_path):
+    """`max_model_len: null` (vLLM's default: the model's length) is no type error."""
+    data = load("dev.yaml")
+    model(data)["engine_args"]["max_model_len"] = None
+    report = check(write(tmp_path, data))
+    assert report.errors == []
+    assert "config and engine_args" in report.checked
+
+
 def test_fewer_gpus_than_vllm_workers(tmp_path):
     """vLLM's mp workers each need a GPU the replica holds: 1 GPU for TP 2 fails at engine start."""
     data = load("cluster.yaml")
@@ -169,6 +178,64 @@ def test_direct_ingress_port_is_serve_s_proxy_port(tmp_path, key):
     data["applications"][0]["args"]["ingress"][key] = data["http_options"]["port"]
     msg = errors_of(tmp_path, data)
     assert f"applications.0.args.ingress.{key}: 8001 is also http_options.port (Serve's proxy)" in msg
+
+
+@pytest.mark.parametrize("key", ["port", "peer_port"])
+def test_no_proxy_no_proxy_port(tmp_path, key):
+    """`proxy_location: Disabled`: serve run starts no proxy, so the direct ingress may take http_options.port."""
+    data = load("dev.yaml")
+    data["proxy_location"] = "Disabled"
+    data["applications"][0]["args"]["ingress"][key] = data["http_options"]["port"]
+    report = check(write(tmp_path, data))
+    assert report.errors == []
+    assert "Ray Serve" in report.checked
+
+
+def _a_build_that_fails(data: dict[str, Any]) -> dict[str, Any]:
+    data["applications"][0]["deployments"] = [{"name": "llm-tiny-lama", "num_replicas": 1}]
+    return data
+
+
+def test_no_build_into_a_live_cluster(tmp_path, monkeypatch):
+    """In a process where Ray is initialized, building the app would register it with that cluster: not done."""
+    import ray
+
+    import serving.check
+
+    def built(*args: Any) -> list[str]:
+        raise AssertionError("the build ran with Ray initialized")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(serving.check, "_built", built)
+    report = check(write(tmp_path, _a_build_that_fails(load("dev.yaml"))))
+    assert report.errors == []
+    assert any("Ray is initialized in this process: the applications were not built" in n for n in report.notes)
+    assert report.checked[1] == "Ray Serve (not the build)"
+    # the rest of Ray's rules still hold
+    data = load("dev.yaml")
+    data["http_option"] = {}
+    assert "http_option: unknown key 'http_option'" in errors_of(tmp_path, data)
+
+
+def test_no_auto_connect_though_ray_was_imported_before(tmp_path, monkeypatch):
+    """Ray reads RAY_ENABLE_AUTO_CONNECT at its first import: in a process that imported it before, the
+    variable alone would not stop the build's first Ray call from connecting to (or starting) a cluster."""
+    from ray._private import auto_init_hook
+
+    import serving.check
+
+    monkeypatch.setattr(auto_init_hook, "enable_auto_connect", True)  # as read at an import without the variable
+    seen = []
+    real = serving.check._built
+
+    def built(*args: Any) -> list[str]:
+        seen.append(auto_init_hook.enable_auto_connect)
+        return real(*args)
+
+    monkeypatch.setattr(serving.check, "_built", built)
+    assert "llm-tiny-lama" in errors_of(tmp_path, _a_build_that_fails(load("dev.yaml")))
+    assert seen == [False]
+    assert auto_init_hook.enable_auto_connect is True  # restored
 
 
 def test_missing_api_keys_are_a_note_not_an_error(tmp_path, monkeypatch):

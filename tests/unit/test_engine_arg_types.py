@@ -67,6 +67,10 @@ ACCEPTED = [
     {"enable_prefix_caching": "yes"},
     {"gpu_memory_utilization": 1},
     {"max_model_len": 1024, "dtype": "float32", "structured_outputs_config": {"backend": "xgrammar"}},
+    # null where vLLM's default is None (`max_model_len: int = None`): vLLM takes its own default
+    {"max_model_len": None},
+    {"elastic_ep_max_dp_size": None},
+    {"enable_flashinfer_autotune": None},
 ]
 
 
@@ -99,6 +103,13 @@ def test_shipped_engine_args_pass_both(args):
     cpu_safe = {k: v for k, v in args.items() if k not in sized}
     assert engine_arg_problems(args) == []
     assert _vllm_refuses({**cpu_safe, "gpu_memory_utilization": 0.9}) is None
+
+
+def test_every_field_whose_default_is_none_takes_null():
+    """A YAML `null` for such a field means vLLM's own default, whatever the annotation (`int = None`) says."""
+    defaults_none = [f.name for f in __import__("dataclasses").fields(AsyncEngineArgs) if f.init and f.default is None]
+    assert "max_model_len" in defaults_none
+    assert [(n, p) for n in defaults_none for p in engine_arg_problems({n: None})] == []
 
 
 def test_a_wrong_type_in_a_config_names_the_key_path(tmp_path):
