@@ -31,6 +31,13 @@ meeting every SLO given, per second and as a share of the requests scheduled),
 p50/p90/p95/p99 of TTFT, ITL and e2e, the pooled chunk-gap p99 (per-token stalls a
 mean hides), and the client's lateness and CPU.
 
+Chunk times are taken per network read, not per SSE event: every event of one read
+(aiohttp's `iter_any()`) gets the same timestamp, and the SDK yields one read's chunks
+back to back. When the server or the kernel batches several chunks into one read,
+their gaps count as 0 and the whole wait lands on the gap before the batch, so gap
+percentiles can show 0 ms under load. A request's TTFT and ITL (first to last content
+chunk, over its tokens) move only by where their first and last chunk were read.
+
 Outstanding requests are capped (`--max-outstanding`): at the cap a request waits for
 a free place and is sent late. That is never silent: it is counted per level
 (`capped`), flagged in its JSONL line, left out of the client-lateness percentiles
@@ -243,6 +250,7 @@ async def send_aiohttp(
                 return
             reader = SSEReader()
             async for data in resp.content.iter_any():
+                # One stamp per read: events that arrived together share it (0-ms gaps; the module docstring).
                 now = time.perf_counter()
                 for event in reader.feed(data):
                     payload = event.data
@@ -531,7 +539,8 @@ def summarize(level: Level, slo: SLO, max_outstanding: int | None = None) -> dic
     throughput. `achieved_ratio` compares it with the arrivals measured the same way,
     (scheduled - 1) / (last - first arrival). Goodput req/s is achieved x the share of
     successful requests that were good; goodput share is good / scheduled (errors and
-    cancelled requests are not good).
+    cancelled requests are not good). `gap_ms` pools every gap between two content chunks; chunks read
+    together from the socket share one timestamp, so their gaps are 0 (the module docstring).
     """
     recs = level.records
     for r in recs:
@@ -874,7 +883,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.openloop",
         description="Open-loop load (requests at scheduled arrival times) and rate sweeps with goodput under SLOs.",
-        epilog="Exit codes: 0 the sweep ran; 2 it could not run or not one request succeeded.",
+        epilog=(
+            "Chunk gaps (gap p99) are timed per network read: SSE events that arrive in one read share a "
+            "timestamp, so batched chunks show 0-ms gaps. "
+            "Exit codes: 0 the sweep ran; 2 it could not run or not one request succeeded."
+        ),
     )
     p.add_argument("--host", default="http://127.0.0.1:8000", help="server base URL (without /v1)")
     p.add_argument("--serve", type=Path, metavar="CONFIG", help="start `serve run CONFIG` first (this session)")
@@ -927,11 +940,26 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("give exactly one of --rates R1,R2,... and --find-knee")
     if args.burstiness is not None and args.arrivals != "gamma":
         p.error("--burstiness applies to --arrivals gamma")
-    if args.burstiness is not None and not args.burstiness > 0:
-        p.error("--burstiness must be positive")
+    if args.burstiness is not None and not (args.burstiness > 0 and math.isfinite(args.burstiness)):
+        p.error(f"--burstiness must be a positive finite number, got {args.burstiness:g}")
     for name in ("duration", "request_timeout", "start_rate", "max_rate"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
+        value = getattr(args, name)
+        if not (value > 0 and math.isfinite(value)):
+            p.error(f"--{name.replace('_', '-')} must be a positive finite number, got {value:g}")
+    if args.find_knee and args.start_rate > args.max_rate:
+        p.error(f"--start-rate ({args.start_rate:g}) cannot be above --max-rate ({args.max_rate:g})")
+    if not 0 < args.knee_ratio <= 1:
+        p.error(f"--knee-ratio is a share of the arrival rate: 0 < it <= 1, got {args.knee_ratio:g}")
+    if not 0 <= args.min_goodput <= 1:
+        p.error(f"--min-goodput is a share of the requests: 0 <= it <= 1, got {args.min_goodput:g}")
+    # Achieved throughput is measured between completions ((ok - 1) / their span): a level of one request
+    # has none, and could only be judged as not keeping up.
+    lowest, which = (min(args.rates), "the lowest of --rates") if args.rates else (args.start_rate, "--start-rate")
+    if lowest * args.duration < 2:
+        p.error(
+            f"{which} x --duration is {lowest:g} x {args.duration:g} = {lowest * args.duration:g} requests per "
+            "level: at least 2 are needed to measure a level's throughput (raise the rate or the duration)"
+        )
     if args.max_outstanding < 1:
         p.error("--max-outstanding must be at least 1")
     if args.drain_timeout < 0 or args.cooldown < 0 or args.warmup < 0 or args.refine < 0:

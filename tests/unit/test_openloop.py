@@ -322,6 +322,44 @@ def test_cli_arguments(capsys):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--find-knee", "--start-rate", "10", "--max-rate", "5"], "--start-rate (10) cannot be above --max-rate (5)"),
+        (["--rates", "1", "--arrivals", "gamma", "--burstiness", "inf"], "--burstiness must be a positive finite"),
+        (["--rates", "1", "--arrivals", "gamma", "--burstiness", "nan"], "--burstiness must be a positive finite"),
+        (["--rates", "1", "--duration", "inf"], "--duration must be a positive finite number"),
+        (["--find-knee", "--max-rate", "inf"], "--max-rate must be a positive finite number"),
+        (["--rates", "1", "--knee-ratio", "0"], "--knee-ratio is a share of the arrival rate: 0 < it <= 1, got 0"),
+        (["--rates", "1", "--knee-ratio", "1.5"], "--knee-ratio is a share"),
+        (["--rates", "1", "--knee-ratio", "nan"], "--knee-ratio is a share"),
+        (["--rates", "1", "--min-goodput", "-0.1"], "--min-goodput is a share of the requests: 0 <= it <= 1"),
+        (["--rates", "1", "--min-goodput", "90"], "--min-goodput is a share"),
+        # one request per level has no throughput (it is measured between completions): it could only "fail"
+        (["--rates", "0.5,4", "--duration", "3"], "the lowest of --rates x --duration is 0.5 x 3 = 1.5 requests"),
+        (["--find-knee", "--start-rate", "0.1", "--duration", "10"], "--start-rate x --duration is 0.1 x 10 = 1"),
+    ],
+)
+def test_cli_refuses_with_a_message_and_no_traceback(argv, message, capsys):
+    """argparse's exit 2 and its usage line, before any request (the knee search or the schedule raised later)."""
+    with pytest.raises(SystemExit) as info:
+        ol.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_takes_the_edges_of_the_ranges():
+    p = ol.build_parser()
+    for ok in (
+        ["--rates", "1", "--knee-ratio", "1", "--min-goodput", "0"],
+        ["--rates", "2,4", "--duration", "1"],  # 2 requests at the lowest rate
+        ["--find-knee", "--start-rate", "8", "--max-rate", "8"],
+        ["--rates", "1", "--arrivals", "gamma", "--burstiness", "1e6"],
+    ):
+        ol.check_args(p, p.parse_args(ok))
+
+
 def test_serve_url_follows_the_configs_ingress(tmp_path):
     from loadtests.servers import ROOT
 
