@@ -235,7 +235,7 @@ async def export_engine_stats(
                 pass
     finally:
         if export is not None:
-            export.stop()
+            export.stop()  # returns at once: the servers shut down on a thread, off this event loop
 
 
 def start_engine_metrics(replica: str, model_id: str, host: str) -> engine_metrics.EngineMetricsExport | None:
