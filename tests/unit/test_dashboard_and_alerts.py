@@ -15,7 +15,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from serving.observability.metrics import DEPRECATED_NAMES, METRIC_NAMES
