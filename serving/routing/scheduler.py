@@ -78,7 +78,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -87,6 +87,7 @@ from serving.routing.policy import PrefixAwarePolicy, bounded_load_choice, prefi
 
 REFRESH_S = 0.25
 STALE_S = 3.0  # twelve missed refreshes: the replica (or its node) is gone, or the registry is
+HISTORY_S = STALE_S + 1.0  # an entry point's own sends and ends, kept to add to a report as old as that
 KV_FULL = 0.98
 # Prefix keys an entry point remembers placing, and reports (8 bytes each: 2-8 KB of hex per report):
 # the recent shared prefixes of a busy replica, with room for a burst of one-off prompts.
@@ -141,6 +142,8 @@ class EndpointTable:
         self._endpoints: list[Endpoint] = []
         self._taken_at = clock()
         self._mine: dict[str, int] = {}  # requests this entry point has in flight at each replica
+        # when they started and ended (+1 / -1) over the last HISTORY_S: what changed since a report
+        self._changes: dict[str, deque[tuple[float, int]]] = {}
         self._placed: OrderedDict[bytes, dict[str, None]] = OrderedDict()  # prefix key -> where this entry point put it
         self._holders: dict[bytes, set[str]] = {}  # prefix key -> replicas the entry points reported it on
         self.version = 0
@@ -194,19 +197,26 @@ class EndpointTable:
         return endpoint.age_s + (self._clock() - self._taken_at)
 
     def load(self, endpoint: Endpoint) -> float:
-        """Requests in flight at the replica: its mean over the period it last reported, or more if
-        known: for this replica its live count, for another what this entry point has sent there and
-        not seen end (a report may predate them). Rated alike: rated by its live count alone, this
-        replica looked less loaded than the others (a lagging mean's max with a live count is above
-        the live count on average), and an entry point that all four connections of a client reached
-        served 1.48-1.76x its share (reproduced; 1.14-1.16x rated alike)."""
-        reported = endpoint.in_flight if endpoint.load is None else endpoint.load
+        """Requests in flight at the replica. This one: its live count. Another: its report (the mean
+        over the period it last reported), plus what this entry point sent there since that report, minus
+        what of its own ended there since (it knows no other entry point's since the report).
+
+        Each figure is an estimate of the count now, none biased up: rated as the larger of a lagging mean
+        and a live count (as other replicas were, and this one after 940aa8e), a replica looked busier
+        than it was, and the entry point, rating itself the same way, sent half of a no-prefix workload's
+        requests elsewhere (loadtests/PERFORMANCE.md, "Overflow drawn by deficit")."""
         if endpoint.replica_id == self.self_id and self._own_load is not None:
-            return max(reported, self._own_load())
-        return max(reported, self._mine.get(endpoint.replica_id, 0))
+            return float(self._own_load())
+        reported = endpoint.in_flight if endpoint.load is None else endpoint.load
+        changes = self._changes.get(endpoint.replica_id)
+        if not changes:
+            return float(reported)
+        since = self._taken_at - endpoint.age_s  # when the replica reported
+        return max(0.0, reported + sum(delta for at, delta in changes if at > since))
 
     def started(self, replica_id: str) -> None:
         self._mine[replica_id] = self._mine.get(replica_id, 0) + 1
+        self._changed(replica_id, 1)
 
     def finished(self, replica_id: str) -> None:
         left = self._mine.get(replica_id, 0) - 1
@@ -214,6 +224,14 @@ class EndpointTable:
             self._mine[replica_id] = left
         else:
             self._mine.pop(replica_id, None)
+        self._changed(replica_id, -1)
+
+    def _changed(self, replica_id: str, delta: int) -> None:
+        now = self._clock()
+        changes = self._changes.setdefault(replica_id, deque())
+        changes.append((now, delta))
+        while changes and changes[0][0] < now - HISTORY_S:
+            changes.popleft()
 
 
 def adapter_key(model: str, request: Any) -> bytes | None:
