@@ -10,9 +10,10 @@ Inputs, pure data (no Ray here): the request's model and prompt prefix, and
 the `EndpointTable`, this entry point's copy of every LLM replica of the app
 (its model, private address, state, requests in flight, KV-cache use, and how
 old that report is). `serving/deployments/registry.py` refreshes the copy
-every `REFRESH_S`; a replica's load counts at least the requests this entry
-point has in flight there (a report may predate them: an assumed load, as
-llm-d keeps), and its own replica's at least its live count.
+every `REFRESH_S`; another replica's load is its report plus what this entry
+point sent there since, minus what of its own ended there since (a report
+may predate them: an assumed load, as llm-d keeps), its own replica's is its
+live count (`EndpointTable.load`).
 
 Filters (each keeps what may serve; an empty result falls back to the input,
 so a filter narrows but never refuses on its own):
