@@ -18,6 +18,7 @@ generation under the ingress's request span.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,13 +160,17 @@ def test_one_trace_from_the_client_to_the_engine(stack, receiver):
 
 
 def test_a_forwarded_request_s_spans_on_the_serving_replica_join_the_entry_s_trace(stack, receiver):
-    """Prompts differ in their prefix, so the scheduler places some on the other replica: one of those."""
+    """Prompts that share a prefix go to the replica that served it first (its holder) from every entry point,
+    so one entering at the other replica is forwarded: one of those. (Distinct prompts, sent one at a time to an
+    idle pair, are served where they enter: nothing to forward for.)"""
+    shared = "A long system prompt every request of this test shares. " * 12  # over the routing key's 512 chars
     for i in range(30):
         trace_id, client_span, header = traceparent()
-        raw = chat(DIRECT, f"{i} a prompt of its own {secrets.token_hex(8)}", header)
+        raw = chat(DIRECT, f"{shared}{i} {secrets.token_hex(8)}", header)  # a client and connection each
         assert raw.http_response.status_code == 200
         if raw.headers[REPLICA_HEADER] != raw.headers[ENTRY_HEADER]:
             break
+        time.sleep(0.3)  # every entry point learns the prefix's holder within a refresh (250 ms)
     else:
         pytest.fail("no request was forwarded in 30")
     want = ENGINE | {"POST /v1/chat/completions", "route", "forward"}
