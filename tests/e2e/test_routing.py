@@ -144,7 +144,8 @@ def test_one_pooled_client_is_spread_over_every_replica_whatever_its_connections
         # the requests are spread over all of them anyway.
         assert len(counts) == 4, counts
         assert max(counts.values()) <= 1.5 * 100, counts
-        assert forwarded > 0
+        if len(entries) < 4:  # connections on every replica need no forward (a CI run had one on each: 0 forwarded)
+            assert forwarded > 0, entries
 
         # One prompt, from fresh connections (wherever the kernel lands them): once it has been
         # served and reported, the replica that served it serves it from every entry point.
