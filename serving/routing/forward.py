@@ -196,46 +196,14 @@ async def _error_of(resp: aiohttp.ClientResponse) -> PeerError:
 
 
 class _Then:
-    """`stream`, and `done()` once, however it ends: exhausted, failed, or closed before it was read at all."""
+    """`stream`, and `done(failure)` once, however it ends: exhausted (None), failed (the exception), or closed
+    before it was read at all (None)."""
 
-    def __init__(self, stream: AsyncIterator[bytes], done: Callable[[], None]) -> None:
+    def __init__(self, stream: AsyncIterator[bytes], done: Callable[[BaseException | None], None]) -> None:
         self._stream = stream
-        self._done: Callable[[], None] | None = done
+        self._done: Callable[[BaseException | None], None] | None = done
 
     def __aiter__(self) -> _Then:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self._stream.__anext__()
-        except BaseException:
-            await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        done, self._done = self._done, None
-        if done is not None:
-            done()
-            await aclose(self._stream)
-
-
-Placed = Callable[[str, str], None]  # (model, "local" | "forwarded" | "fallback")
-
-
-def _route_settled(span: Any, placement: str, replica: str | None, tries: int) -> None:
-    """The `route` span's end (tracing on): where the request went, after how many forwards."""
-    attributes = {"serving.route.placement": placement, "serving.route.replica": replica, "serving.route.tries": tries}
-    tracing.end(span, attributes=attributes)
-
-
-class _Traced:
-    """A relayed stream whose `forward` span ends with it, however it ends (exhausted, failed, closed)."""
-
-    def __init__(self, stream: AsyncIterator[bytes], span: Any) -> None:
-        self._stream = stream
-        self._span = span
-
-    def __aiter__(self) -> _Traced:
         return self
 
     async def __anext__(self) -> bytes:
@@ -248,11 +216,25 @@ class _Traced:
             await self.aclose(exc)
             raise
 
-    async def aclose(self, error: BaseException | None = None) -> None:
-        span, self._span = self._span, None
-        if span is not None:
-            tracing.end(span, error, {"http.response.status_code": 200})
+    async def aclose(self, failure: BaseException | None = None) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(failure)
             await aclose(self._stream)
+
+
+def _whatever_the_end(done: Callable[[], None]) -> Callable[[BaseException | None], None]:
+    """A `_Then` callback that does `done()` however the stream ended."""
+    return lambda _failure: done()
+
+
+Placed = Callable[[str, str], None]  # (model, "local" | "forwarded" | "fallback")
+
+
+def _route_settled(span: Any, placement: str, replica: str | None, tries: int) -> None:
+    """The `route` span's end (tracing on): where the request went, after how many forwards."""
+    attributes = {"serving.route.placement": placement, "serving.route.replica": replica, "serving.route.tries": tries}
+    tracing.end(span, attributes=attributes)
 
 
 def _relay_admission(headers: Any) -> None:
@@ -361,7 +343,7 @@ class RoutedBackend:
             if isinstance(result, (dict, EncodedBody)):
                 self.table.finished(endpoint.replica_id)
             else:
-                result = _Then(result, functools.partial(self.table.finished, endpoint.replica_id))
+                result = _Then(result, _whatever_the_end(functools.partial(self.table.finished, endpoint.replica_id)))
             placed_on.set(endpoint.replica_id)
             _route_settled(span, "forwarded", endpoint.replica_id, tries)
             return result
@@ -413,7 +395,8 @@ class RoutedBackend:
         if isinstance(result, (dict, EncodedBody)):
             tracing.end(span, attributes={"http.response.status_code": 200})
             return result
-        return _Traced(result, span)
+        # the `forward` span ends with the relayed stream, however it ends
+        return _Then(result, lambda failure: tracing.end(span, failure, {"http.response.status_code": 200}))
 
     async def _forwarded(
         self,
