@@ -93,6 +93,7 @@ from serving.engine.vllm_engine import VLLMEngine
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "loadtests" / "results"
 STATS_ENV = "ROUTING_BENCH_STATS_DIR"
+REQUEST_LOG_ENV = "ROUTING_BENCH_REQUEST_LOG"  # set: the vLLM replicas log each request's cached tokens
 # Serve's proxy path with each of its request routers, then the direct ingress: `connection`
 # (each request served where its connection landed) and `request` (every request placed by
 # serving/routing/scheduler.py, forwarded as bytes when its replica is another).
@@ -150,6 +151,22 @@ class BenchSimEngine(SimulatedEngine):
         await super().shutdown()
 
 
+class _CachedTokens:
+    """vLLM's AsyncLLM, noting each request's `num_cached_tokens` (its prompt tokens found in the prefix cache)."""
+
+    def __init__(self, llm, into: dict[str, int]) -> None:
+        self._llm, self._into = llm, into
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    async def generate(self, prompt, sampling, request_id, **kwargs):
+        async for out in self._llm.generate(prompt, sampling, request_id, **kwargs):
+            if out.num_cached_tokens is not None:
+                self._into[request_id] = out.num_cached_tokens
+            yield out
+
+
 class BenchVLLMEngine(VLLMEngine):
     """The vLLM engine plus a request count, its stats (with vLLM's prefix-cache counters) published per replica."""
 
@@ -160,15 +177,37 @@ class BenchVLLMEngine(VLLMEngine):
         super().__init__(resolve_source(cfg.source), cfg.id, cfg.engine_args, adapters=adapters)
         self._requests = 0
         self._writer = None
+        self._log: Path | None = None
+        self._cached: dict[str, int] = {}
 
     async def start(self):
         info = await super().start()
         self._writer = _stats_writer(self)
+        folder = os.environ.get(STATS_ENV)
+        if folder and os.environ.get(REQUEST_LOG_ENV):
+            self._log = Path(folder) / f"{os.getpid()}.requests.jsonl"
+            self._llm = _CachedTokens(self._llm, self._cached)
         return info
 
     def generate(self, request):
         self._requests += 1
-        return super().generate(request)
+        if self._log is None:
+            return super().generate(request)
+        return self._logged(request)
+
+    async def _logged(self, request):
+        """Each request's system prompt (its key), prompt and cached tokens, to <pid>.requests.jsonl."""
+        system = next((m.get("content") for m in request.messages or () if m.get("role") == "system"), "")
+        key = system.split(".", 1)[0] if system else None
+        t0, first, t1 = time.time(), None, None
+        async for out in super().generate(request):
+            if first is None:
+                first, t1 = out, time.time()
+            yield out
+        cached = self._cached.pop(request.request_id, None)
+        line = {"t0": t0, "t1": t1, "key": key, "prompt": first.prompt_tokens if first else None, "cached": cached}
+        with self._log.open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     async def stats(self) -> dict[str, float]:
         # VLLMEngine.stats() carries vLLM's prefix_cache_queries/hits counters.
@@ -382,6 +421,65 @@ def read_stats(folder: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def read_request_logs(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each vLLM replica's requests (BenchVLLMEngine's log), by pid, in start order."""
+    out = {}
+    for f in folder.glob("*.requests.jsonl"):
+        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        out[f.name.split(".")[0]] = sorted(lines, key=lambda r: r["t0"])
+    return out
+
+
+# Uncached tokens above this: the request missed (part of) its system prompt, not only
+# its own user turn (~75 tokens) and the partly filled block at the prompt's end (< 32).
+PREFIX_MISS_TOKENS = 160
+
+
+def miss_breakdown(logs: dict[str, list[dict[str, Any]]], since: float) -> dict[str, Any] | None:
+    """Where the measured requests' uncached prompt tokens went, from vLLM's per-request cached tokens.
+
+    `tail`: a request that missed only its own turn and the last partial block (can't hit);
+    `cold`: its key had not reached its first token on that replica before it started (the
+    key's first request there, or one sent beside it); `evicted`: the key was there before
+    and was missed anyway (evicted by other keys). Per replica: the keys it served."""
+    if not logs:
+        return None
+    tokens = {"tail": 0, "cold": 0, "evicted": 0}
+    requests = {"tail": 0, "cold": 0, "evicted": 0}
+    total = 0
+    keys_per_replica = {}
+    holders: dict[str, set[str]] = {}
+    for pid, lines in logs.items():
+        done: dict[str, float] = {}  # key -> the earliest first-token time of its requests here
+        served = set()
+        for r in lines:
+            key = r.get("key")
+            if r["t0"] >= since and r.get("cached") is not None and r.get("prompt"):
+                uncached = r["prompt"] - r["cached"]
+                total += r["prompt"]
+                kind = (
+                    "tail"
+                    if uncached <= PREFIX_MISS_TOKENS
+                    else "evicted"
+                    if key in done and done[key] < r["t0"]
+                    else "cold"
+                )
+                tokens[kind] += uncached
+                requests[kind] += 1
+                served.add(key)
+                holders.setdefault(key, set()).add(pid)
+            if r.get("t1") is not None and key not in done:
+                done[key] = r["t1"]
+        keys_per_replica[pid] = len(served)
+    return {
+        "prompt_tokens": total,
+        "uncached_share": {k: round(v / total, 4) if total else None for k, v in tokens.items()},
+        "requests": requests,
+        "keys_per_replica": sorted(keys_per_replica.values(), reverse=True),
+        "keys_on_two_or_more": sum(1 for h in holders.values() if len(h) > 1),
+    }
+
+
 def sim_model(router: str, stats_dir: Path, replicas: int) -> dict[str, Any]:
     base = yaml.safe_load((ROOT / "configs" / "sim-cluster.yaml").read_text())
     model = dict(base["applications"][0]["args"]["models"][0])
@@ -412,7 +510,7 @@ def vllm_model(router: str, stats_dir: Path, replicas: int, kv_mib: int) -> dict
             "block_size": 32,
             "max_num_seqs": 16,
         },
-        "env": {STATS_ENV: str(stats_dir)},
+        "env": {STATS_ENV: str(stats_dir), REQUEST_LOG_ENV: "1"},
         "router": router,
         "deployment": {
             "num_cpus": 0.5,
@@ -654,9 +752,12 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
                 )
             time.sleep(1.0)
             before = read_stats(stats_dir)
+            measured_from = time.time()
             load = asyncio.run(run_load(urls, prompts, plan, conc, args.max_tokens, args.timeout_s, args.adapters))
             time.sleep(1.5)  # the replicas' last stats writes
             after = read_stats(stats_dir)
+            request_logs = read_request_logs(stats_dir)
+            misses = miss_breakdown(request_logs, measured_from)
     finally:
         shutil.rmtree(stats_dir, ignore_errors=True)
 
@@ -711,6 +812,9 @@ def bench_one(target: str, router: str, args, prompts: list[str], stack) -> dict
         "max_over_fair_share": (per_replica[0] / fair) if per_replica and fair else float("nan"),
         "forwarded": load["forwarded"],
         "by_placement": by_placement(load["per_request"]),
+        "misses": misses,
+        # vLLM: each replica's requests (start and first-token times, key, prompt and cached tokens)
+        "request_logs": request_logs or None,
     }
 
 
@@ -739,6 +843,14 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f" {local['tokens_per_s_per_request']:.1f} tok/s per request; forwarded {moved['requests']}:"
                 f" TTFT p50 {moved['ttft_p50_s'] * 1000:.0f}ms, {moved['tokens_per_s_per_request']:.1f} tok/s per"
                 f" request ({moved['tokens_per_s_per_request'] / local['tokens_per_s_per_request']:.2f}x)"
+            )
+        m = r.get("misses")
+        if m and m["prompt_tokens"]:
+            share, n = m["uncached_share"], m["requests"]
+            lines.append(
+                f"{'':<13} uncached: own turn and last block {share['tail']:.3f} ({n['tail']} req),"
+                f" cold key {share['cold']:.3f} ({n['cold']}), evicted {share['evicted']:.3f} ({n['evicted']});"
+                f" keys per replica {m['keys_per_replica']}, {m['keys_on_two_or_more']} on 2+"
             )
     return "\n".join(lines)
 
