@@ -127,12 +127,18 @@ def _cost(request: EngineRequest) -> float:
     return prompt + (request.params.max_tokens or 256) * request.params.n
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens` (the prompt's prefix-cache hits) whenever the
+    engine states them (serving/engine/base.py), always (vLLM's server needs --enable-prompt-tokens-details),
+    and left out, not 0, when it does not."""
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return usage
 
 
 def _chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
@@ -229,7 +235,7 @@ class LogprobsParts:
 
 
 def encoded_body(head: dict[str, Any], choices: list[dict[str, Any]], logprobs: list[LogprobsParts],
-                 finish: list[str | None], usage: dict[str, int]) -> EncodedBody:  # fmt: skip
+                 finish: list[str | None], usage: dict[str, Any]) -> EncodedBody:  # fmt: skip
     """head + choices (each with its logprobs pieces, then its finish_reason) + usage, as an `EncodedBody`."""
     parts = [_encode(head)[:-1] + b',"choices":[']
     for i, choice in enumerate(choices):
@@ -241,8 +247,10 @@ def encoded_body(head: dict[str, Any], choices: list[dict[str, Any]], logprobs: 
 
 
 # A whole generation: texts, finish reasons and logprobs per choice, prompt and completion tokens,
-# and each choice's tool calls when the request has tools.
-Collected = tuple[list[str], list[str | None], list[LogprobsParts] | None, int, int, list[CallsCollected] | None]
+# each choice's tool calls when the request has tools, and the prompt's cached tokens (None: not stated).
+Collected = tuple[
+    list[str], list[str | None], list[LogprobsParts] | None, int, int, list[CallsCollected] | None, int | None
+]
 
 
 def _validate_schemas(schemas: list[tuple[dict[str, Any], str]]) -> None:
@@ -356,9 +364,11 @@ class OpenAIServing:
         prompt_tokens: int,
         completion_tokens: int,
         admission_wait: float = 0.0,
+        cached_tokens: int | None = None,
     ) -> None:
         """One metrics observation set and one log line per request (never per token). `queue_wait`: the engine's
-        own queue (its scheduler); `admission_wait`: ours, the fair queue's (`_admit`), before the engine."""
+        own queue (its scheduler); `admission_wait`: ours, the fair queue's (`_admit`), before the engine;
+        `cached_tokens`: the prompt's tokens found in the engine's prefix cache (None: the engine does not say)."""
         end = time.perf_counter()
         ttft = first - start if first is not None else None
         itl = (
@@ -377,6 +387,7 @@ class OpenAIServing:
                     prompt_tokens,
                     completion_tokens,
                     flow.tenant if flow is not None else ANONYMOUS.tenant,
+                    cached_tokens,
                 )
             )
         fields: dict[str, Any] = {
@@ -387,6 +398,7 @@ class OpenAIServing:
             "status": status,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
+            "cached_tokens": cached_tokens,
             "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
             "itl_ms": None if itl is None else round(itl * 1000, 3),
             "e2e_ms": round((end - start) * 1000, 2),
@@ -687,7 +699,7 @@ class OpenAIServing:
 
     async def _chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
         tools = ToolCallStream(req) if req.tools else None
-        texts, finish, logprobs, prompt_tokens, completion_tokens, calls = await self._collect(
+        texts, finish, logprobs, prompt_tokens, completion_tokens, calls, cached = await self._collect(
             self._chat_engine_request(req, request_id), req.n, tools, req._flow
         )
         head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
@@ -702,7 +714,7 @@ class OpenAIServing:
                     else:
                         message["tool_calls"] = made.result()
         choices = [{"index": i, "message": messages[i]} for i in range(req.n)]
-        usage = _usage(prompt_tokens, completion_tokens)
+        usage = _usage(prompt_tokens, completion_tokens, cached)
         if logprobs is not None:  # encoded already, in pieces
             return encoded_body(head, choices, logprobs, finish, usage)
         for choice, reason in zip(choices, finish, strict=True):
@@ -798,13 +810,13 @@ class OpenAIServing:
         return EngineRequest(request_id=request_id, params=params, prompt=first, adapter=adapter, trace_headers=trace)
 
     async def _completions(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | EncodedBody:
-        texts, finish, logprobs, prompt_tokens, completion_tokens, _ = await self._collect(
+        texts, finish, logprobs, prompt_tokens, completion_tokens, _, cached = await self._collect(
             self._completion_engine_request(req, request_id), req.n, None, req._flow
         )
         head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
                 "model": self.served_as(req.model)}  # fmt: skip
         choices = [{"index": i, "text": texts[i]} for i in range(req.n)]
-        usage = _usage(prompt_tokens, completion_tokens)
+        usage = _usage(prompt_tokens, completion_tokens, cached)
         if logprobs is not None:
             return encoded_body(head, choices, logprobs, finish, usage)
         for choice, reason in zip(choices, finish, strict=True):
@@ -871,7 +883,7 @@ class OpenAIServing:
             raise
         finally:
             self._active.discard(puller)
-            prompt_tokens, completion_tokens = (result[3], result[4]) if result else (0, 0)
+            prompt_tokens, completion_tokens, cached = (result[3], result[4], result[6]) if result else (0, 0, None)
             if span is not None:
                 self._end_generate_span(span, status, failure, start, timing["first"], prompt_tokens, completion_tokens)
             self._release(ticket, prompt_tokens + completion_tokens)
@@ -886,6 +898,7 @@ class OpenAIServing:
                 prompt_tokens,
                 completion_tokens,
                 admission_wait,
+                cached,
             )
 
     async def _collect_outputs(
@@ -897,6 +910,7 @@ class OpenAIServing:
         logprobs = [LogprobsParts(chat) for _ in range(n)] if request.params.logprobs is not None else None
         calls = [CallsCollected() for _ in range(n)] if tools is not None else None
         prompt_tokens = completion_tokens = 0
+        cached: int | None = None
         async with closing(self.engine.generate(request)) as outputs:
             async for out in outputs:
                 now = time.perf_counter()
@@ -906,6 +920,8 @@ class OpenAIServing:
                 if out.queue_wait_s is not None:
                     timing["queue_wait"] = out.queue_wait_s
                 prompt_tokens = out.prompt_tokens
+                if out.cached_tokens is not None:
+                    cached = out.cached_tokens
                 for c in out.choices:
                     completion_tokens += c.num_tokens
                     if c.logprobs and logprobs is not None:
@@ -921,7 +937,7 @@ class OpenAIServing:
                     if c.finish_reason is not None:
                         finish[c.index] = c.finish_reason
         texts = ["".join(p) for p in parts]
-        return texts, finish, logprobs, prompt_tokens, completion_tokens, calls
+        return texts, finish, logprobs, prompt_tokens, completion_tokens, calls, cached
 
     async def _stream(
         self,
@@ -948,6 +964,7 @@ class OpenAIServing:
         timer = asyncio.get_running_loop().call_later(self._time_left(arrived), on_timeout)
         started: set[int] = set()
         prompt_tokens = completion_tokens = 0
+        cached: int | None = None
         clock = time.perf_counter
         start = clock()
         first = last = queue_wait = None
@@ -963,6 +980,8 @@ class OpenAIServing:
                     if out.queue_wait_s is not None:
                         queue_wait = out.queue_wait_s
                     prompt_tokens = out.prompt_tokens
+                    if out.cached_tokens is not None:
+                        cached = out.cached_tokens
                     for c in out.choices:
                         completion_tokens += c.num_tokens
                     chunk = render(out, started)
@@ -1012,14 +1031,24 @@ class OpenAIServing:
                 self._end_generate_span(span, status, failure, start, first, prompt_tokens, completion_tokens)
             self._release(ticket, prompt_tokens + completion_tokens)
             self._record(
-                flow, request, status, start, first, last, queue_wait, prompt_tokens, completion_tokens, admission_wait
+                flow,
+                request,
+                status,
+                start,
+                first,
+                last,
+                queue_wait,
+                prompt_tokens,
+                completion_tokens,
+                admission_wait,
+                cached,
             )
         if include_usage:
             yield (
                 b"data: "
                 + head
                 + b',"choices":[],"usage":'
-                + _encode(_usage(prompt_tokens, completion_tokens))
+                + _encode(_usage(prompt_tokens, completion_tokens, cached))
                 + b"}\n\n"
             )
         yield DONE

@@ -13,6 +13,15 @@ An engine turns one `EngineRequest` into a stream of `EngineOutput`s:
 * Cancellation: cancelling the consuming task or closing the generator aborts
   the request inside the engine (frees its KV cache) before it returns.
 * Failures after the first yield raise `EngineError`/`EngineUnavailableError`.
+* Prompt-cache hits: `EngineOutput.cached_tokens` is how many of the prompt's
+  tokens the engine found in its prefix cache (not computed again; 0: none).
+  An engine that knows it sets it on every output from the first on (it is
+  known once the request is scheduled, before its first token), the same
+  value each time; None: the engine does not say, and chat and completions
+  usage leave the count out rather than invent a 0. Responses report it as
+  OpenAI's `usage.prompt_tokens_details.cached_tokens`, where platform engineers read a
+  request's cache affinity: it counts only what was reused (with vLLM's
+  prefix caching, whole blocks; the last prompt token is always computed).
 * Tools: a chat request's `tools` (OpenAI function definitions) are rendered
   by the model's chat template, and its messages may carry `tool_calls` (with
   `arguments` as JSON data) and `tool` results. With `parse_tool_calls`, the
@@ -155,6 +164,7 @@ class EngineOutput:
     prompt_tokens: int
     choices: list[ChoiceDelta]
     queue_wait_s: float | None = None  # on the last output, where the engine measures it
+    cached_tokens: int | None = None  # prompt tokens found in the prefix cache (see above); None: not known
 
 
 @dataclass(slots=True)

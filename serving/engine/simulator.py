@@ -20,7 +20,8 @@ health) but generates deterministic filler text and spends its time in
   covers every token before it), kept in an LRU of `prefix_cache_blocks`
   blocks. A request hits the longest run of cached leading blocks (never the
   whole prompt: the last token is always computed). Queries and hits are
-  counted in tokens, as vLLM's `prefix_cache_queries`/`prefix_cache_hits`.
+  counted in tokens, as vLLM's `prefix_cache_queries`/`prefix_cache_hits`;
+  a request's own hits are its outputs' `cached_tokens` (0 with the cache off).
 * Faults: `error_rate` of the requests fail with `EngineError` after
   `error_after_tokens` tokens (0: before the first yield, i.e. an HTTP 500);
   after `fail_after_s` seconds the engine is dead (`check_health` and
@@ -538,7 +539,7 @@ class SimulatedEngine(Engine):
             self._running_seqs += live
             if fail_at == 0:
                 raise EngineError("simulated engine failure")
-            await self._prefill(tokens, hashes)
+            cached = await self._prefill(tokens, hashes)
             if self._dead():
                 raise EngineUnavailableError("the simulated engine died")
 
@@ -604,7 +605,7 @@ class SimulatedEngine(Engine):
                 tokens_out += len(deltas)
                 if produced == 1:
                     phases.append(time.time_ns())
-                yield EngineOutput(prompt_tokens=prompt_tokens, choices=deltas)
+                yield EngineOutput(prompt_tokens=prompt_tokens, choices=deltas, cached_tokens=cached)
             outcome = "requests_finished"
         except (EngineError, EngineUnavailableError):
             outcome = "requests_failed"
@@ -627,7 +628,8 @@ class SimulatedEngine(Engine):
                 self._running_seqs -= live
                 self._slots.release()
 
-    async def _prefill(self, tokens: list, hashes: list[int]) -> None:
+    async def _prefill(self, tokens: list, hashes: list[int]) -> int:
+        """The prompt's prefill, in its turn; returns its tokens found in the prefix cache."""
         cfg = self.config
         # Like vLLM, the last prompt token is always computed: a full-prompt hit gives back a block.
         matchable = hashes[: (len(tokens) - 1) // cfg.block_size]
@@ -642,6 +644,7 @@ class SimulatedEngine(Engine):
         self._prefill_free_at = done_at
         await asyncio.sleep(done_at - now)
         self.cache.insert(hashes)
+        return hit_tokens
 
     @staticmethod
     def _logprob(token: str, rng: random.Random, top: int) -> TokenLogprob:

@@ -501,11 +501,17 @@ class VLLMEngine(Engine):
         want_logprobs = request.params.logprobs is not None
         top_k = request.params.logprobs or 0
         trace = request.trace_headers if self._traced else None
+        cached = None  # the prompt's prefix-cache hits: vLLM sets them on every output, from the first on
         try:
             stream = self._llm.generate(
                 {"prompt_token_ids": ids}, sampling, request.request_id, lora_request=lora, trace_headers=trace
             )
             async for out in stream:
+                if cached is None:
+                    # With n > 1 each sequence is a request of vLLM's with a count of its own (a later one
+                    # may hit its siblings' blocks): the first one's stands for the request, as the contract
+                    # wants one value.
+                    cached = out.num_cached_tokens
                 choices = [
                     ChoiceDelta(
                         index=o.index,
@@ -524,7 +530,9 @@ class VLLMEngine(Engine):
                     queue_wait = max(0.0, out.metrics.scheduled_ts - out.metrics.queued_ts)
                     if trace is not None and tracing.active():
                         _trace_phases(trace, out.metrics, prompt_tokens)
-                yield EngineOutput(prompt_tokens=prompt_tokens, choices=choices, queue_wait_s=queue_wait)
+                yield EngineOutput(
+                    prompt_tokens=prompt_tokens, choices=choices, queue_wait_s=queue_wait, cached_tokens=cached
+                )
         except EngineDeadError as exc:
             raise EngineUnavailableError(f"the engine died: {exc}") from None
         except (asyncio.CancelledError, GeneratorExit, InvalidRequestError):

@@ -50,6 +50,7 @@ METRIC_NAMES = {
     "queue_wait": "ray_serving_queue_wait_seconds",
     "admission_wait": "ray_serving_admission_wait_seconds",
     "prompt_tokens": "ray_serving_prompt_tokens_total",
+    "prompt_cached_tokens": "ray_serving_prompt_cached_tokens_total",
     "completion_tokens": "ray_serving_completion_tokens_total",
     "routed": "ray_serving_routed_requests_total",
     "in_flight": "ray_serving_in_flight",
@@ -100,6 +101,8 @@ class GenerationDone:
     prompt_tokens: int
     completion_tokens: int
     tenant: str = "anonymous"  # whose request (auth.tenants[].name; "default": a key of no tenant)
+    # Of `prompt_tokens`, those the engine found in its prefix cache (None: the engine does not say).
+    cached_tokens: int | None = None
 
 
 class Metrics(Protocol):

@@ -148,6 +148,26 @@ async def test_whole_prompt_hit_still_computes_the_last_token():
     assert (await e.stats())["prefix_cache_hits"] == 16
 
 
+async def test_every_output_states_the_prompt_s_cached_tokens():
+    """The contract's `cached_tokens` (serving/engine/base.py): the request's own hits, on every output."""
+    e = await engine(block_size=16)
+    system = words(100, "s")  # 6 full blocks and 4 tokens
+    first, _, _, _ = await collect(e, req(system + " " + words(8, "a"), max_tokens=3))
+    second, _, _, _ = await collect(e, req(system + " " + words(8, "b"), max_tokens=3))
+    assert [o.cached_tokens for o in first] == [0, 0, 0]
+    assert [o.cached_tokens for o in second] == [96, 96, 96]  # whole blocks of the shared system prompt
+    whole, _, _, _ = await collect(e, req(words(32, "w")))
+    again, _, _, _ = await collect(e, req(words(32, "w"), n=2))
+    assert whole[0].cached_tokens == 0 and {o.cached_tokens for o in again} == {16}  # the last block is computed
+
+
+async def test_without_a_prefix_cache_nothing_is_cached():
+    e = await engine(block_size=16, prefix_cache_blocks=0)
+    for _ in range(2):
+        outs, _, _, _ = await collect(e, req(words(64)))
+        assert {o.cached_tokens for o in outs} == {0}
+
+
 async def test_prefix_cache_capacity_evicts_old_prompts():
     e = await engine(block_size=16, prefix_cache_blocks=30)
     a, b = words(320, "a"), words(320, "b")  # 20 blocks each, 30 fit

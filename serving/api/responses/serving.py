@@ -135,11 +135,15 @@ def responses_param(param: str | None) -> str | None:
 
 
 def _usage(chat_usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The chat's usage as a Response's. `input_tokens_details.cached_tokens` is the chat's
+    `prompt_tokens_details.cached_tokens` (the prompt's prefix-cache hits), and 0 where the engine
+    does not state them: OpenAI's Response schema requires the field, as a number."""
     if not chat_usage:
         return None
+    cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     return {
         "input_tokens": chat_usage["prompt_tokens"],
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached or 0},
         "output_tokens": chat_usage["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": chat_usage["total_tokens"],
