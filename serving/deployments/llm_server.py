@@ -136,6 +136,7 @@ class _Routing:
             load=serving.load.mean() if serving is not None else None,
             kv_usage=self.kv_usage,
             placed=self.table.report(),
+            shared=self.table.report_shared(),
         )
 
 

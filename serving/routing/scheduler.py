@@ -36,6 +36,15 @@ thus knows, for a key, the replicas that served it lately (its *holders*).
   they all rank the same replicas the same way for the same prompt without
   asking anyone; they agree on the choice as far as their load figures and
   holder lists agree (at most a refresh or two apart).
+* A shared key (one some entry point placed more than once, as its report
+  says) also has a *home*: the shared keys, spread over the replicas by
+  count (`EndpointTable.home`). The home comes first among the key's holders,
+  and first where it overflows to when no holder has room, so a key served on
+  two replicas settles on its home and the replicas hold even shares of the
+  keys. Not a move: a key held only elsewhere stays there while that replica
+  has room (its cache is warm). Rendezvous alone put 6 or more of 8 keys on
+  one of 2 replicas in a quarter of the draws, and the load gate then spilled
+  each of that replica's keys over both, more copies than a cache fits.
 * A key nobody has placed (a prompt with no prefix to share yet): no replica
   holds a cache for it, so there is nothing for a hop to win. It is served
   where it arrived unless this replica is above the model's mean load, else
@@ -79,8 +88,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from serving.config import adapter_name
@@ -95,6 +104,9 @@ KV_FULL = 0.98
 REMEMBERED_KEYS = 128
 KEY_BYTES = 8
 MAX_HOLDERS = 4  # replicas remembered per key (a hot key overflows to a few)
+# Shared prefixes given a home (`EndpointTable.home`): the assignment costs keys x replicas hashes
+# per refresh (256 x 16: ~4 ms of Python), so only the keys most entry points share.
+MAX_SHARED_KEYS = 256
 
 # The load gate for a LoRA adapter's requests (see the module docstring): looser than a prompt's.
 ADAPTER_IMBALANCE = 6
@@ -118,6 +130,8 @@ class Endpoint:
     age_s: float = 0.0  # how old the report was when the snapshot was taken
     # Where this entry point placed its last prefix keys: replica id -> the keys' hex, concatenated.
     placed: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    # Of those, the keys it placed more than once (shared prefixes), hex, concatenated.
+    shared: str = dataclasses.field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,21 +161,26 @@ class EndpointTable:
         self._changes: dict[str, deque[tuple[float, int]]] = {}
         self._placed: OrderedDict[bytes, dict[str, None]] = OrderedDict()  # prefix key -> where this entry point put it
         self._holders: dict[bytes, set[str]] = {}  # prefix key -> replicas the entry points reported it on
+        self._uses: dict[bytes, int] = {}  # prefix key -> how often this entry point placed it (remembered keys)
+        self._shared: list[bytes] = []  # keys any entry point reported placing more than once, sorted
+        self._homes: dict[frozenset[str], dict[bytes, str]] = {}  # per candidate set, this version's
         self.version = 0
 
     def update(self, endpoints: Iterable[Endpoint]) -> None:
         self._endpoints = list(endpoints)
         self._taken_at = self._clock()
         holders: dict[bytes, set[str]] = {}
-        width = 2 * KEY_BYTES
+        shared: Counter[bytes] = Counter()
         for endpoint in self._endpoints:
             for replica_id, keys in endpoint.placed.items():
-                for i in range(0, len(keys) - width + 1, width):
-                    try:
-                        holders.setdefault(bytes.fromhex(keys[i : i + width]), set()).add(replica_id)
-                    except ValueError:
-                        break  # not ours (a newer or older report format): skip it
+                for key in _keys(keys):
+                    holders.setdefault(key, set()).add(replica_id)
+            shared.update(set(_keys(endpoint.shared)))
         self._holders = holders
+        # The keys most entry points share, if there are more than MAX_SHARED_KEYS (ties by key: the
+        # same set everywhere), in one order.
+        self._shared = sorted(sorted(shared, key=lambda k: (-shared[k], k))[:MAX_SHARED_KEYS])
+        self._homes = {}
         self.version += 1
 
     def placed(self, key: bytes, replica_id: str) -> None:
@@ -173,8 +192,10 @@ class EndpointTable:
         while len(where) > MAX_HOLDERS:
             del where[next(iter(where))]
         self._placed.move_to_end(key)
+        self._uses[key] = self._uses.get(key, 0) + 1
         while len(self._placed) > REMEMBERED_KEYS:
-            self._placed.popitem(last=False)
+            gone, _ = self._placed.popitem(last=False)
+            self._uses.pop(gone, None)
 
     def holders(self, key: bytes) -> set[str]:
         """The replicas `key` was placed on lately, by any entry point (this one's at once, others' as reported)."""
@@ -190,6 +211,37 @@ class EndpointTable:
             for replica_id in tuple(where):
                 by_replica.setdefault(replica_id, []).append(key.hex())
         return {replica_id: "".join(keys) for replica_id, keys in by_replica.items()}
+
+    def report_shared(self) -> str:
+        """The keys this entry point placed more than once, as `Endpoint.shared` carries them."""
+        return "".join(key.hex() for key, uses in list(self._uses.items()) if uses > 1)
+
+    def home(self, key: bytes, replica_ids: Iterable[str]) -> str | None:
+        """The replica a shared prefix belongs on among `replica_ids`, the same at every entry point with
+        the same reports (None: `key` is not shared, or no replica).
+
+        Every shared key the entry points reported (a prompt placed more than once), in one order (the
+        keys sorted), takes the first replica of its own rendezvous ranking that has fewer than its share
+        (ceil(keys / replicas)) of them: consistent hashing with bounded loads, over keys instead of
+        requests. Rendezvous alone splits 8 keys over 2 replicas 6/2 or worse in a quarter of the
+        draws; the load gate then spills every key of the busy one over both, and each replica's cache
+        holds copies of most keys, more than it fits (loadtests/PERFORMANCE.md, "Shared prefixes
+        spread by count")."""
+        key = key[:KEY_BYTES]
+        candidates = frozenset(replica_ids)
+        if not candidates or not self._shared:
+            return None
+        homes = self._homes.get(candidates)
+        if homes is None:
+            share = -(-len(self._shared) // len(candidates))
+            count = dict.fromkeys(candidates, 0)
+            homes = {}
+            for k in self._shared:
+                home = next(r for r in rendezvous_order(k, candidates) if count[r] < share)
+                count[home] += 1
+                homes[k] = home
+            self._homes[candidates] = homes
+        return homes.get(key)
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints)
@@ -233,6 +285,16 @@ class EndpointTable:
         changes.append((now, delta))
         while changes and changes[0][0] < now - HISTORY_S:
             changes.popleft()
+
+
+def _keys(concatenated: str) -> Iterator[bytes]:
+    """The keys of a report's hex string (a string not of ours, from a newer or older format: none)."""
+    width = 2 * KEY_BYTES
+    for i in range(0, len(concatenated) - width + 1, width):
+        try:
+            yield bytes.fromhex(concatenated[i : i + width])
+        except ValueError:
+            return
 
 
 def adapter_key(model: str, request: Any) -> bytes | None:
@@ -296,6 +358,9 @@ class Scheduler:
         # An adapter's replicas: where its requests went lately, so it is loaded there already.
         loaded = (table.holders(adapter) & loads.keys()) - held if adapter is not None else set()
         if held or loaded:
+            if adapter is None and (home := table.home(key, loads)) is not None:
+                # A shared prefix: its home first among its holders, and first where it overflows to.
+                ranked = [home, *(r for r in ranked if r != home)]
             ranked = (
                 [r for r in ranked if r in held]
                 + [r for r in ranked if r in loaded]

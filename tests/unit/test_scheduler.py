@@ -382,3 +382,104 @@ def test_an_adapter_s_prompt_is_cached_apart_from_the_base_model_s():
     exchange([table, elsewhere], endpoints)
     assert Scheduler().pick("m", lora_chat(None, "a shared system prompt"), elsewhere)[0].replica_id == "r1"
     assert Scheduler().pick("m", lora_chat("sql", "a shared system prompt"), elsewhere)[0].replica_id == "r2"
+
+
+def shared_exchange(tables: list[EndpointTable], endpoints: list[Endpoint]) -> list[Endpoint]:
+    """`exchange`, with the shared keys each entry point reports."""
+    reported = [
+        dataclasses.replace(e, placed=t.report(), shared=t.report_shared())
+        for e, t in zip(endpoints, tables, strict=True)
+    ]
+    for t in tables:
+        t.update(reported)
+    return reported
+
+
+def test_shared_prefixes_held_on_every_replica_are_served_by_even_shares_of_replicas():
+    # 8 shared system prompts, all placed on both replicas (as a warm-up leaves them), 6 of which
+    # rank r0 first by rendezvous (a split that a quarter of random draws give, or worse).
+    ids = ["r0", "r1"]
+    candidates = [chat(f"system prompt {i}") for i in range(40)]
+    first = {id(p): rendezvous_order(PrefixAwarePolicy().key(p) or b"", ids)[0] for p in candidates}
+    prompts = [p for p in candidates if first[id(p)] == "r0"][:6] + [p for p in candidates if first[id(p)] == "r1"][:2]
+    keys = [PrefixAwarePolicy().key(p) or b"" for p in prompts]
+    endpoints = [ep(r) for r in ids]
+    tables = [table_of(endpoints, self_id=r) for r in ids]
+    for t in tables:
+        for k in keys:
+            for r in ids:
+                t.placed(k, r)
+    shared_exchange(tables, endpoints)
+    homes = [{Scheduler().pick("m", p, t)[0].replica_id for t in tables} for p in prompts]
+    assert all(len(h) == 1 for h in homes), homes  # every entry point agrees
+    assert Counter(h.pop() for h in homes) == {"r0": 4, "r1": 4}
+
+
+def test_a_prompt_placed_once_has_no_home_and_a_held_prompt_stays_where_it_is_held():
+    ids = [f"r{i}" for i in range(4)]
+    endpoints = [ep(r) for r in ids]
+    tables = [table_of(endpoints, self_id=r) for r in ids]
+    request = chat("one prompt, placed where it arrived")
+    key = PrefixAwarePolicy().key(request) or b""
+    assert Scheduler().pick("m", request, tables[2])[0].replica_id == "r2"
+    shared_exchange(tables, endpoints)
+    assert tables[0].home(key, ids) is None  # placed once: not shared
+    for t in tables:  # now sent again and again, from every entry point
+        for _ in range(3):
+            assert Scheduler().pick("m", request, t)[0].replica_id == "r2"
+    shared_exchange(tables, endpoints)
+    home = tables[0].home(key, ids)
+    assert home is not None and {t.home(key, ids) for t in tables} == {home}
+    # Shared now, with a home, but held on r2 (warm there) and r2 has room: it stays.
+    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {"r2"}
+
+
+def test_a_shared_prefix_whose_holder_is_hot_overflows_to_its_home_which_then_keeps_it():
+    ids = [f"r{i}" for i in range(4)]
+    request = chat("a shared prompt whose holder will be hot")
+    key = PrefixAwarePolicy().key(request) or b""
+    endpoints = [ep(r) for r in ids]
+    tables = [table_of(endpoints, self_id=r) for r in ids]
+    holder = Scheduler().pick("m", request, tables[0])[0].replica_id
+    Scheduler().pick("m", request, tables[0])
+    shared_exchange(tables, endpoints)
+    home = tables[0].home(key, ids)
+    if home == holder:  # the one case with nothing to show: make another replica the holder
+        holder = next(r for r in ids if r != home)
+        for t in tables:
+            t.update([dataclasses.replace(e, placed={holder: key[:8].hex()}) for e in t.endpoints()])
+    rest = [r for r in rendezvous_order(key, ids) if r not in (holder, home)]
+    hot = [dataclasses.replace(e, in_flight=20 if e.replica_id == holder else 0) for e in tables[0].endpoints()]
+    for t in tables:
+        t.update(hot)
+    # Not the key's next rendezvous choice (rest[0] may outrank it): its home, from every entry point.
+    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {home}, (holder, home, rest)
+    # Both hold it now; the holder cools down: the home keeps it.
+    cool = [dataclasses.replace(e, in_flight=0) for e in hot]
+    shared_exchange(tables, cool)
+    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {home}
+
+
+def test_homes_follow_the_replicas_a_new_one_gets_its_share_and_a_draining_one_none():
+    ids = [f"r{i}" for i in range(4)]
+    keys = [PrefixAwarePolicy().key(chat(f"prompt {i}")) or b"" for i in range(12)]
+    table = table_of([ep(r, shared="".join(k[:8].hex() for k in keys)) for r in ids])
+    homes = Counter(table.home(k, ids) for k in keys)
+    assert homes == dict.fromkeys(ids, 3)
+    more = [*ids, "r4"]
+    homes = Counter(table.home(k, more) for k in keys)
+    assert max(homes.values()) <= 3 and homes["r4"] >= 2, homes
+    table.update(
+        [
+            ep(r, state=DRAINING if r == "r0" else READY, shared=e.shared)
+            for r, e in zip(ids, table.endpoints(), strict=True)
+        ]
+    )
+    candidates = [e.replica_id for e in Scheduler().candidates("m", table)]
+    assert "r0" not in candidates and Counter(table.home(k, candidates) for k in keys) == dict.fromkeys(ids[1:], 4)
+
+
+def test_a_garbled_shared_report_is_ignored():
+    table = table_of([ep("r0", shared="zz" * 40), ep("r1", shared="0011")])
+    assert table.home(b"\x00" * 8, ["r0", "r1"]) is None
+    assert Endpoint.from_dict(ep("r0", shared="ab" * 8).to_dict()).shared == "ab" * 8
