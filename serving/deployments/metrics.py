@@ -89,6 +89,12 @@ class _RayInstruments:
         self.prompt_tokens = ray_metrics.Counter(
             "serving_prompt_tokens", description="Prompt tokens, by model and tenant.", tag_keys=("model", "tenant")
         )
+        self.prompt_cached_tokens = ray_metrics.Counter(
+            "serving_prompt_cached_tokens",
+            description="Prompt tokens the engine found in its prefix cache (a response's "
+            "usage.prompt_tokens_details.cached_tokens), by model and tenant.",
+            tag_keys=("model", "tenant"),
+        )
         self.completion_tokens = ray_metrics.Counter(
             "serving_completion_tokens",
             description="Completion tokens, by model and tenant.",
@@ -171,6 +177,8 @@ class RayMetrics(Metrics):
         usage = {"model": done.model, "tenant": done.tenant}
         if done.prompt_tokens:
             m.prompt_tokens.inc(done.prompt_tokens, tags=usage)
+        if done.cached_tokens:  # None: the engine does not say; 0: nothing to add
+            m.prompt_cached_tokens.inc(done.cached_tokens, tags=usage)
         if done.completion_tokens:
             m.completion_tokens.inc(done.completion_tokens, tags=usage)
 

@@ -77,7 +77,8 @@ def chat(tenant: str) -> httpx.Response:
     # A new connection each time: the kernel spreads them over the three replicas' shared port.
     return httpx.post(
         f"http://127.0.0.1:{DIRECT}/v1/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        # long enough for whole cache blocks: a repeat on one replica reports cached prompt tokens
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi " * 40}], "max_tokens": 2},
         headers={"Authorization": f"Bearer {KEYS[tenant]}"},
         timeout=30,
     )
@@ -114,17 +115,21 @@ def test_a_tenant_budget_holds_across_replicas_and_its_holder_failing_is_its_cho
         # -- usage per tenant, summed over every replica's metrics, is what the responses said
         prompt = sum(r.json()["usage"]["prompt_tokens"] for r in ok)
         completion = sum(r.json()["usage"]["completion_tokens"] for r in ok)
+        cached = sum(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] for r in ok)
+        assert cached > 0
 
         def usage(samples):
             return (
                 total(samples, "ray_serving_prompt_tokens_total", tenant="team", model=MODEL),
+                total(samples, "ray_serving_prompt_cached_tokens_total", tenant="team", model=MODEL),
                 total(samples, "ray_serving_completion_tokens_total", tenant="team", model=MODEL),
                 total(samples, "ray_serving_requests_total", tenant="team", status="200"),
                 total(samples, "ray_serving_requests_total", tenant="team", status="429"),
             )
 
-        seen = usage(wait_for(server, lambda s: usage(s) == (prompt, completion, len(ok), len(refused)), 60))
-        assert seen == (prompt, completion, len(ok), len(refused)), seen
+        want = (prompt, cached, completion, len(ok), len(refused))
+        seen = usage(wait_for(server, lambda s: usage(s) == want, 60))
+        assert seen == want, seen
 
         # -- the holder hung (stopped, as a partitioned or stuck one looks): closed refuses, open serves
         assert chat("closed").status_code == 200 and chat("open").status_code == 200
