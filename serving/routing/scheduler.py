@@ -37,14 +37,16 @@ thus knows, for a key, the replicas that served it lately (its *holders*).
   asking anyone; they agree on the choice as far as their load figures and
   holder lists agree (at most a refresh or two apart).
 * A shared key (one some entry point placed more than once, as its report
-  says) also has a *home*: the shared keys, spread over the replicas by
-  count (`EndpointTable.home`). The home comes first among the key's holders,
-  and first where it overflows to when no holder has room, so a key served on
-  two replicas settles on its home and the replicas hold even shares of the
-  keys. Not a move: a key held only elsewhere stays there while that replica
-  has room (its cache is warm). Rendezvous alone put 6 or more of 8 keys on
-  one of 2 replicas in a quarter of the draws, and the load gate then spilled
-  each of that replica's keys over both, more copies than a cache fits.
+  says) has a *home*: the shared keys, spread over the replicas by count
+  (`EndpointTable.home`). The home comes first, then the key's other holders,
+  then the rest, through a looser gate (`HOME_LOAD_FACTOR`): every entry
+  point sends a shared prefix to its home, and the replicas hold even shares
+  of the keys. A key first served elsewhere moves home once it is shared:
+  one prefill, against the cost of keys piled on one replica. Rendezvous
+  alone put 6 or more of 8 keys on one of 2 replicas in a quarter of the
+  draws, and the load gate then spilled each of that replica's keys over
+  both, more copies than a cache fits (loadtests/PERFORMANCE.md, "Shared
+  prefixes get a home").
 * A key nobody has placed (a prompt with no prefix to share yet): no replica
   holds a cache for it, so there is nothing for a hop to win. It is served
   where it arrived unless this replica is above the model's mean load, else
@@ -107,6 +109,11 @@ MAX_HOLDERS = 4  # replicas remembered per key (a hot key overflows to a few)
 # Shared prefixes given a home (`EndpointTable.home`): the assignment costs keys x replicas hashes
 # per refresh (256 x 16: ~4 ms of Python), so only the keys most entry points share.
 MAX_SHARED_KEYS = 256
+
+# The load gate's factor for a shared prefix leaving its home: looser than a new prompt's (the homes
+# already even out the keys, so the gate is left with bursts), tighter than an adapter's. Chosen with
+# loadtests/placement_model.py (1.5: 2 replicas keep every key on both; 2.0: 2 replicas never overflow).
+HOME_LOAD_FACTOR = 1.75
 
 # The load gate for a LoRA adapter's requests (see the module docstring): looser than a prompt's.
 ADAPTER_IMBALANCE = 6
@@ -225,8 +232,8 @@ class EndpointTable:
         (ceil(keys / replicas)) of them: consistent hashing with bounded loads, over keys instead of
         requests. Rendezvous alone splits 8 keys over 2 replicas 6/2 or worse in a quarter of the
         draws; the load gate then spills every key of the busy one over both, and each replica's cache
-        holds copies of most keys, more than it fits (loadtests/PERFORMANCE.md, "Shared prefixes
-        spread by count")."""
+        holds copies of most keys, more than it fits (loadtests/PERFORMANCE.md, "Shared prefixes get
+        a home")."""
         key = key[:KEY_BYTES]
         candidates = frozenset(replica_ids)
         if not candidates or not self._shared:
@@ -357,18 +364,20 @@ class Scheduler:
         held = table.holders(key) & loads.keys()
         # An adapter's replicas: where its requests went lately, so it is loaded there already.
         loaded = (table.holders(adapter) & loads.keys()) - held if adapter is not None else set()
-        if held or loaded:
-            if adapter is None and (home := table.home(key, loads)) is not None:
-                # A shared prefix: its home first among its holders, and first where it overflows to.
-                ranked = [home, *(r for r in ranked if r != home)]
+        # A shared prefix's home (an adapter's prompts are placed by the adapter's holders instead).
+        home = table.home(key, loads) if adapter is None else None
+        if home is not None or held or loaded:
             ranked = (
-                [r for r in ranked if r in held]
+                ([home] if home is not None else [])
+                + [r for r in ranked if r in held and r != home]
                 + [r for r in ranked if r in loaded]
-                + [r for r in ranked if r not in held and r not in loaded]
+                + [r for r in ranked if r not in held and r not in loaded and r != home]
             )
             threshold, factor = self.policy.imbalance_threshold, self.policy.load_factor
             if adapter is not None:  # a load costs more than a short queue: an adapter's holder is hot later
                 threshold, factor = max(threshold, ADAPTER_IMBALANCE), max(factor, ADAPTER_LOAD_FACTOR)
+            elif home is not None:  # leaving its home costs a whole prefill, and evicts another key elsewhere
+                factor = max(factor, HOME_LOAD_FACTOR)
             order = bounded_load_choice(ranked, loads, threshold, factor)
         else:
             order = self._unplaced(ranked, loads, table.self_id, int.from_bytes(key[:8], "big") / 2.0**64)

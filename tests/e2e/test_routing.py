@@ -147,14 +147,20 @@ def test_one_pooled_client_is_spread_over_every_replica_whatever_its_connections
         if len(entries) < 4:  # connections on every replica need no forward (a CI run had one on each: 0 forwarded)
             assert forwarded > 0, entries
 
-        # One prompt, from fresh connections (wherever the kernel lands them): once it has been
-        # served and reported, the replica that served it serves it from every entry point.
+        # One prompt, from fresh connections (wherever the kernel lands them): served where it is held,
+        # then, once an entry point has placed it twice and reported it (a shared prefix), at its home,
+        # the same one from every entry point.
         prompt = "You are a support agent for ACME. " * 20
         where = set(placed_once([prompt]).values())
         for _ in range(8):
             with OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0) as fresh:
                 where.add(served_by(fresh, prompt))
-        assert len(where) == 1, where
+        time.sleep(0.6)  # reported within a refresh (250 ms)
+        settled = set()
+        for _ in range(8):
+            with OpenAI(base_url=f"http://127.0.0.1:{DIRECT}/v1", api_key="x", max_retries=0) as fresh:
+                settled.add(served_by(fresh, prompt))
+        assert len(settled) == 1 and len(where | settled) <= 2, (where, settled)  # at most one move
 
 
 def test_a_client_whose_connections_all_entered_at_one_replica_is_spread_over_every_replica(tmp_path):

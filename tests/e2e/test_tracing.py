@@ -160,9 +160,9 @@ def test_one_trace_from_the_client_to_the_engine(stack, receiver):
 
 
 def test_a_forwarded_request_s_spans_on_the_serving_replica_join_the_entry_s_trace(stack, receiver):
-    """Prompts that share a prefix go to the replica that served it first (its holder) from every entry point,
-    so one entering at the other replica is forwarded: one of those. (Distinct prompts, sent one at a time to an
-    idle pair, are served where they enter: nothing to forward for.)"""
+    """Prompts that share a prefix go to one replica (where it was served first, its home once shared) from every
+    entry point, so one entering at the other replica is forwarded: one of those. (Distinct prompts, sent one at a
+    time to an idle pair, are served where they enter: nothing to forward for.)"""
     shared = "A long system prompt every request of this test shares. " * 12  # over the routing key's 512 chars
     for i in range(30):
         trace_id, client_span, header = traceparent()

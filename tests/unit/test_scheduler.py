@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from serving.deployments.registry import EXPIRE_S, Reporter, RoutingRegistry
-from serving.routing.policy import PrefixAwarePolicy, rendezvous_order
+from serving.routing.policy import PrefixAwarePolicy, bounded_load_choice, rendezvous_order
 from serving.routing.scheduler import (
     DRAINING,
     KV_FULL,
@@ -415,49 +415,48 @@ def test_shared_prefixes_held_on_every_replica_are_served_by_even_shares_of_repl
     assert Counter(h.pop() for h in homes) == {"r0": 4, "r1": 4}
 
 
-def test_a_prompt_placed_once_has_no_home_and_a_held_prompt_stays_where_it_is_held():
+def test_a_prompt_placed_once_stays_where_it_is_held_and_once_shared_every_entry_point_sends_it_home():
     ids = [f"r{i}" for i in range(4)]
     endpoints = [ep(r) for r in ids]
     tables = [table_of(endpoints, self_id=r) for r in ids]
     request = chat("one prompt, placed where it arrived")
     key = PrefixAwarePolicy().key(request) or b""
-    assert Scheduler().pick("m", request, tables[2])[0].replica_id == "r2"
+    home = table_of([ep(r, shared=key[:8].hex()) for r in ids]).home(key, ids)
+    entry = next(r for r in ids if r != home)  # so that it has somewhere to move
+    assert Scheduler().pick("m", request, tables[ids.index(entry)])[0].replica_id == entry
     shared_exchange(tables, endpoints)
     assert tables[0].home(key, ids) is None  # placed once: not shared
-    for t in tables:  # now sent again and again, from every entry point
-        for _ in range(3):
-            assert Scheduler().pick("m", request, t)[0].replica_id == "r2"
+    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {entry}  # held there: stays
     shared_exchange(tables, endpoints)
-    home = tables[0].home(key, ids)
-    assert home is not None and {t.home(key, ids) for t in tables} == {home}
-    # Shared now, with a home, but held on r2 (warm there) and r2 has room: it stays.
-    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {"r2"}
-
-
-def test_a_shared_prefix_whose_holder_is_hot_overflows_to_its_home_which_then_keeps_it():
-    ids = [f"r{i}" for i in range(4)]
-    request = chat("a shared prompt whose holder will be hot")
-    key = PrefixAwarePolicy().key(request) or b""
-    endpoints = [ep(r) for r in ids]
-    tables = [table_of(endpoints, self_id=r) for r in ids]
-    holder = Scheduler().pick("m", request, tables[0])[0].replica_id
-    Scheduler().pick("m", request, tables[0])
-    shared_exchange(tables, endpoints)
-    home = tables[0].home(key, ids)
-    if home == holder:  # the one case with nothing to show: make another replica the holder
-        holder = next(r for r in ids if r != home)
-        for t in tables:
-            t.update([dataclasses.replace(e, placed={holder: key[:8].hex()}) for e in t.endpoints()])
-    rest = [r for r in rendezvous_order(key, ids) if r not in (holder, home)]
-    hot = [dataclasses.replace(e, in_flight=20 if e.replica_id == holder else 0) for e in tables[0].endpoints()]
-    for t in tables:
-        t.update(hot)
-    # Not the key's next rendezvous choice (rest[0] may outrank it): its home, from every entry point.
-    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {home}, (holder, home, rest)
-    # Both hold it now; the holder cools down: the home keeps it.
-    cool = [dataclasses.replace(e, in_flight=0) for e in hot]
-    shared_exchange(tables, cool)
+    # Placed more than once now: shared, with one home at every entry point, and sent there.
+    assert {t.home(key, ids) for t in tables} == {home}
     assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {home}
+
+
+def test_a_shared_prefix_leaves_its_home_only_past_the_home_gate_and_then_for_a_holder():
+    ids = [f"r{i}" for i in range(3)]
+    request = chat("a shared prompt whose home will be busy")
+    key = PrefixAwarePolicy().key(request) or b""
+    tables = [table_of([ep(r) for r in ids], self_id=r) for r in ids]
+    shared = key[:8].hex()
+    home = table_of([ep(r, shared=shared) for r in ids]).home(key, ids)
+    other = next(r for r in rendezvous_order(key, ids) if r != home)  # rendezvous's choice after the home
+    holder = next(r for r in ids if r not in (home, other))  # served it before, elsewhere
+
+    def loads(**in_flight: int) -> None:
+        endpoints = [ep(r, in_flight=in_flight.get(r, 0), shared=shared, placed={holder: shared}) for r in ids]
+        for t in tables:
+            t.update(endpoints)
+
+    # 5 of 10 in flight at the home (3 more than the least): past the prompts' gate (its 6th above
+    # 1.5 x the mean of 11 / 3), not past the home's (1.75 x).
+    loads(**{home: 5, other: 3, holder: 2})
+    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables if t.self_id != home} == {home}
+    plain = bounded_load_choice([home, holder, other], {home: 5, other: 3, holder: 2}, 2, 1.5)
+    assert plain[0] != home  # a key without a home would have left
+    # Far past it: to the key's other holder (its cache), not rendezvous's next choice.
+    loads(**{home: 12})
+    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables if t.self_id != home} == {holder}
 
 
 def test_homes_follow_the_replicas_a_new_one_gets_its_share_and_a_draining_one_none():
