@@ -447,6 +447,9 @@ def miss_breakdown(logs: dict[str, list[dict[str, Any]]], since: float) -> dict[
     tokens = {"tail": 0, "cold": 0, "evicted": 0}
     requests = {"tail": 0, "cold": 0, "evicted": 0}
     total = 0
+    starts = sorted(r["t0"] for lines in logs.values() for r in lines if r["t0"] >= since)
+    middle = starts[len(starts) // 2] if starts else since
+    halves = [[0, 0], [0, 0]]  # (prompt, cached) tokens of the measured requests started before / after the middle
     keys_per_replica = {}
     holders: dict[str, set[str]] = {}
     for pid, lines in logs.items():
@@ -466,6 +469,9 @@ def miss_breakdown(logs: dict[str, list[dict[str, Any]]], since: float) -> dict[
                 )
                 tokens[kind] += uncached
                 requests[kind] += 1
+                half = halves[r["t0"] >= middle]
+                half[0] += r["prompt"]
+                half[1] += r["cached"]
                 served.add(key)
                 holders.setdefault(key, set()).add(pid)
             if r.get("t1") is not None and key not in done:
@@ -477,6 +483,9 @@ def miss_breakdown(logs: dict[str, list[dict[str, Any]]], since: float) -> dict[
         "requests": requests,
         "keys_per_replica": sorted(keys_per_replica.values(), reverse=True),
         "keys_on_two_or_more": sum(1 for h in holders.values() if len(h) > 1),
+        # vLLM's per-request cached tokens over prompt tokens, in the first and the second half of the
+        # measured requests: how much of the miss is settling after the warm-up
+        "hit_rate_by_half": [round(c / p, 3) if p else None for p, c in halves],
     }
 
 
@@ -850,7 +859,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"{'':<13} uncached: own turn and last block {share['tail']:.3f} ({n['tail']} req),"
                 f" cold key {share['cold']:.3f} ({n['cold']}), evicted {share['evicted']:.3f} ({n['evicted']});"
-                f" keys per replica {m['keys_per_replica']}, {m['keys_on_two_or_more']} on 2+"
+                f" keys per replica {m['keys_per_replica']}, {m['keys_on_two_or_more']} on 2+;"
+                f" hit rate first / second half {m['hit_rate_by_half'][0]} / {m['hit_rate_by_half'][1]}"
             )
     return "\n".join(lines)
 
