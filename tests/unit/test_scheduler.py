@@ -438,13 +438,15 @@ def test_a_shared_prefix_leaves_its_home_only_past_the_home_gate_and_then_for_a_
     request = chat("a shared prompt whose home will be busy")
     key = PrefixAwarePolicy().key(request) or b""
     tables = [table_of([ep(r) for r in ids], self_id=r) for r in ids]
-    shared = key[:8].hex()
+    # As many shared keys as replicas (every replica is home to one): the home's gate applies.
+    others = [PrefixAwarePolicy().key(chat(f"another shared prompt {i}")) or b"" for i in range(2)]
+    shared = key[:8].hex() + "".join(k[:8].hex() for k in others)
     home = table_of([ep(r, shared=shared) for r in ids]).home(key, ids)
     other = next(r for r in rendezvous_order(key, ids) if r != home)  # rendezvous's choice after the home
     holder = next(r for r in ids if r not in (home, other))  # served it before, elsewhere
 
     def loads(**in_flight: int) -> None:
-        endpoints = [ep(r, in_flight=in_flight.get(r, 0), shared=shared, placed={holder: shared}) for r in ids]
+        endpoints = [ep(r, in_flight=in_flight.get(r, 0), shared=shared, placed={holder: key[:8].hex()}) for r in ids]
         for t in tables:
             t.update(endpoints)
 
@@ -457,6 +459,19 @@ def test_a_shared_prefix_leaves_its_home_only_past_the_home_gate_and_then_for_a_
     # Far past it: to the key's other holder (its cache), not rendezvous's next choice.
     loads(**{home: 12})
     assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables if t.self_id != home} == {holder}
+
+
+def test_with_fewer_shared_prefixes_than_replicas_a_hot_one_spreads_at_the_prompts_gate():
+    # One shared prompt on 3 replicas: two are home to nothing (cache room), so the prompt leaves its
+    # home where any prompt would (1.5 x the mean), not only past the home's gate.
+    ids = [f"r{i}" for i in range(3)]
+    request = chat("the one system prompt of an app")
+    key = PrefixAwarePolicy().key(request) or b""
+    home = table_of([ep(r, shared=key[:8].hex()) for r in ids]).home(key, ids)
+    loads = {r: (5 if r == home else 3 if i == 0 else 2) for i, r in enumerate(r for r in ids)}
+    tables = [table_of([ep(r, in_flight=loads[r], shared=key[:8].hex()) for r in ids], self_id=r) for r in ids]
+    assert tables[0].shared_keys() == 1
+    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables if t.self_id != home} != {home}
 
 
 def test_homes_follow_the_replicas_a_new_one_gets_its_share_and_a_draining_one_none():
