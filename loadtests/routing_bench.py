@@ -302,7 +302,8 @@ async def run_load(
     for item in plan:
         queue.put_nowait(item)
     errors: list[str] = []
-    per_request: list[tuple[bool, float, float, int]] = []  # (forwarded, TTFT, latency, output tokens)
+    # (forwarded, TTFT, latency, output tokens, prompt cache hit: None when the server does not say)
+    per_request: list[tuple[bool, float, float, int, bool | None]] = []
     tokens = 0
     forwarded = 0
 
@@ -329,6 +330,7 @@ async def run_load(
             first = None
             moved = False
             completion = 0
+            hit = None
             try:
                 async with client.stream("POST", "/v1/chat/completions", json=body) as r:
                     if r.status_code != 200:
@@ -347,13 +349,17 @@ async def run_load(
                         if first is None and data.get("choices") and data["choices"][0]["delta"].get("content"):
                             first = time.perf_counter() - t0
                         if data.get("usage"):
-                            completion = data["usage"]["completion_tokens"]
+                            usage = data["usage"]
+                            completion = usage["completion_tokens"]
                             tokens += completion
+                            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                            if cached is not None:
+                                hit = usage["prompt_tokens"] - cached <= PREFIX_MISS_TOKENS
             except httpx.HTTPError as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             if first is not None:
-                per_request.append((moved, first, time.perf_counter() - t0, completion))
+                per_request.append((moved, first, time.perf_counter() - t0, completion, hit))
 
     per_client = -(-concurrency // len(base_urls))
     limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
@@ -377,12 +383,20 @@ async def run_load(
     }
 
 
-def by_placement(per_request: list[tuple[bool, float, float, int]]) -> dict[str, dict[str, float]]:
+def by_placement(per_request: list[tuple[bool, float, float, int, bool | None]]) -> dict[str, dict[str, float]]:
     """Requests served where they entered against forwarded ones, in the same run: TTFT p50 and
-    each request's own output tokens/s (tokens over its latency), averaged."""
+    each request's own output tokens/s (tokens over its latency), averaged. Also among cache hits only
+    (`local_hits`, `forwarded_hits`, where the server reports cached tokens): the hop's own cost, apart
+    from which side had more misses (a prompt moving to its home is forwarded, and misses there)."""
     out = {}
-    for name, moved in (("local", False), ("forwarded", True)):
-        rows = [r for r in per_request if r[0] == moved]
+    groups = (
+        ("local", False, None),
+        ("forwarded", True, None),
+        ("local_hits", False, True),
+        ("forwarded_hits", True, True),
+    )
+    for name, moved, hit in groups:
+        rows = [r for r in per_request if r[0] == moved and (hit is None or r[4] is hit)]
         if rows:
             out[name] = {
                 "requests": len(rows),
@@ -845,10 +859,15 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f" evictions {r['adapter_evictions']:.0f}"
             )
         placed = r.get("by_placement", {})
-        if len(placed) == 2:
-            local, moved = placed["local"], placed["forwarded"]
+        for local_name, moved_name, label in (
+            ("local", "forwarded", "local"),
+            ("local_hits", "forwarded_hits", "hits only: local"),
+        ):
+            if local_name not in placed or moved_name not in placed:
+                continue
+            local, moved = placed[local_name], placed[moved_name]
             lines.append(
-                f"{'':<13} local {local['requests']}: TTFT p50 {local['ttft_p50_s'] * 1000:.0f}ms,"
+                f"{'':<13} {label} {local['requests']}: TTFT p50 {local['ttft_p50_s'] * 1000:.0f}ms,"
                 f" {local['tokens_per_s_per_request']:.1f} tok/s per request; forwarded {moved['requests']}:"
                 f" TTFT p50 {moved['ttft_p50_s'] * 1000:.0f}ms, {moved['tokens_per_s_per_request']:.1f} tok/s per"
                 f" request ({moved['tokens_per_s_per_request'] / local['tokens_per_s_per_request']:.2f}x)"
