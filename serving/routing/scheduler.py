@@ -37,12 +37,12 @@ thus knows, for a key, the replicas that served it lately (its *holders*).
   asking anyone; they agree on the choice as far as their load figures and
   holder lists agree (at most a refresh or two apart).
 * A shared key (one some entry point placed more than once, as its report
-  says) has a *home*: the shared keys, spread over the replicas by count
-  (`EndpointTable.home`). The home comes first, then the key's other holders,
-  then the rest, through a looser gate (`HOME_LOAD_FACTOR`) once every
-  replica is home to some key: every entry point sends a shared prefix to its
-  home, and the replicas hold even shares of the keys. A key first served elsewhere moves home once it is shared:
-  one prefill, against the cost of keys piled on one replica. Rendezvous
+  says) has a *home*: the model's shared keys, spread over its replicas by
+  count, each kept on a replica that holds it while that one is under its
+  share (`EndpointTable.home`). The home comes first, then the key's other
+  holders, then the rest, through a looser gate (`HOME_LOAD_FACTOR`) once
+  every replica is home to some key: every entry point sends a shared prefix
+  to its home, and the replicas hold even shares of the keys. Rendezvous
   alone put 6 or more of 8 keys on one of 2 replicas in a quarter of the
   draws, and the load gate then spilled each of that replica's keys over
   both, more copies than a cache fits (loadtests/PERFORMANCE.md, "Shared
@@ -106,8 +106,8 @@ KV_FULL = 0.98
 REMEMBERED_KEYS = 128
 KEY_BYTES = 8
 MAX_HOLDERS = 4  # replicas remembered per key (a hot key overflows to a few)
-# Shared prefixes given a home (`EndpointTable.home`): the assignment costs keys x replicas hashes
-# per refresh (256 x 16: ~4 ms of Python), so only the keys most entry points share.
+# Shared prefixes given a home (`EndpointTable.home`): a first assignment costs keys x replicas hashes
+# (256 x 16: ~4 ms of Python; later refreshes reuse the rankings), so only the keys most entry points share.
 MAX_SHARED_KEYS = 256
 
 # The load gate's factor for a shared prefix leaving its home: looser than a new prompt's (the homes
@@ -169,8 +169,12 @@ class EndpointTable:
         self._placed: OrderedDict[bytes, dict[str, None]] = OrderedDict()  # prefix key -> where this entry point put it
         self._holders: dict[bytes, set[str]] = {}  # prefix key -> replicas the entry points reported it on
         self._uses: dict[bytes, int] = {}  # prefix key -> how often this entry point placed it (remembered keys)
-        self._shared: list[bytes] = []  # keys any entry point reported placing more than once, sorted
-        self._homes: dict[frozenset[str], dict[bytes, str]] = {}  # per candidate set, this version's
+        # The shared keys the entry points reported, their reported holders, and their homes per candidate
+        # set: one object, swapped whole by `update` (the reporter's thread) while picks read it.
+        self._homes = _Homes([], {}, {})
+        # Each shared key's rendezvous ranking per candidate set, kept across refreshes (keys and replicas
+        # rarely change): a refresh's homes then cost lookups, not keys x replicas hashes.
+        self._rankings: dict[tuple[bytes, frozenset[str]], list[str]] = {}
         self.version = 0
 
     def update(self, endpoints: Iterable[Endpoint]) -> None:
@@ -186,12 +190,17 @@ class EndpointTable:
         self._holders = holders
         # The keys most entry points share, if there are more than MAX_SHARED_KEYS (ties by key: the
         # same set everywhere), in one order.
-        self._shared = sorted(sorted(shared, key=lambda k: (-shared[k], k))[:MAX_SHARED_KEYS])
-        self._homes = {}
+        if len(self._rankings) > 4 * MAX_SHARED_KEYS:
+            self._rankings = {}
+        self._homes = _Homes(
+            sorted(sorted(shared, key=lambda k: (-shared[k], k))[:MAX_SHARED_KEYS]), holders, self._rankings
+        )
         self.version += 1
 
-    def placed(self, key: bytes, replica_id: str) -> None:
-        """Remember that this entry point put `key` on `replica_id` (reported with its next entry)."""
+    def placed(self, key: bytes, replica_id: str, shareable: bool = True) -> None:
+        """Remember that this entry point put `key` on `replica_id` (reported with its next entry). A
+        `shareable` key placed more than once is reported shared (an adapter's keys are not: they are
+        placed by the adapter's holders, never given a home)."""
         key = key[:KEY_BYTES]
         where = self._placed.setdefault(key, {})
         where.pop(replica_id, None)
@@ -199,7 +208,8 @@ class EndpointTable:
         while len(where) > MAX_HOLDERS:
             del where[next(iter(where))]
         self._placed.move_to_end(key)
-        self._uses[key] = self._uses.get(key, 0) + 1
+        if shareable:
+            self._uses[key] = self._uses.get(key, 0) + 1
         while len(self._placed) > REMEMBERED_KEYS:
             gone, _ = self._placed.popitem(last=False)
             self._uses.pop(gone, None)
@@ -223,36 +233,24 @@ class EndpointTable:
         """The keys this entry point placed more than once, as `Endpoint.shared` carries them."""
         return "".join(key.hex() for key, uses in list(self._uses.items()) if uses > 1)
 
-    def shared_keys(self) -> int:
-        """How many shared keys the entry points reported (those `home` places)."""
-        return len(self._shared)
-
     def home(self, key: bytes, replica_ids: Iterable[str]) -> str | None:
-        """The replica a shared prefix belongs on among `replica_ids`, the same at every entry point with
-        the same reports (None: `key` is not shared, or no replica).
+        """The replica a shared prefix belongs on among `replica_ids` (one model's serving replicas), the
+        same at every entry point with the same reports and replicas (None: `key` is not shared here).
 
-        Every shared key the entry points reported (a prompt placed more than once), in one order (the
-        keys sorted), takes the first replica of its own rendezvous ranking that has fewer than its share
-        (ceil(keys / replicas)) of them: consistent hashing with bounded loads, over keys instead of
+        The shared keys the entry points reported as held by these replicas (so one model's keys, not
+        another's), in one order (sorted), each take a replica with fewer than its share
+        (ceil(keys / replicas)): first one of its reported holders, in its rendezvous order (a
+        conversation stays where its cache is; a replica leaving moves only its own keys), else the
+        first of its rendezvous ranking. Consistent hashing with bounded loads, over keys instead of
         requests. Rendezvous alone splits 8 keys over 2 replicas 6/2 or worse in a quarter of the
         draws; the load gate then spills every key of the busy one over both, and each replica's cache
         holds copies of most keys, more than it fits (loadtests/PERFORMANCE.md, "Shared prefixes get
         a home")."""
-        key = key[:KEY_BYTES]
-        candidates = frozenset(replica_ids)
-        if not candidates or not self._shared:
-            return None
-        homes = self._homes.get(candidates)
-        if homes is None:
-            share = -(-len(self._shared) // len(candidates))
-            count = dict.fromkeys(candidates, 0)
-            homes = {}
-            for k in self._shared:
-                home = next(r for r in rendezvous_order(k, candidates) if count[r] < share)
-                count[home] += 1
-                homes[k] = home
-            self._homes[candidates] = homes
-        return homes.get(key)
+        return self._homes.of(frozenset(replica_ids))[0].get(key[:KEY_BYTES])
+
+    def every_replica_has_a_home_key(self, replica_ids: Iterable[str]) -> bool:
+        """Whether the homes among `replica_ids` gave each of them at least one shared key."""
+        return self._homes.of(frozenset(replica_ids))[1]
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints)
@@ -296,6 +294,48 @@ class EndpointTable:
         changes.append((now, delta))
         while changes and changes[0][0] < now - HISTORY_S:
             changes.popleft()
+
+
+class _Homes:
+    """One table version's shared keys and their reported holders, and the homes computed from them per
+    candidate set (at most one per model, computed on the first pick that needs it)."""
+
+    def __init__(
+        self,
+        shared: list[bytes],
+        holders: dict[bytes, set[str]],
+        rankings: dict[tuple[bytes, frozenset[str]], list[str]],
+    ) -> None:
+        self.shared = shared
+        self.holders = holders
+        self.rankings = rankings  # the table's, across versions (written by picks only: one thread)
+        self.by_candidates: dict[frozenset[str], tuple[dict[bytes, str], bool]] = {}
+
+    def of(self, candidates: frozenset[str]) -> tuple[dict[bytes, str], bool]:
+        found = self.by_candidates.get(candidates)
+        if found is None:
+            found = self.by_candidates[candidates] = self._assign(candidates)
+        return found
+
+    def _assign(self, candidates: frozenset[str]) -> tuple[dict[bytes, str], bool]:
+        if not candidates:
+            return {}, False
+        none: set[str] = set()
+        keys = [k for k in self.shared if self.holders.get(k, none) & candidates]
+        share = -(-len(keys) // len(candidates))
+        count = dict.fromkeys(candidates, 0)
+        homes = {}
+        for k in keys:
+            ranked = self.rankings.get((k, candidates))
+            if ranked is None:
+                ranked = self.rankings[(k, candidates)] = rendezvous_order(k, candidates)
+            held = self.holders[k]
+            home = next((r for r in ranked if r in held and count[r] < share), None)
+            if home is None:
+                home = next(r for r in ranked if count[r] < share)
+            count[home] += 1
+            homes[k] = home
+        return homes, all(count.values())
 
 
 def _keys(concatenated: str) -> Iterator[bytes]:
@@ -368,8 +408,13 @@ class Scheduler:
         held = table.holders(key) & loads.keys()
         # An adapter's replicas: where its requests went lately, so it is loaded there already.
         loaded = (table.holders(adapter) & loads.keys()) - held if adapter is not None else set()
-        # A shared prefix's home (an adapter's prompts are placed by the adapter's holders instead).
-        home = table.home(key, loads) if adapter is None else None
+        # A shared prefix's home (an adapter's prompts are placed by the adapter's holders instead), among
+        # the model's serving replicas: not narrowed by the fresher filters, whose view differs from one
+        # entry point to another, so all of them agree; a home filtered out here is skipped.
+        serving = [e.replica_id for e in table.endpoints() if e.model == model and e.state == READY]
+        home = table.home(key, serving) if adapter is None else None
+        if home not in loads:
+            home = None
         if home is not None or held or loaded:
             ranked = (
                 ([home] if home is not None else [])
@@ -380,7 +425,7 @@ class Scheduler:
             threshold, factor = self.policy.imbalance_threshold, self.policy.load_factor
             if adapter is not None:  # a load costs more than a short queue: an adapter's holder is hot later
                 threshold, factor = max(threshold, ADAPTER_IMBALANCE), max(factor, ADAPTER_LOAD_FACTOR)
-            elif home is not None and table.shared_keys() >= len(loads):
+            elif home is not None and table.every_replica_has_a_home_key(serving):
                 # Every replica is home to some key: leaving home costs a whole prefill, and evicts another
                 # key's prefix where it lands. (Fewer keys than replicas: some hold none, and a hot key
                 # spreads to them at the prompts' gate; at the home's, one prompt on 8 replicas left
@@ -389,9 +434,9 @@ class Scheduler:
             order = bounded_load_choice(ranked, loads, threshold, factor)
         else:
             order = self._unplaced(ranked, loads, table.self_id, int.from_bytes(key[:8], "big") / 2.0**64)
-        table.placed(key, order[0])
+        table.placed(key, order[0], shareable=adapter is None)
         if adapter is not None:
-            table.placed(adapter, order[0])
+            table.placed(adapter, order[0], shareable=False)
         return [by_id[rid] for rid in order]
 
     @staticmethod

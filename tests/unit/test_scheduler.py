@@ -415,44 +415,63 @@ def test_shared_prefixes_held_on_every_replica_are_served_by_even_shares_of_repl
     assert Counter(h.pop() for h in homes) == {"r0": 4, "r1": 4}
 
 
-def test_a_prompt_placed_once_stays_where_it_is_held_and_once_shared_every_entry_point_sends_it_home():
+def reported(ids: list[str], keys: list[bytes], holder: dict[bytes, str] | None = None, **kw: object) -> list[Endpoint]:
+    """Endpoints of model m whose reports share `keys`, each held where `holder` says (else on every replica)."""
+    shared = "".join(k[:8].hex() for k in keys)
+    placed: dict[str, str] = {}
+    for k in keys:
+        for r in [holder[k]] if holder and k in holder else ids:
+            placed[r] = placed.get(r, "") + k[:8].hex()
+    return [ep(r, shared=shared, placed=placed, **kw) for r in ids]
+
+
+def test_a_shared_prefix_held_on_one_replica_stays_there_from_every_entry_point():
+    # A conversation: its key is placed where it arrived, then its later turns from any entry point. Shared
+    # once an entry point placed it twice: its home is the replica that holds it (no move, no re-prefill).
     ids = [f"r{i}" for i in range(4)]
     endpoints = [ep(r) for r in ids]
     tables = [table_of(endpoints, self_id=r) for r in ids]
-    request = chat("one prompt, placed where it arrived")
+    # One whose rendezvous ranking puts another replica first (there it would move).
+    request = next(
+        r
+        for r in (chat(f"one conversation's first turns {i}") for i in range(20))
+        if rendezvous_order((PrefixAwarePolicy().key(r) or b"")[:8], ids)[0] != "r2"
+    )
     key = PrefixAwarePolicy().key(request) or b""
-    home = table_of([ep(r, shared=key[:8].hex()) for r in ids]).home(key, ids)
-    entry = next(r for r in ids if r != home)  # so that it has somewhere to move
-    assert Scheduler().pick("m", request, tables[ids.index(entry)])[0].replica_id == entry
+    assert Scheduler().pick("m", request, tables[2])[0].replica_id == "r2"
     shared_exchange(tables, endpoints)
     assert tables[0].home(key, ids) is None  # placed once: not shared
-    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {entry}  # held there: stays
-    shared_exchange(tables, endpoints)
-    # Placed more than once now: shared, with one home at every entry point, and sent there.
-    assert {t.home(key, ids) for t in tables} == {home}
-    assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {home}
+    for _ in range(2):
+        assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {"r2"}
+        shared_exchange(tables, endpoints)
+    assert {t.home(key, ids) for t in tables} == {"r2"}
 
 
 def test_a_shared_prefix_leaves_its_home_only_past_the_home_gate_and_then_for_a_holder():
     ids = [f"r{i}" for i in range(3)]
     request = chat("a shared prompt whose home will be busy")
     key = PrefixAwarePolicy().key(request) or b""
-    tables = [table_of([ep(r) for r in ids], self_id=r) for r in ids]
     # As many shared keys as replicas (every replica is home to one): the home's gate applies.
     others = [PrefixAwarePolicy().key(chat(f"another shared prompt {i}")) or b"" for i in range(2)]
-    shared = key[:8].hex() + "".join(k[:8].hex() for k in others)
-    home = table_of([ep(r, shared=shared) for r in ids]).home(key, ids)
+    keys = [key, *others]
+    home = table_of(reported(ids, keys)).home(key, ids)
     other = next(r for r in rendezvous_order(key, ids) if r != home)  # rendezvous's choice after the home
-    holder = next(r for r in ids if r not in (home, other))  # served it before, elsewhere
+    holder = next(r for r in ids if r not in (home, other))  # served it before, besides its home
+    tables = [table_of([ep(r) for r in ids], self_id=r) for r in ids]
 
     def loads(**in_flight: int) -> None:
-        endpoints = [ep(r, in_flight=in_flight.get(r, 0), shared=shared, placed={holder: key[:8].hex()}) for r in ids]
+        endpoints = [
+            dataclasses.replace(e, in_flight=in_flight.get(e.replica_id, 0), placed={**e.placed, holder: key[:8].hex()})
+            for e in reported(ids, keys, {key: home})
+        ]
         for t in tables:
             t.update(endpoints)
 
     # 5 of 10 in flight at the home (3 more than the least): past the prompts' gate (its 6th above
     # 1.5 x the mean of 11 / 3), not past the home's (1.75 x).
     loads(**{home: 5, other: 3, holder: 2})
+    assert tables[0].every_replica_has_a_home_key(ids)
+    assert {t.home(key, ids) for t in tables} == {home}
     assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables if t.self_id != home} == {home}
     plain = bounded_load_choice([home, holder, other], {home: 5, other: 3, holder: 2}, 2, 1.5)
     assert plain[0] != home  # a key without a home would have left
@@ -461,39 +480,61 @@ def test_a_shared_prefix_leaves_its_home_only_past_the_home_gate_and_then_for_a_
     assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables if t.self_id != home} == {holder}
 
 
-def test_with_fewer_shared_prefixes_than_replicas_a_hot_one_spreads_at_the_prompts_gate():
+def test_with_a_replica_home_to_no_key_a_hot_one_spreads_at_the_prompts_gate():
     # One shared prompt on 3 replicas: two are home to nothing (cache room), so the prompt leaves its
     # home where any prompt would (1.5 x the mean), not only past the home's gate.
     ids = [f"r{i}" for i in range(3)]
     request = chat("the one system prompt of an app")
     key = PrefixAwarePolicy().key(request) or b""
-    home = table_of([ep(r, shared=key[:8].hex()) for r in ids]).home(key, ids)
-    loads = {r: (5 if r == home else 3 if i == 0 else 2) for i, r in enumerate(r for r in ids)}
-    tables = [table_of([ep(r, in_flight=loads[r], shared=key[:8].hex()) for r in ids], self_id=r) for r in ids]
-    assert tables[0].shared_keys() == 1
+    home = table_of(reported(ids, [key], {key: "r1"})).home(key, ids)
+    assert home == "r1"
+    loads = {"r1": 5, "r0": 3, "r2": 2}  # at the home's gate, not past it (see the test above)
+    endpoints = [dataclasses.replace(e, in_flight=loads[e.replica_id]) for e in reported(ids, [key], {key: "r1"})]
+    tables = [table_of(endpoints, self_id=r) for r in ids]
+    assert not tables[0].every_replica_has_a_home_key(ids)
     assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables if t.self_id != home} != {home}
 
 
-def test_homes_follow_the_replicas_a_new_one_gets_its_share_and_a_draining_one_none():
-    ids = [f"r{i}" for i in range(4)]
-    keys = [PrefixAwarePolicy().key(chat(f"prompt {i}")) or b"" for i in range(12)]
-    table = table_of([ep(r, shared="".join(k[:8].hex() for k in keys)) for r in ids])
-    homes = Counter(table.home(k, ids) for k in keys)
-    assert homes == dict.fromkeys(ids, 3)
-    more = [*ids, "r4"]
-    homes = Counter(table.home(k, more) for k in keys)
-    assert max(homes.values()) <= 3 and homes["r4"] >= 2, homes
-    table.update(
-        [
-            ep(r, state=DRAINING if r == "r0" else READY, shared=e.shared)
-            for r, e in zip(ids, table.endpoints(), strict=True)
-        ]
-    )
-    candidates = [e.replica_id for e in Scheduler().candidates("m", table)]
-    assert "r0" not in candidates and Counter(table.home(k, candidates) for k in keys) == dict.fromkeys(ids[1:], 4)
+def test_homes_follow_the_replicas_and_only_a_leaving_replica_s_keys_move():
+    ids = [f"r{i}" for i in range(16)]
+    keys = [PrefixAwarePolicy().key(chat(f"prompt {i}")) or b"" for i in range(64)]
+    first = table_of(reported(ids, keys))  # every replica holds every key: placed by rendezvous under the cap
+    homes = {k: first.home(k, ids) for k in keys}
+    assert Counter(homes.values()) == dict.fromkeys(ids, 4)
+    # Each key held at its home from now on (as it would be, served there): one replica drains.
+    table = table_of(reported(ids, keys, homes))
+    assert {k: table.home(k, ids) for k in keys} == homes
+    table.update([dataclasses.replace(e, state=DRAINING if e.replica_id == "r0" else READY) for e in table.endpoints()])
+    left = [e.replica_id for e in Scheduler().candidates("m", table)]
+    after = {k: table.home(k, left) for k in keys}
+    moved = [k for k in keys if after[k] != homes[k]]
+    assert {homes[k] for k in moved} == {"r0"} and len(moved) == 4  # only the leaving replica's keys
+    assert max(Counter(after.values()).values()) <= 5
+    # A new replica: no key moves while its holder is within its share (ceil(64 / 17) = 4: the caches
+    # stay warm), and with a replica home to no key, a busy home spills at the prompts' gate, to it too.
+    more = [*ids, "r16"]
+    table = table_of([*reported(ids, keys, homes), ep("r16")])
+    assert {k: table.home(k, more) for k in keys} == homes
+    assert not table.every_replica_has_a_home_key(more) and table.every_replica_has_a_home_key(ids)
+
+
+def test_another_model_s_or_an_adapter_s_keys_take_no_share_of_a_model_s_replicas():
+    ids, others = ["r0", "r1"], [f"r{i}" for i in range(2, 6)]
+    mine = [PrefixAwarePolicy().key(chat(f"mine {i}")) or b"" for i in range(8)]
+    theirs = [PrefixAwarePolicy().key(chat(f"theirs {i}")) or b"" for i in range(120)]
+    endpoints = reported(ids, mine) + [dataclasses.replace(e, model="b") for e in reported(others, theirs)]
+    shared = "".join(k[:8].hex() for k in mine + theirs)
+    table = table_of([dataclasses.replace(e, shared=shared) for e in endpoints])
+    assert Counter(table.home(k, ids) for k in mine) == {"r0": 4, "r1": 4}
+    # An adapter's placements are never reported shared.
+    entry = EndpointTable("r0")
+    entry.update([ep("r0"), ep("r1")])
+    for _ in range(3):
+        Scheduler().pick("m", {"model": "m:a1", **chat("an adapter's prompt")}, entry)
+    assert entry.report_shared() == ""
 
 
 def test_a_garbled_shared_report_is_ignored():
-    table = table_of([ep("r0", shared="zz" * 40), ep("r1", shared="0011")])
-    assert table.home(b"\x00" * 8, ["r0", "r1"]) is None
+    table = table_of([ep("r0", shared="zz" * 40, placed={"r0": "zz" * 40}), ep("r1", shared="0011")])
+    assert table.home(b"\x00" * 8, ["r0", "r1"]) is None and not table.every_replica_has_a_home_key(["r0", "r1"])
     assert Endpoint.from_dict(ep("r0", shared="ab" * 8).to_dict()).shared == "ab" * 8
