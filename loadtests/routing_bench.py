@@ -200,14 +200,16 @@ class BenchVLLMEngine(VLLMEngine):
         system = next((m.get("content") for m in request.messages or () if m.get("role") == "system"), "")
         key = system.split(".", 1)[0] if system else None
         t0, first, t1 = time.time(), None, None
-        async for out in super().generate(request):
-            if first is None:
-                first, t1 = out, time.time()
-            yield out
-        cached = self._cached.pop(request.request_id, None)
-        line = {"t0": t0, "t1": t1, "key": key, "prompt": first.prompt_tokens if first else None, "cached": cached}
-        with self._log.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        try:
+            async for out in super().generate(request):
+                if first is None:
+                    first, t1 = out, time.time()
+                yield out
+        finally:  # a stream closed early too: its line, and no entry left behind
+            cached = self._cached.pop(request.request_id, None)
+            line = {"t0": t0, "t1": t1, "key": key, "prompt": first.prompt_tokens if first else None, "cached": cached}
+            with self._log.open("a") as f:
+                f.write(json.dumps(line) + "\n")
 
     async def stats(self) -> dict[str, float]:
         # VLLMEngine.stats() carries vLLM's prefix_cache_queries/hits counters.
