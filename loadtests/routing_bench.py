@@ -93,7 +93,6 @@ from serving.engine.vllm_engine import VLLMEngine
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "loadtests" / "results"
 STATS_ENV = "ROUTING_BENCH_STATS_DIR"
-REQUEST_LOG_ENV = "ROUTING_BENCH_REQUEST_LOG"  # set: the vLLM replicas log each request's cached tokens
 # Serve's proxy path with each of its request routers, then the direct ingress: `connection`
 # (each request served where its connection landed) and `request` (every request placed by
 # serving/routing/scheduler.py, forwarded as bytes when its replica is another).
@@ -151,22 +150,6 @@ class BenchSimEngine(SimulatedEngine):
         await super().shutdown()
 
 
-class _CachedTokens:
-    """vLLM's AsyncLLM, noting each request's `num_cached_tokens` (its prompt tokens found in the prefix cache)."""
-
-    def __init__(self, llm, into: dict[str, int]) -> None:
-        self._llm, self._into = llm, into
-
-    def __getattr__(self, name):
-        return getattr(self._llm, name)
-
-    async def generate(self, prompt, sampling, request_id, **kwargs):
-        async for out in self._llm.generate(prompt, sampling, request_id, **kwargs):
-            if out.num_cached_tokens is not None:
-                self._into[request_id] = out.num_cached_tokens
-            yield out
-
-
 class BenchVLLMEngine(VLLMEngine):
     """The vLLM engine plus a request count, its stats (with vLLM's prefix-cache counters) published per replica."""
 
@@ -178,15 +161,13 @@ class BenchVLLMEngine(VLLMEngine):
         self._requests = 0
         self._writer = None
         self._log: Path | None = None
-        self._cached: dict[str, int] = {}
 
     async def start(self):
         info = await super().start()
         self._writer = _stats_writer(self)
         folder = os.environ.get(STATS_ENV)
-        if folder and os.environ.get(REQUEST_LOG_ENV):
+        if folder:
             self._log = Path(folder) / f"{os.getpid()}.requests.jsonl"
-            self._llm = _CachedTokens(self._llm, self._cached)
         return info
 
     def generate(self, request):
@@ -205,9 +186,14 @@ class BenchVLLMEngine(VLLMEngine):
                 if first is None:
                     first, t1 = out, time.time()
                 yield out
-        finally:  # a stream closed early too: its line, and no entry left behind
-            cached = self._cached.pop(request.request_id, None)
-            line = {"t0": t0, "t1": t1, "key": key, "prompt": first.prompt_tokens if first else None, "cached": cached}
+        finally:  # a stream closed early too: its line
+            line = {
+                "t0": t0,
+                "t1": t1,
+                "key": key,
+                "prompt": first.prompt_tokens if first else None,
+                "cached": first.cached_tokens if first else None,  # vLLM's num_cached_tokens
+            }
             with self._log.open("a") as f:
                 f.write(json.dumps(line) + "\n")
 
@@ -535,7 +521,7 @@ def vllm_model(router: str, stats_dir: Path, replicas: int, kv_mib: int) -> dict
             "block_size": 32,
             "max_num_seqs": 16,
         },
-        "env": {STATS_ENV: str(stats_dir), REQUEST_LOG_ENV: "1"},
+        "env": {STATS_ENV: str(stats_dir)},
         "router": router,
         "deployment": {
             "num_cpus": 0.5,
