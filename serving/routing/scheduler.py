@@ -411,7 +411,9 @@ class Scheduler:
         # A shared prefix's home (an adapter's prompts are placed by the adapter's holders instead), among
         # the model's serving replicas: not narrowed by the fresher filters, whose view differs from one
         # entry point to another, so all of them agree; a home filtered out here is skipped.
-        serving = [e.replica_id for e in table.endpoints() if e.model == model and e.state == READY]
+        serving = frozenset(
+            e.replica_id for e in serving_now([e for e in table.endpoints() if e.model == model], table)
+        )
         home = table.home(key, serving) if adapter is None else None
         if home not in loads:
             home = None
