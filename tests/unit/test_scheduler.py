@@ -74,11 +74,17 @@ def test_a_filter_that_would_leave_nothing_is_skipped_but_the_model_is_never_rel
 
 
 def exchange(tables: list[EndpointTable], endpoints: list[Endpoint]) -> None:
-    """One round of the registry: each entry point reports its placements with its own entry, all read all."""
-    reports = {t.self_id: t.report() for t in tables}
-    with_placements = [dataclasses.replace(e, placed=reports.get(e.replica_id, {})) for e in endpoints]
+    """One round of the registry: each entry point reports its placements (and the keys it placed more than
+    once) with its own entry, all read all."""
+    by_id = {t.self_id: t for t in tables}
+    reported = [
+        dataclasses.replace(e, placed=t.report(), shared=t.report_shared())
+        if (t := by_id.get(e.replica_id)) is not None
+        else dataclasses.replace(e, placed={}, shared="")
+        for e in endpoints
+    ]
     for t in tables:
-        t.update(with_placements)
+        t.update(reported)
 
 
 def test_once_a_prompt_is_placed_and_reported_every_entry_point_places_it_on_the_same_replica():
@@ -384,17 +390,6 @@ def test_an_adapter_s_prompt_is_cached_apart_from_the_base_model_s():
     assert Scheduler().pick("m", lora_chat("sql", "a shared system prompt"), elsewhere)[0].replica_id == "r2"
 
 
-def shared_exchange(tables: list[EndpointTable], endpoints: list[Endpoint]) -> list[Endpoint]:
-    """`exchange`, with the shared keys each entry point reports."""
-    reported = [
-        dataclasses.replace(e, placed=t.report(), shared=t.report_shared())
-        for e, t in zip(endpoints, tables, strict=True)
-    ]
-    for t in tables:
-        t.update(reported)
-    return reported
-
-
 def test_shared_prefixes_held_on_every_replica_are_served_by_even_shares_of_replicas():
     # 8 shared system prompts, all placed on both replicas (as a warm-up leaves them), 6 of which
     # rank r0 first by rendezvous (a split that a quarter of random draws give, or worse).
@@ -409,7 +404,7 @@ def test_shared_prefixes_held_on_every_replica_are_served_by_even_shares_of_repl
         for k in keys:
             for r in ids:
                 t.placed(k, r)
-    shared_exchange(tables, endpoints)
+    exchange(tables, endpoints)
     homes = [{Scheduler().pick("m", p, t)[0].replica_id for t in tables} for p in prompts]
     assert all(len(h) == 1 for h in homes), homes  # every entry point agrees
     assert Counter(h.pop() for h in homes) == {"r0": 4, "r1": 4}
@@ -439,11 +434,11 @@ def test_a_shared_prefix_held_on_one_replica_stays_there_from_every_entry_point(
     )
     key = PrefixAwarePolicy().key(request) or b""
     assert Scheduler().pick("m", request, tables[2])[0].replica_id == "r2"
-    shared_exchange(tables, endpoints)
+    exchange(tables, endpoints)
     assert tables[0].home(key, ids) is None  # placed once: not shared
     for _ in range(2):
         assert {Scheduler().pick("m", request, t)[0].replica_id for t in tables} == {"r2"}
-        shared_exchange(tables, endpoints)
+        exchange(tables, endpoints)
     assert {t.home(key, ids) for t in tables} == {"r2"}
 
 
